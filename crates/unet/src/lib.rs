@@ -1,1 +1,46 @@
-//! placeholder
+//! # unet
+//!
+//! The U-Net of [denoising-diffusion-pytorch](https://github.com/lucidrains/denoising-diffusion-pytorch)
+//! 2.x (`Unet`, identical in 2.1.1 ... 2.3.4) in [burn](https://burn.dev) 0.21, generic over the
+//! backend, and its checkpoints:
+//!
+//! * [`UnetConfig`] (the Python constructor's arguments; presets [`UnetConfig::deeplense`] and
+//!   [`UnetConfig::small`]) and [`Unet`] (a burn `Module`), which implements
+//!   [`diffusion_core::Denoiser`].
+//! * PyTorch checkpoints as found in the wild: a bare `Unet.state_dict()`, a
+//!   `GaussianDiffusion.state_dict()`, and a Trainer checkpoint (online `model` or `ema`
+//!   weights); see [`load_checkpoint`], [`read_state_dict`], [`infer_config`].
+//! * Our own checkpoints in burn's burnpack format ([`Unet::save`], [`Unet::load`]) and
+//!   safetensors export with the PyTorch key names and layouts ([`Unet::export_safetensors`]),
+//!   which `Unet.load_state_dict(..., strict=True)` accepts.
+//!
+//! ```no_run
+//! use burn::backend::Flex;
+//! use unet::{load_checkpoint, Weights};
+//!
+//! let device = Default::default();
+//! // Config inferred from the tensors; pass Some(&config) to insist on one.
+//! let model = load_checkpoint::<Flex>("model-75.pt".as_ref(), Weights::Ema, None, &device)?;
+//! println!("{}", model.config().describe());
+//! # Ok::<(), unet::UnetError>(())
+//! ```
+//!
+//! ## Feature flags
+//! None of its own; the backend is chosen by the caller (Flex, NdArray, or CUDA through the
+//! workspace's `cuda` feature).
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod config;
+mod denoiser;
+mod error;
+pub mod keys;
+pub mod model;
+
+pub use checkpoint::{
+    infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,
+    StateDict, Weights,
+};
+pub use config::{UnetConfig, NUM_MEM_KV};
+pub use error::{ShapeMismatch, UnetError};
+pub use model::Unet;

@@ -1,0 +1,565 @@
+//! The network: the denoising-diffusion-pytorch 2.x `Unet` and its building blocks.
+//!
+//! Every block mirrors the Python class of the same name; `forward` follows the Python
+//! `forward` line by line. Field names are Rust-style; [`crate::keys`] maps them to the PyTorch
+//! state-dict keys.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::{UnetConfig, NUM_MEM_KV};
+use crate::error::UnetError;
+
+fn conv<B: Backend>(cin: usize, cout: usize, k: usize, bias: bool, device: &B::Device) -> Conv2d<B> {
+    let p = k / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(bias)
+        .init(device)
+}
+
+/// `RMSNorm` over channels: `x / max(||x||_2, 1e-12) * g * sqrt(C)` (`F.normalize(x, dim=1)`).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Gain, torch layout `[1, C, 1, 1]` (key `g`).
+    pub g: Param<Tensor<B, 4>>,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn new(dim: usize, device: &B::Device) -> Self {
+        Self {
+            g: Initializer::Ones.init([1, dim, 1, 1], device),
+        }
+    }
+
+    /// Normalises `[N, C, H, W]` over `C`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c = x.dims()[1] as f64;
+        let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+        x.div(norm).mul(self.g.val().mul_scalar(c.sqrt()))
+    }
+}
+
+/// `Block`: conv3x3 -> RMSNorm -> optional `x * (scale + 1) + shift` -> SiLU -> dropout.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// 3x3 convolution (`proj`).
+    pub proj: Conv2d<B>,
+    /// Channel RMSNorm (`norm`).
+    pub norm: RmsNorm<B>,
+    /// Dropout (active only when gradients are tracked).
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> Block<B> {
+    fn new(dim: usize, dim_out: usize, dropout: f64, device: &B::Device) -> Self {
+        Self {
+            proj: conv(dim, dim_out, 3, true, device),
+            norm: RmsNorm::new(dim_out, device),
+            dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    /// `x: [N, C_in, H, W]`, `scale_shift`: two `[N, C_out, 1, 1]` tensors.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        scale_shift: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Tensor<B, 4> {
+        let x = self.norm.forward(self.proj.forward(x));
+        let x = match scale_shift {
+            Some((scale, shift)) => x.mul(scale.add_scalar(1.0)).add(shift),
+            None => x,
+        };
+        self.dropout.forward(silu(x))
+    }
+}
+
+/// `ResnetBlock`: time-conditioned (scale, shift) in the first block, residual 1x1 conv when the
+/// width changes.
+#[derive(Module, Debug)]
+pub struct ResnetBlock<B: Backend> {
+    /// `Linear(time_dim, 2 * dim_out)` after a SiLU (`mlp.1`).
+    pub mlp: Linear<B>,
+    /// First block, modulated by the time embedding.
+    pub block1: Block<B>,
+    /// Second block.
+    pub block2: Block<B>,
+    /// 1x1 convolution on the residual path when `dim != dim_out` (else identity).
+    pub res_conv: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> ResnetBlock<B> {
+    fn new(dim: usize, dim_out: usize, time_dim: usize, dropout: f64, device: &B::Device) -> Self {
+        Self {
+            mlp: LinearConfig::new(time_dim, 2 * dim_out).init(device),
+            block1: Block::new(dim, dim_out, dropout, device),
+            block2: Block::new(dim_out, dim_out, 0.0, device),
+            res_conv: (dim != dim_out).then(|| conv(dim, dim_out, 1, true, device)),
+        }
+    }
+
+    /// `x: [N, C_in, H, W]`; `t_act`: the time embedding *after* SiLU, `[N, time_dim]` (the SiLU
+    /// of `mlp` is hoisted out and computed once per forward pass).
+    pub fn forward(&self, x: Tensor<B, 4>, t_act: &Tensor<B, 2>) -> Tensor<B, 4> {
+        let [n, c2] = {
+            let d = self.mlp.weight.dims();
+            [t_act.dims()[0], d[1]]
+        };
+        let emb = self.mlp.forward(t_act.clone()).reshape([n, c2, 1, 1]);
+        let mut halves = emb.chunk(2, 1);
+        let shift = halves.pop().expect("two halves");
+        let scale = halves.pop().expect("two halves");
+        let h = self.block1.forward(x.clone(), Some((scale, shift)));
+        let h = self.block2.forward(h, None);
+        let res = match &self.res_conv {
+            Some(c) => c.forward(x),
+            None => x,
+        };
+        h.add(res)
+    }
+}
+
+/// `LinearAttention`: softmax over features for q, over positions for k, with memory key/values;
+/// cost linear in the number of pixels.
+#[derive(Module, Debug)]
+pub struct LinearAttention<B: Backend> {
+    /// Pre-norm (`norm`).
+    pub norm: RmsNorm<B>,
+    /// Memory key/values, torch layout `[2, heads, dim_head, num_mem_kv]`.
+    pub mem_kv: Param<Tensor<B, 4>>,
+    /// 1x1 conv without bias to `3 * heads * dim_head` channels.
+    pub to_qkv: Conv2d<B>,
+    /// Output 1x1 conv (`to_out.0`).
+    pub to_out: Conv2d<B>,
+    /// Output RMSNorm (`to_out.1`).
+    pub out_norm: RmsNorm<B>,
+    /// Number of heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub dim_head: usize,
+}
+
+impl<B: Backend> LinearAttention<B> {
+    fn new(dim: usize, heads: usize, dim_head: usize, device: &B::Device) -> Self {
+        let hidden = heads * dim_head;
+        Self {
+            norm: RmsNorm::new(dim, device),
+            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }
+                .init([2, heads, dim_head, NUM_MEM_KV], device),
+            to_qkv: conv(dim, 3 * hidden, 1, false, device),
+            to_out: conv(hidden, dim, 1, true, device),
+            out_norm: RmsNorm::new(dim, device),
+            heads,
+            dim_head,
+        }
+    }
+
+    /// `[N, C, H, W] -> [N, C, H, W]` (without the residual).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, _c, h, w] = x.dims();
+        let (heads, dh) = (self.heads, self.dim_head);
+        let n = h * w;
+        let x = self.norm.forward(x);
+        let mut qkv = self.to_qkv.forward(x).chunk(3, 1);
+        let v = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
+        let k = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
+        let q = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
+        let mem = self.mem_kv.val();
+        let mk = mem
+            .clone()
+            .slice([0..1])
+            .reshape([1, heads, dh, NUM_MEM_KV])
+            .expand([b, heads, dh, NUM_MEM_KV]);
+        let mv = mem
+            .slice([1..2])
+            .reshape([1, heads, dh, NUM_MEM_KV])
+            .expand([b, heads, dh, NUM_MEM_KV]);
+        let k = Tensor::cat(vec![mk, k], 3);
+        let v = Tensor::cat(vec![mv, v], 3);
+        let q = softmax(q, 2).mul_scalar((dh as f64).powf(-0.5));
+        let k = softmax(k, 3);
+        // context[d, e] = sum_n k[d, n] v[e, n]
+        let context = k.matmul(v.swap_dims(2, 3));
+        // out[e, n] = sum_d context[d, e] q[d, n]
+        let out = context.swap_dims(2, 3).matmul(q);
+        let out = out.reshape([b, heads * dh, h, w]);
+        self.out_norm.forward(self.to_out.forward(out))
+    }
+}
+
+/// `Attention`: standard softmax attention over all pixels plus memory key/values, computed with
+/// burn's fused `attention` op.
+#[derive(Module, Debug)]
+pub struct FullAttention<B: Backend> {
+    /// Pre-norm (`norm`).
+    pub norm: RmsNorm<B>,
+    /// Memory key/values, torch layout `[2, heads, num_mem_kv, dim_head]`.
+    pub mem_kv: Param<Tensor<B, 4>>,
+    /// 1x1 conv without bias to `3 * heads * dim_head` channels.
+    pub to_qkv: Conv2d<B>,
+    /// Output 1x1 conv (`to_out`).
+    pub to_out: Conv2d<B>,
+    /// Number of heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub dim_head: usize,
+}
+
+impl<B: Backend> FullAttention<B> {
+    fn new(dim: usize, heads: usize, dim_head: usize, device: &B::Device) -> Self {
+        let hidden = heads * dim_head;
+        Self {
+            norm: RmsNorm::new(dim, device),
+            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }
+                .init([2, heads, NUM_MEM_KV, dim_head], device),
+            to_qkv: conv(dim, 3 * hidden, 1, false, device),
+            to_out: conv(hidden, dim, 1, true, device),
+            heads,
+            dim_head,
+        }
+    }
+
+    /// `[N, C, H, W] -> [N, C, H, W]` (without the residual).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, _c, h, w] = x.dims();
+        let (heads, dh) = (self.heads, self.dim_head);
+        let n = h * w;
+        let x = self.norm.forward(x);
+        let mut qkv = self.to_qkv.forward(x).chunk(3, 1);
+        let to_seq = |t: Tensor<B, 4>| t.reshape([b, heads, dh, n]).swap_dims(2, 3);
+        let v = to_seq(qkv.pop().expect("3 chunks"));
+        let k = to_seq(qkv.pop().expect("3 chunks"));
+        let q = to_seq(qkv.pop().expect("3 chunks"));
+        let mem = self.mem_kv.val();
+        let mk = mem
+            .clone()
+            .slice([0..1])
+            .reshape([1, heads, NUM_MEM_KV, dh])
+            .expand([b, heads, NUM_MEM_KV, dh]);
+        let mv = mem
+            .slice([1..2])
+            .reshape([1, heads, NUM_MEM_KV, dh])
+            .expand([b, heads, NUM_MEM_KV, dh]);
+        let k = Tensor::cat(vec![mk, k], 2);
+        let v = Tensor::cat(vec![mv, v], 2);
+        // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh]
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = out.swap_dims(2, 3).reshape([b, heads * dh, h, w]);
+        self.to_out.forward(out)
+    }
+}
+
+/// The attention layer of a stage: linear or full.
+#[derive(Module, Debug)]
+pub enum StageAttention<B: Backend> {
+    /// `LinearAttention` (outer stages by default).
+    Linear(LinearAttention<B>),
+    /// `Attention` (innermost stage by default).
+    Full(FullAttention<B>),
+}
+
+impl<B: Backend> StageAttention<B> {
+    fn new(dim: usize, heads: usize, dim_head: usize, full: bool, device: &B::Device) -> Self {
+        if full {
+            Self::Full(FullAttention::new(dim, heads, dim_head, device))
+        } else {
+            Self::Linear(LinearAttention::new(dim, heads, dim_head, device))
+        }
+    }
+
+    /// Runs the layer (without the residual).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Self::Linear(a) => a.forward(x),
+            Self::Full(a) => a.forward(x),
+        }
+    }
+}
+
+/// The resolution change at the end of a stage.
+#[derive(Module, Debug)]
+pub enum Resample<B: Backend> {
+    /// `Downsample`: pixel-unshuffle 2x2 (channel order c, p1, p2) then a 1x1 conv.
+    PixelUnshuffle(Conv2d<B>),
+    /// `Upsample`: nearest-neighbour x2 then a 3x3 conv.
+    NearestUp(Conv2d<B>),
+    /// Last stage: a 3x3 conv at the same resolution.
+    Same(Conv2d<B>),
+}
+
+impl<B: Backend> Resample<B> {
+    /// Applies the resampling.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Self::PixelUnshuffle(c) => c.forward(pixel_unshuffle(x)),
+            Self::NearestUp(c) => c.forward(upsample_nearest2(x)),
+            Self::Same(c) => c.forward(x),
+        }
+    }
+}
+
+/// `b c (h p1) (w p2) -> b (c p1 p2) h w` with `p1 = p2 = 2`.
+pub fn pixel_unshuffle<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h / 2, 2, w / 2, 2])
+        .permute([0, 1, 3, 5, 2, 4])
+        .reshape([b, c * 4, h / 2, w / 2])
+}
+
+/// Nearest-neighbour upsampling by 2 (`nn.Upsample(scale_factor=2, mode='nearest')`).
+pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+/// One down stage: two resnet blocks, attention, downsampling.
+#[derive(Module, Debug)]
+pub struct DownStage<B: Backend> {
+    /// First resnet block (`downs.i.0`).
+    pub block1: ResnetBlock<B>,
+    /// Second resnet block (`downs.i.1`).
+    pub block2: ResnetBlock<B>,
+    /// Residual attention (`downs.i.2`).
+    pub attn: StageAttention<B>,
+    /// Downsampling (`downs.i.3`).
+    pub resample: Resample<B>,
+}
+
+/// One up stage: two resnet blocks fed with skips, attention, upsampling.
+#[derive(Module, Debug)]
+pub struct UpStage<B: Backend> {
+    /// First resnet block (`ups.i.0`).
+    pub block1: ResnetBlock<B>,
+    /// Second resnet block (`ups.i.1`).
+    pub block2: ResnetBlock<B>,
+    /// Residual attention (`ups.i.2`).
+    pub attn: StageAttention<B>,
+    /// Upsampling (`ups.i.3`).
+    pub resample: Resample<B>,
+}
+
+/// Sinusoidal embedding of the timestep followed by `Linear -> GELU -> Linear`.
+#[derive(Module, Debug)]
+pub struct TimeMlp<B: Backend> {
+    /// `Linear(dim, 4 dim)` (`time_mlp.1`).
+    pub linear1: Linear<B>,
+    /// `Linear(4 dim, 4 dim)` (`time_mlp.3`).
+    pub linear2: Linear<B>,
+    /// Frequencies of the sinusoidal embedding, computed once (not a parameter).
+    pub freqs: Vec<f32>,
+}
+
+impl<B: Backend> TimeMlp<B> {
+    fn new(dim: usize, time_dim: usize, theta: f64, device: &B::Device) -> Self {
+        Self {
+            linear1: LinearConfig::new(dim, time_dim).init(device),
+            linear2: LinearConfig::new(time_dim, time_dim).init(device),
+            freqs: sinusoidal_freqs(dim, theta),
+        }
+    }
+
+    /// Sinusoidal embedding `[sin(t f), cos(t f)]`, `t: [N]` -> `[N, dim]`.
+    pub fn embed(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
+        let n = t.dims()[0];
+        let half = self.freqs.len();
+        let freqs = Tensor::<B, 1>::from_data(
+            TensorData::new(self.freqs.clone(), [half]),
+            &t.device(),
+        );
+        let arg = t.reshape([n, 1]).mul(freqs.reshape([1, half]));
+        Tensor::cat(vec![arg.clone().sin(), arg.cos()], 1)
+    }
+
+    /// `t: [N]` (float timesteps) -> `[N, 4 dim]`.
+    pub fn forward(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
+        let e = self.embed(t);
+        self.linear2.forward(gelu(self.linear1.forward(e)))
+    }
+}
+
+/// `exp(-ln(theta) * i / (half - 1))` for `i < dim / 2`, computed as PyTorch does in float32:
+/// `f32(i) * f32(-ln(theta)/(half-1))`, then exp.
+pub fn sinusoidal_freqs(dim: usize, theta: f64) -> Vec<f32> {
+    let half = dim / 2;
+    let step = (theta.ln() / (half as f64 - 1.0)) as f32;
+    (0..half)
+        .map(|i| ((i as f32 * -step) as f64).exp() as f32)
+        .collect()
+}
+
+/// The denoising-diffusion-pytorch 2.x `Unet`.
+///
+/// Build it with [`UnetConfig::init`] or load it with [`crate::load_checkpoint`] and friends.
+/// `forward(x, t)` takes `x: [N, channels, H, W]` with `H`, `W` multiples of
+/// [`UnetConfig::downsample_factor`] and `t: [N]`, the integer timesteps as floats.
+#[derive(Module, Debug)]
+pub struct Unet<B: Backend> {
+    /// 7x7 input convolution (`init_conv`).
+    pub init_conv: Conv2d<B>,
+    /// Time embedding (`time_mlp`).
+    pub time_mlp: TimeMlp<B>,
+    /// Down stages, outermost first (`downs`).
+    pub downs: Vec<DownStage<B>>,
+    /// `mid_block1`.
+    pub mid_block1: ResnetBlock<B>,
+    /// `mid_attn` (always full attention).
+    pub mid_attn: FullAttention<B>,
+    /// `mid_block2`.
+    pub mid_block2: ResnetBlock<B>,
+    /// Up stages, innermost first (`ups`).
+    pub ups: Vec<UpStage<B>>,
+    /// `final_res_block` (`2 init_dim -> init_dim`).
+    pub final_res_block: ResnetBlock<B>,
+    /// 1x1 output convolution (`final_conv`).
+    pub final_conv: Conv2d<B>,
+    /// The configuration this network was built from.
+    pub config: UnetConfig,
+}
+
+impl<B: Backend> Unet<B> {
+    /// Builds a randomly initialised network; `config` must be valid (see
+    /// [`UnetConfig::init`], which checks it).
+    pub(crate) fn new(config: &UnetConfig, device: &B::Device) -> Self {
+        let init_dim = config.resolved_init_dim();
+        let time_dim = config.time_dim();
+        let in_out = config.in_out();
+        let full = config.resolved_full_attn();
+        let (heads, dh) = (config.attn_heads, config.attn_dim_head);
+        let drop = config.dropout;
+        let n = in_out.len();
+        let resnet = |a, b| ResnetBlock::new(a, b, time_dim, drop, device);
+
+        let downs = in_out
+            .iter()
+            .enumerate()
+            .map(|(i, &(din, dout))| DownStage {
+                block1: resnet(din, din),
+                block2: resnet(din, din),
+                attn: StageAttention::new(din, heads, dh, full[i], device),
+                resample: if i + 1 < n {
+                    Resample::PixelUnshuffle(conv(4 * din, dout, 1, true, device))
+                } else {
+                    Resample::Same(conv(din, dout, 3, true, device))
+                },
+            })
+            .collect();
+        let mid = *config.dims().last().expect("dims non-empty");
+        let ups = in_out
+            .iter()
+            .rev()
+            .zip(full.iter().rev())
+            .enumerate()
+            .map(|(i, (&(din, dout), &f))| UpStage {
+                block1: resnet(dout + din, dout),
+                block2: resnet(dout + din, dout),
+                attn: StageAttention::new(dout, heads, dh, f, device),
+                resample: if i + 1 < n {
+                    Resample::NearestUp(conv(dout, din, 3, true, device))
+                } else {
+                    Resample::Same(conv(dout, din, 3, true, device))
+                },
+            })
+            .collect();
+        Self {
+            init_conv: conv(config.channels, init_dim, 7, true, device),
+            time_mlp: TimeMlp::new(config.dim, time_dim, config.sinusoidal_pos_emb_theta, device),
+            downs,
+            mid_block1: resnet(mid, mid),
+            mid_attn: FullAttention::new(mid, heads, dh, device),
+            mid_block2: resnet(mid, mid),
+            ups,
+            final_res_block: resnet(2 * init_dim, init_dim),
+            final_conv: conv(init_dim, config.resolved_out_dim(), 1, true, device),
+            config: config.clone(),
+        }
+    }
+
+    /// The configuration of this network.
+    pub fn config(&self) -> &UnetConfig {
+        &self.config
+    }
+
+    /// Checks that an input of shape `[N, C, H, W]` fits this network.
+    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), UnetError> {
+        let [n, c, h, w] = dims;
+        let f = self.config.downsample_factor();
+        if n == 0 || c != self.config.channels || h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(UnetError::BadInput {
+                reason: format!(
+                    "input {:?} does not fit {}: need [N>0, {}, H, W] with H and W positive \
+                     multiples of {f}",
+                    dims,
+                    self.config.describe(),
+                    self.config.channels
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Like [`Unet::forward`] but returns an error instead of panicking on a bad shape.
+    pub fn try_forward(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Result<Tensor<B, 4>, UnetError> {
+        self.check_input(x.dims())?;
+        if t.dims()[0] != x.dims()[0] {
+            return Err(UnetError::BadInput {
+                reason: format!(
+                    "batch of x is {} but t has {} timesteps",
+                    x.dims()[0],
+                    t.dims()[0]
+                ),
+            });
+        }
+        Ok(self.forward_unchecked(x, t))
+    }
+
+    /// Predicts the network output for noisy images `x: [N, C, H, W]` at timesteps `t: [N]`.
+    ///
+    /// # Panics
+    /// If the shapes do not fit (see [`Unet::check_input`]); use [`Unet::try_forward`] to get
+    /// an error instead.
+    pub fn forward(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Tensor<B, 4> {
+        match self.try_forward(x, t) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn forward_unchecked(&self, x: Tensor<B, 4>, time: Tensor<B, 1>) -> Tensor<B, 4> {
+        let x = self.init_conv.forward(x);
+        let r = x.clone();
+        let t = silu(self.time_mlp.forward(time));
+        let mut skips = Vec::with_capacity(2 * self.downs.len());
+        let mut x = x;
+        for stage in &self.downs {
+            x = stage.block1.forward(x, &t);
+            skips.push(x.clone());
+            x = stage.block2.forward(x, &t);
+            x = stage.attn.forward(x.clone()).add(x);
+            skips.push(x.clone());
+            x = stage.resample.forward(x);
+        }
+        x = self.mid_block1.forward(x, &t);
+        x = self.mid_attn.forward(x.clone()).add(x);
+        x = self.mid_block2.forward(x, &t);
+        for stage in &self.ups {
+            let s = skips.pop().expect("one skip per block");
+            x = stage.block1.forward(Tensor::cat(vec![x, s], 1), &t);
+            let s = skips.pop().expect("one skip per block");
+            x = stage.block2.forward(Tensor::cat(vec![x, s], 1), &t);
+            x = stage.attn.forward(x.clone()).add(x);
+            x = stage.resample.forward(x);
+        }
+        let x = Tensor::cat(vec![x, r], 1);
+        let x = self.final_res_block.forward(x, &t);
+        self.final_conv.forward(x)
+    }
+}
