@@ -1,0 +1,411 @@
+//! DeepLenseSim "Model I" simulation (REFERENCE.md section 4): SIE + external shear main lens,
+//! elliptical Sersic source at a random position, three substructure classes, Gaussian PSF,
+//! exposure/Gaussian/Poisson noise and per-image min-max normalisation.
+//!
+//! Randomness: image `i` of a dataset draws everything from its own `ChaCha8Rng` seeded with
+//! `seed` on stream `i`, so an image depends only on `(config, class, seed, i)`, never on the
+//! thread count or on how many other images are generated.
+
+use ndarray::{Array2, Array3};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Poisson, StandardNormal};
+use rayon::prelude::*;
+
+use crate::error::{LensDataError, Result};
+use crate::render::{Grid, Renderer};
+use crate::spec::{LensProfile, LightProfile, PsfSpec, SimulationSpec};
+
+/// Einstein radius (arcsec) of a point mass of `mass` solar masses at the DeepLense Model I
+/// redshifts: `1.2814905676172957e-6 * sqrt(mass)`.
+pub fn theta_e_of_mass(mass: f64) -> f64 {
+    1.2814905676172957e-6 * mass.sqrt()
+}
+
+/// The three DeepLense substructure classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LensClass {
+    /// No substructure.
+    NoSub,
+    /// Cold-dark-matter subhalos (point masses drawn from a power-law mass function).
+    Cdm,
+    /// Axion dark matter vortex (a line of equal point masses through the centre).
+    Axion,
+}
+
+impl LensClass {
+    /// All classes, in label order.
+    pub const ALL: [LensClass; 3] = [LensClass::NoSub, LensClass::Cdm, LensClass::Axion];
+
+    /// Folder / command-line name: `no_sub`, `cdm`, `axion`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LensClass::NoSub => "no_sub",
+            LensClass::Cdm => "cdm",
+            LensClass::Axion => "axion",
+        }
+    }
+
+    /// Parses `no_sub` (also `nosub`, `no`), `cdm` (also `sphere`), `axion` (also `vort`, `vortex`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "no_sub" | "nosub" | "no" | "none" => Ok(LensClass::NoSub),
+            "cdm" | "sphere" | "subhalo" | "subhalos" => Ok(LensClass::Cdm),
+            "axion" | "vort" | "vortex" => Ok(LensClass::Axion),
+            _ => Err(LensDataError::UnknownClass(s.to_string())),
+        }
+    }
+
+    /// Parses a comma-separated list, e.g. `no_sub,cdm,axion`.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        let v: Vec<Self> = s.split(',').filter(|t| !t.trim().is_empty()).map(Self::parse).collect::<Result<_>>()?;
+        if v.is_empty() {
+            return Err(LensDataError::invalid("classes", format!("'{s}'"), "no class given"));
+        }
+        Ok(v)
+    }
+}
+
+impl std::fmt::Display for LensClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Model I configuration. [`ModelI::default`] is the DeepLense recipe; every field can be changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelI {
+    /// Pixels per side (150).
+    pub num_pix: usize,
+    /// Arcsec per pixel (0.05).
+    pub pixel_scale: f64,
+    /// Sub-pixels per pixel side (1).
+    pub supersampling: usize,
+    /// PSF FWHM in arcsec (0.087); `None` disables the PSF.
+    pub psf_fwhm: Option<f64>,
+    /// PSF truncation in sigmas (4, as in the lenstronomy DeepLense used).
+    pub psf_truncation: f64,
+    /// Main lens: SIE Einstein radius (1.2814905676 arcsec = 1e12 Msun).
+    pub main_theta_e: f64,
+    /// Main lens SIE e1 (0.1).
+    pub main_e1: f64,
+    /// Main lens SIE e2 (0).
+    pub main_e2: f64,
+    /// External shear gamma1 (0.05).
+    pub shear_gamma1: f64,
+    /// External shear gamma2 (0).
+    pub shear_gamma2: f64,
+    /// Source Sersic amplitude (20).
+    pub source_amp: f64,
+    /// Source half-light radius (0.25 arcsec).
+    pub source_r_sersic: f64,
+    /// Source Sersic index (1).
+    pub source_n_sersic: f64,
+    /// Source e1 (-0.1).
+    pub source_e1: f64,
+    /// Source e2 (0.1).
+    pub source_e2: f64,
+    /// Source centre drawn uniformly in `[-r, r]^2` (r = 0.35 arcsec).
+    pub source_center_range: f64,
+    /// CDM: number of subhalos (25).
+    pub cdm_count: usize,
+    /// CDM: subhalo mass range in Msun (1e6, 1e10).
+    pub cdm_mass_range: (f64, f64),
+    /// CDM: mass-function slope, dN/dm ~ m^slope (-0.9).
+    pub cdm_mass_slope: f64,
+    /// CDM: radial range of subhalo positions in arcsec (0.25, 2.0).
+    pub cdm_radius_range: (f64, f64),
+    /// Axion: number of point masses on the vortex line (100).
+    pub axion_count: usize,
+    /// Axion: total vortex mass in Msun (3e10).
+    pub axion_total_mass: f64,
+    /// Axion: axion mass range (eV), drawn log-uniformly (1e-24, 1e-22).
+    pub axion_mass_range: (f64, f64),
+    /// Axion: vortex half-length = coefficient / m_a arcsec (3e-24).
+    pub axion_length_coefficient: f64,
+    /// Add Model I noise (exposure, Gaussian, Poisson).
+    pub noise: bool,
+    /// Exposure time t = 10^U(lo, hi) (3.0, 3.5).
+    pub exposure_log10_range: (f64, f64),
+    /// Background Gaussian noise level (0.01).
+    pub background_sigma: f64,
+    /// Per-image min-max normalisation to [0, 1] (after noise).
+    pub normalize: bool,
+}
+
+impl Default for ModelI {
+    fn default() -> Self {
+        Self {
+            num_pix: 150,
+            pixel_scale: 0.05,
+            supersampling: 1,
+            psf_fwhm: Some(0.087),
+            psf_truncation: 4.0,
+            main_theta_e: theta_e_of_mass(1e12),
+            main_e1: 0.1,
+            main_e2: 0.0,
+            shear_gamma1: 0.05,
+            shear_gamma2: 0.0,
+            source_amp: 20.0,
+            source_r_sersic: 0.25,
+            source_n_sersic: 1.0,
+            source_e1: -0.1,
+            source_e2: 0.1,
+            source_center_range: 0.35,
+            cdm_count: 25,
+            cdm_mass_range: (1e6, 1e10),
+            cdm_mass_slope: -0.9,
+            cdm_radius_range: (0.25, 2.0),
+            axion_count: 100,
+            axion_total_mass: 3e10,
+            axion_mass_range: (1e-24, 1e-22),
+            axion_length_coefficient: 3e-24,
+            noise: true,
+            exposure_log10_range: (3.0, 3.5),
+            background_sigma: 0.01,
+            normalize: true,
+        }
+    }
+}
+
+/// The random draws of one Model I image (enough to re-render it noise-free).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageParams {
+    /// Class.
+    pub class: LensClass,
+    /// Source centre (arcsec).
+    pub source_center: (f64, f64),
+    /// Substructure point masses (POINT_MASS profiles).
+    pub substructure: Vec<LensProfile>,
+    /// Exposure time (when noise is on).
+    pub exposure: Option<f64>,
+}
+
+fn check_range(name: &str, (lo, hi): (f64, f64), positive: bool) -> Result<()> {
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) || (positive && lo <= 0.0) {
+        return Err(LensDataError::invalid(
+            name,
+            format!("({lo}, {hi})"),
+            if positive { "need 0 < lo <= hi" } else { "need lo <= hi" },
+        ));
+    }
+    Ok(())
+}
+
+impl ModelI {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        check_range("cdm_mass_range", self.cdm_mass_range, true)?;
+        check_range("cdm_radius_range", self.cdm_radius_range, false)?;
+        check_range("axion_mass_range", self.axion_mass_range, true)?;
+        check_range("exposure_log10_range", self.exposure_log10_range, false)?;
+        if !(self.source_center_range >= 0.0 && self.source_center_range.is_finite()) {
+            return Err(LensDataError::invalid("source_center_range", self.source_center_range, "must be >= 0"));
+        }
+        if !(self.background_sigma >= 0.0 && self.background_sigma.is_finite()) {
+            return Err(LensDataError::invalid("background_sigma", self.background_sigma, "must be >= 0"));
+        }
+        if !(self.axion_total_mass >= 0.0) {
+            return Err(LensDataError::invalid("axion_total_mass", self.axion_total_mass, "must be >= 0"));
+        }
+        Ok(())
+    }
+
+    fn grid(&self) -> Grid {
+        Grid { num_pix: self.num_pix, pixel_scale: self.pixel_scale, supersampling: self.supersampling }
+    }
+
+    fn psf(&self) -> Option<PsfSpec> {
+        self.psf_fwhm.map(|fwhm| PsfSpec::Gaussian { fwhm, truncation: self.psf_truncation })
+    }
+
+    /// The fixed macro model: SIE + external shear.
+    pub fn main_lens(&self) -> Vec<LensProfile> {
+        vec![
+            LensProfile::Sie { theta_e: self.main_theta_e, e1: self.main_e1, e2: self.main_e2, center_x: 0.0, center_y: 0.0 },
+            LensProfile::Shear { gamma1: self.shear_gamma1, gamma2: self.shear_gamma2, ra_0: 0.0, dec_0: 0.0 },
+        ]
+    }
+
+    fn source(&self, (cx, cy): (f64, f64)) -> LightProfile {
+        LightProfile::SersicEllipse {
+            amp: self.source_amp,
+            r_sersic: self.source_r_sersic,
+            n_sersic: self.source_n_sersic,
+            e1: self.source_e1,
+            e2: self.source_e2,
+            center_x: cx,
+            center_y: cy,
+        }
+    }
+
+    /// Draws the parameters of one image from `rng`.
+    pub fn draw_params<R: Rng + ?Sized>(&self, class: LensClass, rng: &mut R) -> ImageParams {
+        let r = self.source_center_range;
+        let source_center = (rng.random_range(-r..=r), rng.random_range(-r..=r));
+        let substructure = match class {
+            LensClass::NoSub => Vec::new(),
+            LensClass::Cdm => {
+                let p = 1.0 + self.cdm_mass_slope;
+                let (lo, hi) = self.cdm_mass_range;
+                let (rlo, rhi) = self.cdm_radius_range;
+                (0..self.cdm_count)
+                    .map(|_| {
+                        let u: f64 = rng.random();
+                        // inverse CDF of dN/dm ~ m^slope on [lo, hi]
+                        let m = if p.abs() < 1e-12 {
+                            lo * (hi / lo).powf(u)
+                        } else {
+                            (lo.powf(p) + u * (hi.powf(p) - lo.powf(p))).powf(1.0 / p)
+                        };
+                        let rad = rlo + (rhi - rlo) * rng.random::<f64>();
+                        let t = std::f64::consts::TAU * rng.random::<f64>();
+                        LensProfile::PointMass { theta_e: theta_e_of_mass(m), center_x: rad * t.sin(), center_y: rad * t.cos() }
+                    })
+                    .collect()
+            }
+            LensClass::Axion => {
+                let (lo, hi) = self.axion_mass_range;
+                let log_ma = lo.log10() + (hi.log10() - lo.log10()) * rng.random::<f64>();
+                let half = self.axion_length_coefficient / 10f64.powf(log_ma);
+                let angle = std::f64::consts::PI * rng.random::<f64>();
+                let (s, c) = angle.sin_cos();
+                let n = self.axion_count;
+                let te = theta_e_of_mass(self.axion_total_mass / n.max(1) as f64);
+                (0..n)
+                    .map(|k| {
+                        let t = if n == 1 { 0.0 } else { -half + 2.0 * half * k as f64 / (n - 1) as f64 };
+                        LensProfile::PointMass { theta_e: te, center_x: t * c, center_y: t * s }
+                    })
+                    .collect()
+            }
+        };
+        let exposure = self.noise.then(|| {
+            let (lo, hi) = self.exposure_log10_range;
+            10f64.powf(lo + (hi - lo) * rng.random::<f64>())
+        });
+        ImageParams { class, source_center, substructure, exposure }
+    }
+
+    /// The noise-free spec of an image (same schema as the `simulate` command reads).
+    pub fn spec(&self, params: &ImageParams) -> SimulationSpec {
+        let mut lens = self.main_lens();
+        lens.extend(params.substructure.iter().cloned());
+        SimulationSpec {
+            num_pix: self.num_pix,
+            pixel_scale: self.pixel_scale,
+            supersampling: self.supersampling,
+            psf: self.psf(),
+            lens,
+            source: vec![self.source(params.source_center)],
+            lens_light: Vec::new(),
+        }
+    }
+}
+
+/// Model I noise, in place: `img_c = t (img + N(0,1) sqrt(|img|/t) + N(0,1) sigma_bg)`,
+/// `counts = Poisson(max(img_c, 0))`.
+pub fn add_model_i_noise<R: Rng + ?Sized>(img: &mut Array2<f64>, exposure: f64, background_sigma: f64, rng: &mut R) {
+    for v in img.iter_mut() {
+        let n1: f64 = StandardNormal.sample(rng);
+        let n2: f64 = StandardNormal.sample(rng);
+        let c = exposure * (*v + n1 * (v.abs() / exposure).sqrt() + n2 * background_sigma);
+        *v = if c > 0.0 {
+            match Poisson::new(c) {
+                Ok(p) => p.sample(rng),
+                Err(_) => c.round(), // lambda beyond the sampler's range: its mean
+            }
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Per-image min-max to [0, 1] in place (a constant image becomes all zeros).
+pub fn min_max_in_place(img: &mut Array2<f64>) {
+    let (lo, hi) = img.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = hi - lo;
+    if span > 0.0 && span.is_finite() {
+        img.mapv_inplace(|v| (v - lo) / span);
+    } else {
+        img.fill(0.0);
+    }
+}
+
+/// A seeded Model I generator: precomputes the grid and the macro-lens deflection once.
+#[derive(Debug, Clone)]
+pub struct ModelISimulator {
+    config: ModelI,
+    renderer: Renderer,
+}
+
+/// The RNG of image `index` under `seed`.
+pub fn image_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    rng
+}
+
+impl ModelISimulator {
+    /// Validates `config` and precomputes.
+    pub fn new(config: ModelI) -> Result<Self> {
+        config.validate()?;
+        let psf = config.psf();
+        let renderer = Renderer::new(config.grid(), &config.main_lens(), psf)?;
+        Ok(Self { config, renderer })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelI {
+        &self.config
+    }
+
+    /// Image `index` of class `class` under `seed`: f64 `[num_pix, num_pix]` and its draws.
+    pub fn simulate(&self, class: LensClass, seed: u64, index: u64) -> (Array2<f64>, ImageParams) {
+        let mut rng = image_rng(seed, index);
+        let params = self.config.draw_params(class, &mut rng);
+        let source = [self.config.source(params.source_center)];
+        let mut img = self.renderer.render(&params.substructure, &source, &[]);
+        if let Some(t) = params.exposure {
+            add_model_i_noise(&mut img, t, self.config.background_sigma, &mut rng);
+        }
+        if self.config.normalize {
+            min_max_in_place(&mut img);
+        }
+        (img, params)
+    }
+}
+
+/// Class of image `index` when a dataset cycles through `classes`: `classes[index % len]`.
+pub fn class_of(classes: &[LensClass], index: usize) -> LensClass {
+    classes[index % classes.len()]
+}
+
+/// A simulated dataset held in memory.
+#[derive(Debug, Clone)]
+pub struct SimulatedSet {
+    /// Images, f64 `[count, num_pix, num_pix]`.
+    pub images: Array3<f64>,
+    /// Label of each image: index into `classes`.
+    pub labels: Vec<usize>,
+    /// The classes, in label order.
+    pub classes: Vec<LensClass>,
+}
+
+/// Simulates `count` Model I images in parallel (rayon). Image `i` has class
+/// `classes[i % classes.len()]` and its own RNG stream, so results do not depend on the thread count.
+pub fn simulate_dataset(config: &ModelI, classes: &[LensClass], count: usize, seed: u64) -> Result<SimulatedSet> {
+    if classes.is_empty() {
+        return Err(LensDataError::invalid("classes", "[]", "need at least one class"));
+    }
+    let sim = ModelISimulator::new(config.clone())?;
+    let n = config.num_pix;
+    let mut images = Array3::<f64>::zeros((count, n, n));
+    let buf = images.as_slice_mut().expect("fresh array is contiguous");
+    buf.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(i, dst)| {
+        let (img, _) = sim.simulate(class_of(classes, i), seed, i as u64);
+        dst.copy_from_slice(img.as_slice().expect("render output is contiguous"));
+    });
+    let labels = (0..count).map(|i| i % classes.len()).collect();
+    Ok(SimulatedSet { images, labels, classes: classes.to_vec() })
+}
