@@ -1,0 +1,97 @@
+//! Parity with denoising-diffusion-pytorch 2.3.4: the fixtures in `tests/fixtures/` were made
+//! by the reference library (see the workspace's shared fixtures README):
+//! `Unet(dim=8, dim_mults=(1,2), channels=1)` after 3 Adam steps, EMA decay 0.9.
+
+use std::path::PathBuf;
+
+use burn::backend::{Flex, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use ndarray::ArrayD;
+use ndarray_npy::read_npy;
+use unet::{load_checkpoint, read_state_dict, CheckpointFormat, Unet, UnetConfig, Weights};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn fixture_config() -> UnetConfig {
+    UnetConfig::new(8, vec![1, 2], 1)
+}
+
+fn inputs<B: Backend>(device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 1>) {
+    let x: ArrayD<f32> = read_npy(fixture("forward_x.npy")).unwrap();
+    let t: ArrayD<i64> = read_npy(fixture("forward_t.npy")).unwrap();
+    let shape: Vec<usize> = x.shape().to_vec();
+    let x = Tensor::from_data(TensorData::new(x.into_raw_vec_and_offset().0, shape), device);
+    let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let n = t.len();
+    (x, Tensor::from_data(TensorData::new(t, [n]), device))
+}
+
+fn expected(name: &str) -> ArrayD<f32> {
+    read_npy(fixture(name)).unwrap()
+}
+
+fn max_abs_diff<B: Backend>(y: Tensor<B, 4>, want: &ArrayD<f32>) -> f32 {
+    assert_eq!(y.dims().to_vec(), want.shape().to_vec());
+    let got: Vec<f32> = y.into_data().to_vec().unwrap();
+    got.iter()
+        .zip(want.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check<B: Backend>(model: &Unet<B>, out: &str, device: &B::Device) {
+    let (x, t) = inputs::<B>(device);
+    let want = expected(out);
+    let d = max_abs_diff(model.forward(x, t), &want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("{out}: max abs diff {d:e}, output scale {scale}");
+    assert!(d <= 1e-5, "{out}: max |diff| = {d:e} (output scale {scale})");
+}
+
+#[test]
+fn bare_state_dict_matches_pytorch_forward() {
+    let device = Default::default();
+    let sd = read_state_dict(&fixture("unet_state_dict.pth"), Weights::Model).unwrap();
+    assert_eq!(sd.format(), CheckpointFormat::UnetStateDict);
+    assert_eq!(sd.infer_config().unwrap(), fixture_config());
+    let model = sd.into_unet::<Flex>(Some(&fixture_config()), &device).unwrap();
+    check(&model, "forward_out.npy", &device);
+}
+
+#[test]
+fn diffusion_state_dict_gives_the_same_network() {
+    let device = Default::default();
+    let sd = read_state_dict(&fixture("diffusion_state_dict.pth"), Weights::Model).unwrap();
+    assert_eq!(sd.format(), CheckpointFormat::DiffusionStateDict);
+    // the 13 schedule buffers are not part of the U-Net
+    assert_eq!(sd.len(), unet::keys::param_specs(&fixture_config()).len());
+    let model = sd.into_unet::<Flex>(None, &device).unwrap();
+    check(&model, "forward_out.npy", &device);
+}
+
+#[test]
+fn trainer_checkpoint_model_and_ema_weights() {
+    let device = Default::default();
+    let path = fixture("trainer_checkpoint.pt");
+    let ema = load_checkpoint::<Flex>(&path, Weights::Ema, None, &device).unwrap();
+    check(&ema, "forward_out_ema.npy", &device);
+    let online = load_checkpoint::<Flex>(&path, Weights::Model, Some(&fixture_config()), &device)
+        .unwrap();
+    check(&online, "forward_out.npy", &device);
+    assert_eq!(
+        read_state_dict(&path, Weights::Ema).unwrap().format(),
+        CheckpointFormat::TrainerEma
+    );
+}
+
+#[test]
+fn bare_state_dict_on_ndarray() {
+    let device = Default::default();
+    let model =
+        load_checkpoint::<NdArray>(&fixture("unet_state_dict.pth"), Weights::Model, None, &device)
+            .unwrap();
+    check(&model, "forward_out.npy", &device);
+}
