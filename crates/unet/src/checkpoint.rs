@@ -148,7 +148,20 @@ fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
     let owned = path.to_path_buf();
     let reader = std::panic::catch_unwind(move || PytorchReader::new(&owned))
         .map_err(|_| not_pytorch(path, "the PyTorch reader crashed on this file"))?
-        .map_err(|e| not_pytorch(path, e))?;
+        .map_err(|e| {
+            let zip = sniff(path).map(|h| h.starts_with(b"PK\x03\x04")).unwrap_or(false);
+            if zip {
+                not_pytorch(
+                    path,
+                    format!("a zip archive that cannot be read, truncated or damaged ({e})"),
+                )
+            } else {
+                not_pytorch(
+                    path,
+                    format!("neither a PyTorch zip archive nor a legacy pickle checkpoint ({e})"),
+                )
+            }
+        })?;
     let all: HashMap<String, TensorSnapshot> = reader.into_tensors();
     if all.is_empty() {
         return Err(not_pytorch(path, "it holds no tensors"));
