@@ -1,8 +1,86 @@
-//! placeholder (being written)
+//! # lens-data
+//!
+//! Strong-lensing image data for the lensing-diffusion workspace: load what users have on disk
+//! (every DeepLense layout), resize it exactly as the PyTorch recipe does, and *make* realistic
+//! lensing data with a simulator that reproduces lenstronomy to ~1e-15 relative.
+//! The crate is independent of any training code: it hands out plain `ndarray` arrays.
+//!
+//! ## Loading ([`load`])
+//! ```no_run
+//! use lens_data::load::{load_folder, load_labelled, LoadOptions};
+//! use lens_data::transform::Normalization;
+//! # fn main() -> lens_data::Result<()> {
+//! // DeepLense diffusion set: Samples/sample{1..10000}.npy, f64 (1,150,150) -> 128x128
+//! let set = load_folder("Samples", &LoadOptions::resized(128))?;
+//! assert_eq!(set.images.dim().1, 128); // images: Array3<f32> [N, H, W]
+//! for w in &set.warnings { eprintln!("warning: {w}"); }
+//! // Labelled layout dataset/{train,val}/{no,sphere,vort}/*.npy
+//! let opts = LoadOptions { target_size: Some((128, 128)), normalization: Normalization::MinMax,
+//!                          skip_bad: true, ..Default::default() };
+//! let ds = load_labelled("dataset", &opts)?;
+//! println!("{:?} {} train", ds.class_names, ds.train.len());
+//! # Ok(()) }
+//! ```
+//! - [`load::load_folder`]`(dir, &LoadOptions) -> Result<ImageSet>`: every `.npy` / `.npz` /
+//!   PNG / JPEG / TIFF file in a folder, natural file-name order (`sample2` before `sample10`).
+//! - [`load::load_labelled`]`(root, &LoadOptions) -> Result<LabelledDataset>`:
+//!   `ROOT/{train,val}/CLASS/*` or `ROOT/CLASS/*`; labels index sorted class names.
+//! - [`load::load_files`]`(&[PathBuf], &LoadOptions)`, [`load::load_path`] (file or folder),
+//!   [`load::load_file`]`(path) -> Result<Vec<Array2<f64>>>` (raw values of one file).
+//! - `.npy` shapes `(H,W)`, `(1,H,W)`, `(H,W,1)`, stacks `(N,H,W)`, `(N,1,H,W)`, `(N,H,W,1)`;
+//!   dtypes f2/f4/f8, u1..u8, i1..i8, bool, either endianness, C or Fortran order. Colour
+//!   (PNG/JPEG/TIFF 8/16-bit, or `(H,W,3|4)` arrays) -> luminance, reported as a
+//!   [`dataset::LoadWarning`]. Pickled object arrays are never executed: a typed error names
+//!   the file and gives the one-line conversion.
+//! - Empty / truncated / corrupt / NaN-containing / wrongly shaped files: a typed
+//!   [`LensDataError`] naming the file; with `skip_bad` they are skipped, listed in
+//!   `ImageSet::warnings` and counted in `ImageSet::skipped`. Empty folder: error.
+//! - Decoding, resizing and normalisation run in parallel over files (rayon).
+//!
+//! ## Resizing, normalisation, augmentation, batches
+//! - [`resize::resize_bilinear_aa`]`(view, (h, w)) -> Array2<f32>` / [`resize::Resizer`]:
+//!   antialiased bilinear, identical to PIL `BILINEAR` and torch
+//!   `interpolate(mode="bilinear", antialias=True)` (tested to 1e-12 against torch f64).
+//! - [`transform::Normalization`]: `None`, `MinMax` (per image, to [0,1]), `MeanStd{mean,std}`.
+//! - [`transform::Dihedral`]: the 8 symmetries of the square.
+//! - [`dataset::ImageSet`]: `images: Array3<f32>`, `labels: Option<Vec<usize>>`,
+//!   `split(val_fraction, seed)` (seeded, stratified), `batches(&BatchConfig, epoch)` ->
+//!   iterator of [`dataset::Batch`] `{ images: Array4<f32> [B,1,H,W], labels, indices }`.
+//!
+//! ## Simulation ([`simulate`], [`render`], [`spec`])
+//! - [`render::render`]`(&SimulationSpec) -> Result<Array2<f64>>`: a noise-free image from a
+//!   spec in the JSON schema of `make_lens_fixtures.py` ([`spec::SimulationSpec::from_json_file`]),
+//!   lens profiles SIE, SIS, SHEAR, POINT_MASS, NFW, TNFW; light SERSIC, SERSIC_ELLIPSE; pixel
+//!   grid, supersampling, Gaussian PSF with truncation; pixel value = surface brightness x area.
+//! - [`simulate::ModelI`] (DeepLenseSim Model I, `Default` = the recipe), [`simulate::LensClass`]
+//!   (`NoSub`, `Cdm`, `Axion`), [`simulate::ModelISimulator`]`::simulate(class, seed, index)`,
+//!   [`simulate::simulate_dataset`]`(&ModelI, &[LensClass], count, seed) -> Result<SimulatedSet>`
+//!   (`images: Array3<f64>`, `labels`), parallel and seeded per image (ChaCha8, stream = index).
+//! - [`write::write_model_i_dataset`] writes DeepLense layouts (f64 `(1,N,N)` files, atomic).
+//!
+//! Commands (root package examples): `cargo run --release --example simulate -- --spec S.json
+//! --out image.npy`, `cargo run --release --example make-dataset -- --out DIR --count N`.
+//!
+//! ## Feature flags
+//! - `burn` (off by default): `dataset::Batch::to_tensor::<B>(&device) -> Tensor<B, 4>`.
+//!
+//! See `ARCHITECTURE.md` in this crate for the decisions taken and rejected.
 #![warn(missing_docs)]
+
+pub mod dataset;
 pub mod error;
+pub mod load;
 pub mod npy;
 pub mod render;
+pub mod resize;
 pub mod simulate;
 pub mod spec;
+pub mod transform;
+pub mod write;
+
+pub use dataset::{Batch, BatchConfig, ImageSet, LoadWarning};
 pub use error::{LensDataError, Result};
+pub use load::{load_folder, load_labelled, LabelledDataset, LoadOptions};
+pub use simulate::{simulate_dataset, LensClass, ModelI};
+pub use spec::SimulationSpec;
+pub use transform::{Dihedral, Normalization};

@@ -177,6 +177,15 @@ pub(crate) fn decode_elements(raw: &[u8], le: bool, kind: Kind, size: usize, out
 
 /// Decodes `.npy` bytes (`path` is only used in error messages).
 pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
+    let mut data = Vec::new();
+    let shape = parse_npy_into(bytes, path, &mut data)?;
+    Ok(NpyArray { shape, data })
+}
+
+/// Decodes `.npy` bytes into `data` (cleared first; C order, f64) and returns the shape.
+/// Lets a caller reuse one buffer across many files.
+pub fn parse_npy_into(bytes: &[u8], path: &Path, data: &mut Vec<f64>) -> Result<Vec<usize>> {
+    data.clear();
     let h = parse_header(bytes, path)?;
     if h.descr.trim_start_matches(['|', '<', '>', '=']).starts_with('O') {
         return Err(LensDataError::PickledObjectArray { path: path.to_path_buf(), detail: String::new() });
@@ -193,13 +202,13 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     if raw.len() < expected {
         return Err(LensDataError::Truncated { path: path.to_path_buf(), expected, actual: raw.len() });
     }
-    let mut data = Vec::with_capacity(count);
-    decode_elements(&raw[..expected], le, kind, size, &mut data);
+    data.reserve(count);
+    decode_elements(&raw[..expected], le, kind, size, data);
     if h.fortran && h.shape.len() > 1 {
-        let a = ArrayD::from_shape_vec(IxDyn(&h.shape).f(), data).map_err(|e| bad(path, e.to_string()))?;
-        data = a.as_standard_layout().iter().copied().collect();
+        let a = ArrayD::from_shape_vec(IxDyn(&h.shape).f(), std::mem::take(data)).map_err(|e| bad(path, e.to_string()))?;
+        *data = a.as_standard_layout().iter().copied().collect();
     }
-    Ok(NpyArray { shape: h.shape, data })
+    Ok(h.shape)
 }
 
 /// Reads a `.npy` file.

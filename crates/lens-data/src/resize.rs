@@ -1,0 +1,133 @@
+//! Antialiased bilinear resizing: the separable triangle filter of PIL's `Image.resize(BILINEAR)`
+//! and of `torch.nn.functional.interpolate(mode="bilinear", antialias=True, align_corners=False)`
+//! (both use the same algorithm): when shrinking by a factor `s > 1` the triangle's support is
+//! widened to `s` input pixels, so every input pixel contributes (no aliasing); when enlarging it
+//! is plain bilinear interpolation with half-pixel centres. Weights are computed in f64 and
+//! normalised per output pixel; the horizontal pass runs first, then the vertical.
+
+use ndarray::{Array2, ArrayView2};
+
+/// Precomputed filter taps for one axis (`in_size -> out_size`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisWeights {
+    /// First input index of each output pixel.
+    pub start: Vec<usize>,
+    /// Normalised weights of each output pixel (variable length).
+    pub weights: Vec<Vec<f64>>,
+}
+
+impl AxisWeights {
+    /// PIL `precompute_coeffs` with the bilinear (triangle) filter.
+    pub fn new(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filterscale; // triangle support 1.0 x filterscale
+        let inv = 1.0 / filterscale;
+        let mut start = Vec::with_capacity(out_size);
+        let mut weights = Vec::with_capacity(out_size);
+        for xx in 0..out_size {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize; // C-style truncation
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize;
+            let mut w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) * inv).abs();
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            }
+            start.push(xmin);
+            weights.push(w);
+        }
+        Self { start, weights }
+    }
+}
+
+/// A reusable resizer `(in_h, in_w) -> (out_h, out_w)`.
+#[derive(Debug, Clone)]
+pub struct Resizer {
+    in_shape: (usize, usize),
+    out_shape: (usize, usize),
+    rows: AxisWeights,
+    cols: AxisWeights,
+}
+
+impl Resizer {
+    /// Builds the filter taps once.
+    pub fn new(in_shape: (usize, usize), out_shape: (usize, usize)) -> Self {
+        Self {
+            in_shape,
+            out_shape,
+            rows: AxisWeights::new(in_shape.0, out_shape.0),
+            cols: AxisWeights::new(in_shape.1, out_shape.1),
+        }
+    }
+
+    /// Input (H, W).
+    pub fn in_shape(&self) -> (usize, usize) {
+        self.in_shape
+    }
+
+    /// Output (H, W).
+    pub fn out_shape(&self) -> (usize, usize) {
+        self.out_shape
+    }
+
+    /// Resizes a row-major `in_h x in_w` slice into a row-major `out_h x out_w` slice.
+    /// `scratch` is reused between calls (it is resized as needed).
+    pub fn resize_into<T: Copy + Into<f64>>(&self, src: &[T], dst: &mut [f32], scratch: &mut Vec<f64>) {
+        let (ih, iw) = self.in_shape;
+        let (oh, ow) = self.out_shape;
+        assert_eq!(src.len(), ih * iw, "input length");
+        assert_eq!(dst.len(), oh * ow, "output length");
+        scratch.clear();
+        scratch.resize(ih * ow, 0.0);
+        // horizontal pass: (ih, iw) -> (ih, ow)
+        for r in 0..ih {
+            let row = &src[r * iw..(r + 1) * iw];
+            let out = &mut scratch[r * ow..(r + 1) * ow];
+            for (c, o) in out.iter_mut().enumerate() {
+                let s = self.cols.start[c];
+                let mut acc = 0.0;
+                for (k, w) in self.cols.weights[c].iter().enumerate() {
+                    acc += w * row[s + k].into();
+                }
+                *o = acc;
+            }
+        }
+        // vertical pass: (ih, ow) -> (oh, ow)
+        for r in 0..oh {
+            let s = self.rows.start[r];
+            let out = &mut dst[r * ow..(r + 1) * ow];
+            let ws = &self.rows.weights[r];
+            for c in 0..ow {
+                let mut acc = 0.0;
+                for (k, w) in ws.iter().enumerate() {
+                    acc += w * scratch[(s + k) * ow + c];
+                }
+                out[c] = acc as f32;
+            }
+        }
+    }
+
+    /// Resizes one image.
+    pub fn resize(&self, img: ArrayView2<'_, f64>) -> Array2<f32> {
+        let src = img.as_standard_layout();
+        let mut dst = Array2::<f32>::zeros(self.out_shape);
+        let mut scratch = Vec::new();
+        self.resize_into(src.as_slice().expect("standard layout"), dst.as_slice_mut().expect("fresh"), &mut scratch);
+        dst
+    }
+}
+
+/// Resizes one image to `(out_h, out_w)` with the antialiased bilinear filter.
+pub fn resize_bilinear_aa(img: ArrayView2<'_, f64>, out_shape: (usize, usize)) -> Array2<f32> {
+    Resizer::new(img.dim(), out_shape).resize(img)
+}
