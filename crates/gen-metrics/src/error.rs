@@ -1,0 +1,103 @@
+//! The crate's single error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `gen-metrics`.
+///
+/// Each variant names the input (a label such as `"real features"` or a file path), the
+/// parameter or the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A feature matrix holds NaN or an infinity.
+    #[error("{what}: non-finite value {value} at row {row}, column {col}")]
+    NonFinite {
+        /// Which input (label or path).
+        what: String,
+        /// Row of the first offending value.
+        row: usize,
+        /// Column of the first offending value.
+        col: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// Two inputs disagree on the feature dimension.
+    #[error("dimension mismatch: {left} has dimension {left_dim} but {right} has dimension {right_dim}")]
+    DimensionMismatch {
+        /// First input.
+        left: String,
+        /// Its dimension.
+        left_dim: usize,
+        /// Second input.
+        right: String,
+        /// Its dimension.
+        right_dim: usize,
+    },
+    /// Too few samples (rows) for the statistic.
+    #[error("{what}: needs at least {needed} samples, got {got}")]
+    TooFewSamples {
+        /// Which input.
+        what: String,
+        /// Minimum number of rows.
+        needed: usize,
+        /// Rows given.
+        got: usize,
+    },
+    /// A feature matrix with zero columns.
+    #[error("{what}: feature dimension is 0")]
+    EmptyDimension {
+        /// Which input.
+        what: String,
+    },
+    /// A kernel bandwidth that is not a finite positive number.
+    #[error("kernel bandwidth must be finite and > 0, got {0}")]
+    InvalidBandwidth(f64),
+    /// Any other parameter out of its domain.
+    #[error("invalid parameter `{name}` = {value}: {reason}")]
+    InvalidParameter {
+        /// Parameter name.
+        name: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `.npy`/`.npz` file could not be read or has the wrong shape/type.
+    #[error("cannot read array file {path}: {message}")]
+    ArrayFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A numerical decomposition failed (should not happen on finite input).
+    #[error("linear algebra failure in {0}")]
+    Linalg(String),
+    /// A model checkpoint could not be loaded or saved.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Serialising a report failed.
+    #[error("JSON error on {path}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `Result` with [`MetricsError`].
+pub type Result<T> = std::result::Result<T, MetricsError>;

@@ -1,0 +1,130 @@
+//! Feature matrices: validation, `.npy` loading, and small helpers shared by the metrics.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, ArrayView2, Axis};
+use ndarray_npy::ReadNpyExt;
+
+use crate::error::{MetricsError, Result};
+
+/// Checks that `x` is a usable `[n, d]` feature matrix: `d > 0`, at least `min_rows` rows,
+/// and every value finite. `what` names the input in the error.
+pub fn validate(x: ArrayView2<'_, f64>, what: &str, min_rows: usize) -> Result<()> {
+    if x.ncols() == 0 {
+        return Err(MetricsError::EmptyDimension { what: what.to_string() });
+    }
+    if x.nrows() < min_rows {
+        return Err(MetricsError::TooFewSamples { what: what.to_string(), needed: min_rows, got: x.nrows() });
+    }
+    for (row, r) in x.axis_iter(Axis(0)).enumerate() {
+        for (col, &v) in r.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(MetricsError::NonFinite { what: what.to_string(), row, col, value: v });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that two inputs have the same feature dimension.
+pub fn check_same_dim(a: ArrayView2<'_, f64>, a_what: &str, b: ArrayView2<'_, f64>, b_what: &str) -> Result<()> {
+    if a.ncols() != b.ncols() {
+        return Err(MetricsError::DimensionMismatch {
+            left: a_what.to_string(),
+            left_dim: a.ncols(),
+            right: b_what.to_string(),
+            right_dim: b.ncols(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a list of Gaussian-kernel bandwidths (non-empty, each finite and `> 0`).
+pub fn validate_bandwidths(bws: &[f64]) -> Result<()> {
+    if bws.is_empty() {
+        return Err(MetricsError::InvalidParameter {
+            name: "bandwidths",
+            value: "[]".into(),
+            reason: "at least one bandwidth is needed".into(),
+        });
+    }
+    for &b in bws {
+        if !(b.is_finite() && b > 0.0) {
+            return Err(MetricsError::InvalidBandwidth(b));
+        }
+    }
+    Ok(())
+}
+
+/// Reads an `[n, d]` feature matrix from a `.npy` file holding `f64` or `f32` values
+/// (little-endian, C or Fortran order), returned as `f64`. The values are validated
+/// (finite, `d > 0`); the error names the file.
+pub fn load_features_npy(path: impl AsRef<Path>) -> Result<Array2<f64>> {
+    let path = path.as_ref();
+    let open = || std::fs::File::open(path).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source });
+    let arr = match Array2::<f64>::read_npy(open()?) {
+        Ok(a) => a,
+        Err(e64) => match Array2::<f32>::read_npy(open()?) {
+            Ok(a) => a.mapv(f64::from),
+            Err(_) => {
+                return Err(MetricsError::ArrayFile {
+                    path: path.to_path_buf(),
+                    message: format!("expected a 2-D float64 or float32 array [n, d]: {e64}"),
+                })
+            }
+        },
+    };
+    validate(arr.view(), &path.display().to_string(), 1)?;
+    Ok(arr)
+}
+
+/// Writes bytes to `path` atomically: a temporary file in the same directory, then a rename,
+/// so a reader never sees a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| MetricsError::Io { path: path.to_path_buf(), source };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Returns `x` with its column means subtracted (a new standard-layout array), and the means.
+pub(crate) fn centered(x: ArrayView2<'_, f64>) -> (Array2<f64>, Vec<f64>) {
+    let mean = column_means(x);
+    let mut c = x.to_owned();
+    for mut r in c.axis_iter_mut(Axis(0)) {
+        for (v, m) in r.iter_mut().zip(&mean) {
+            *v -= m;
+        }
+    }
+    (c, mean)
+}
+
+/// Column means, accumulated in row order.
+pub(crate) fn column_means(x: ArrayView2<'_, f64>) -> Vec<f64> {
+    let mut s = vec![0.0f64; x.ncols()];
+    for r in x.axis_iter(Axis(0)) {
+        for (a, v) in s.iter_mut().zip(r.iter()) {
+            *a += v;
+        }
+    }
+    let n = x.nrows() as f64;
+    s.iter().map(|v| v / n).collect()
+}
+
+/// Squared Euclidean norm of each row.
+pub(crate) fn row_sq_norms(x: ArrayView2<'_, f64>) -> Vec<f64> {
+    x.axis_iter(Axis(0)).map(|r| r.iter().map(|v| v * v).sum()).collect()
+}
+
+/// Rows of `x` selected by `idx`, as a new standard-layout array.
+pub(crate) fn select_rows(x: ArrayView2<'_, f64>, idx: &[usize]) -> Array2<f64> {
+    x.select(Axis(0), idx)
+}

@@ -1,0 +1,98 @@
+//! Thin bridges between `ndarray` (storage, I/O) and `faer` (dense kernels).
+
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use ndarray::{Array2, ArrayView2};
+
+use crate::error::{MetricsError, Result};
+
+/// The parallelism used for large dense kernels: rayon over all threads of the current pool.
+pub(crate) fn par() -> Par {
+    Par::rayon(0)
+}
+
+/// A faer view of a standard-layout (row-major, contiguous) ndarray matrix.
+pub(crate) fn view(a: &Array2<f64>) -> MatRef<'_, f64> {
+    let s = a.as_slice().expect("standard layout");
+    MatRef::from_row_major_slice(s, a.nrows(), a.ncols())
+}
+
+/// A mutable faer view of a standard-layout ndarray matrix.
+pub(crate) fn view_mut(a: &mut Array2<f64>) -> MatMut<'_, f64> {
+    let (r, c) = a.dim();
+    let s = a.as_slice_mut().expect("standard layout");
+    MatMut::from_row_major_slice_mut(s, r, c)
+}
+
+/// A contiguous row-major copy of `x` when it is not already one.
+pub(crate) fn standard(x: ArrayView2<'_, f64>) -> Array2<f64> {
+    x.as_standard_layout().into_owned()
+}
+
+/// `alpha * Xc^T Xc` as a full symmetric `[d, d]` matrix (only one triangle is computed,
+/// then mirrored).
+pub(crate) fn scaled_gram_cols(xc: &Array2<f64>, alpha: f64) -> Array2<f64> {
+    let d = xc.ncols();
+    let mut out = Array2::<f64>::zeros((d, d));
+    {
+        let x = view(xc);
+        // out is row-major; viewed as faer it is the same symmetric matrix.
+        let dst = view_mut(&mut out);
+        triangular::matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            x,
+            BlockStructure::Rectangular,
+            alpha,
+            par(),
+        );
+    }
+    mirror_lower(&mut out);
+    out
+}
+
+/// Copies the lower triangle onto the upper one (in the faer view, i.e. `out[j][i]` for `i > j`
+/// in row-major terms).
+pub(crate) fn mirror_lower(out: &mut Array2<f64>) {
+    let d = out.nrows();
+    // faer view of a row-major buffer: element (i, j) lives at out[[j, i]]... careful:
+    // from_row_major_slice maps faer (i, j) -> slice[i * d + j] = out[[i, j]]. So the faer lower
+    // triangle is out[[i, j]] with i >= j.
+    for i in 0..d {
+        for j in 0..i {
+            out[[j, i]] = out[[i, j]];
+        }
+    }
+}
+
+/// `A B^T` for row-major `A [m, k]`, `B [n, k]`, into a new row-major `[m, n]` array.
+pub(crate) fn a_bt(a: &Array2<f64>, b: &Array2<f64>, par: Par) -> Array2<f64> {
+    let mut out = Array2::<f64>::zeros((a.nrows(), b.nrows()));
+    faer::linalg::matmul::matmul(view_mut(&mut out), Accum::Replace, view(a), view(b).transpose(), 1.0, par);
+    out
+}
+
+/// `A B^T` of faer views into `out` (row-major `[m, n]` buffer).
+pub(crate) fn a_bt_into(out: &mut [f64], a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) {
+    let dst = MatMut::from_row_major_slice_mut(out, a.nrows(), b.nrows());
+    faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), 1.0, par);
+}
+
+/// Eigenvalues of a symmetric matrix (lower triangle read), ascending.
+pub(crate) fn sym_eigenvalues(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
+    m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| MetricsError::Linalg(format!("{what}: {e:?}")))
+}
+
+/// Singular values, descending.
+pub(crate) fn singular_values(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
+    m.singular_values().map_err(|e| MetricsError::Linalg(format!("{what}: {e:?}")))
+}
+
+/// Copies an ndarray matrix into an owned faer matrix.
+#[allow(dead_code)]
+pub(crate) fn to_faer(a: ArrayView2<'_, f64>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
+}
