@@ -83,6 +83,15 @@ impl Resizer {
     /// Resizes a row-major `in_h x in_w` slice into a row-major `out_h x out_w` slice.
     /// `scratch` is reused between calls (it is resized as needed).
     pub fn resize_into<T: Copy + Into<f64>>(&self, src: &[T], dst: &mut [f32], scratch: &mut Vec<f64>) {
+        self.run(src, dst, scratch, |v| v as f32)
+    }
+
+    /// As [`Self::resize_into`], keeping f64 output (for exactness checks).
+    pub fn resize_into_f64<T: Copy + Into<f64>>(&self, src: &[T], dst: &mut [f64], scratch: &mut Vec<f64>) {
+        self.run(src, dst, scratch, |v| v)
+    }
+
+    fn run<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
         let (ih, iw) = self.in_shape;
         let (oh, ow) = self.out_shape;
         assert_eq!(src.len(), ih * iw, "input length");
@@ -112,7 +121,7 @@ impl Resizer {
                 for (k, w) in ws.iter().enumerate() {
                     acc += w * scratch[(s + k) * ow + c];
                 }
-                out[c] = acc as f32;
+                out[c] = conv(acc);
             }
         }
     }
