@@ -500,6 +500,21 @@ impl StateDict {
         self.tensors.is_empty()
     }
 
+    /// The values of one tensor as f32 (PyTorch layout), with its shape; `None` if absent.
+    pub fn tensor_f32(&self, key: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, UnetError> {
+        let Some(snap) = self.tensors.get(key) else {
+            return Ok(None);
+        };
+        let data = to_f32_data(&self.path, key, snap)?;
+        let shape = data.shape.to_vec();
+        let values = data.to_vec::<f32>().map_err(|e| UnetError::NotACheckpoint {
+            path: self.path.clone(),
+            expected: "PyTorch or safetensors".into(),
+            reason: format!("cannot read `{key}`: {e:?}"),
+        })?;
+        Ok(Some((shape, values)))
+    }
+
     /// Shape of every tensor, by PyTorch key.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
         self.tensors
