@@ -1,5 +1,27 @@
-//! lensing-diffusion
+//! # lensing-diffusion
+//!
+//! Denoising diffusion models for strong gravitational-lensing images: train, sample and
+//! evaluate, in Rust on [burn](https://burn.dev). This root crate re-exports the four workspace
+//! crates and holds what wires them together (the training loop, image grids, plots); the
+//! commands live in `examples/`.
+//!
+//! - [`diffusion_core`]: schedules, DDPM objectives, samplers (DDPM, DDIM, DPM-Solver++).
+//! - [`unet`]: the denoising-diffusion-pytorch U-Net, loading and writing its checkpoints.
+//! - [`lens_data`]: lensing datasets, resizing, and a lenstronomy-faithful simulator.
+//! - [`gen_metrics`]: feature extractor, FID, RKE/RRKE and friends.
+//!
+//! ## Feature flags
+//! - `cuda`: burn's CUDA backend (with `fusion` and `autotune`), selectable with `--backend cuda`.
+//! - `x86-v4`: Flex kernels for AVX-512 machines.
+#![warn(missing_docs)]
+
 pub use diffusion_core;
 pub use gen_metrics;
 pub use lens_data;
 pub use unet;
+
+pub mod backend;
+pub mod images;
+pub mod plot;
+pub mod run;
+pub mod train;

@@ -1,0 +1,78 @@
+//! Image grids and PNG output for generated and real images.
+
+use std::path::Path;
+
+use image::{GrayImage, Luma};
+
+/// Errors writing images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The input does not hold `n * h * w` values.
+    #[error("image grid: {values} values do not make {n} images of {h}x{w}")]
+    Shape {
+        /// Values given.
+        values: usize,
+        /// Images.
+        n: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+    /// Encoding or writing failed.
+    #[error("{path}: {reason}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Convert a `[0, 1]` image (row-major `h x w`) to 8-bit grey, clamping out-of-range values.
+pub fn to_gray(values: &[f32], h: usize, w: usize) -> GrayImage {
+    GrayImage::from_fn(w as u32, h as u32, |x, y| {
+        let v = values[y as usize * w + x as usize];
+        let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+        Luma([(v * 255.0).round() as u8])
+    })
+}
+
+/// Tile `n` single-channel `h x w` images (values in `[0, 1]`, row-major, image after image)
+/// into a grid with `cols` columns and a 2-pixel dark border, scaled up by `scale`.
+pub fn grid(values: &[f32], n: usize, h: usize, w: usize, cols: usize, scale: u32) -> Result<GrayImage, ImageError> {
+    if values.len() != n * h * w || n == 0 {
+        return Err(ImageError::Shape { values: values.len(), n, h, w });
+    }
+    let cols = cols.clamp(1, n);
+    let rows = n.div_ceil(cols);
+    let pad = 2u32;
+    let (cw, ch) = (w as u32 * scale + pad, h as u32 * scale + pad);
+    let mut out = GrayImage::from_pixel(cols as u32 * cw + pad, rows as u32 * ch + pad, Luma([40]));
+    for i in 0..n {
+        let img = to_gray(&values[i * h * w..(i + 1) * h * w], h, w);
+        let (ox, oy) = ((i % cols) as u32 * cw + pad, (i / cols) as u32 * ch + pad);
+        for y in 0..h as u32 * scale {
+            for x in 0..w as u32 * scale {
+                out.put_pixel(ox + x, oy + y, *img.get_pixel(x / scale, y / scale));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Save a PNG atomically (temporary file in the same folder, then rename).
+pub fn save_png_atomic(img: &GrayImage, path: &Path) -> Result<(), ImageError> {
+    let err = |reason: String| ImageError::Write { path: path.to_path_buf(), reason };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("image")));
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Tile images into a grid PNG (see [`grid`]) and save it atomically.
+pub fn save_grid(values: &[f32], n: usize, h: usize, w: usize, cols: usize, path: &Path) -> Result<(), ImageError> {
+    let scale = (128 / h.max(1)).clamp(1, 4) as u32;
+    save_png_atomic(&grid(values, n, h, w, cols, scale)?, path)
+}

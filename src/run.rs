@@ -1,0 +1,178 @@
+//! The training driver shared by the `train` and `pipeline` commands: the step loop with a
+//! progress bar, the loss log (CSV) and curve (PNG), sample grids from the EMA weights,
+//! periodic atomic checkpoints, a time budget and clean stops on Ctrl-C.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::AutodiffBackend;
+use diffusion_core::Sampler;
+use indicatif::{ProgressBar, ProgressStyle};
+use lens_data::dataset::ImageSet;
+
+use crate::train::{TrainError, Trainer};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `total_steps` reached.
+    Finished,
+    /// The time budget ran out.
+    TimeBudget,
+    /// Interrupted (Ctrl-C); a checkpoint was written.
+    Interrupted,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// Optimizer steps done in total (including resumed ones).
+    pub steps: usize,
+    /// Wall time spent in this process's training loop.
+    pub train_seconds: f64,
+    /// Images processed per second in this process.
+    pub images_per_second: f64,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Loss of the final step.
+    pub final_loss: f32,
+}
+
+/// Options of [`run`].
+pub struct RunOptions<'a> {
+    /// Output folder: `checkpoints/`, `loss.csv`, `loss.png`, `samples/step-N.png`, `config.json`.
+    pub out_dir: &'a Path,
+    /// Stop (with a checkpoint) after this much training time.
+    pub time_budget: Option<Duration>,
+    /// Set to true (e.g. by a Ctrl-C handler) to stop with a checkpoint.
+    pub interrupt: Option<&'a AtomicBool>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Read `loss.csv` (step, loss) written by earlier runs in `out_dir`, for the curve.
+pub fn read_loss_log(path: &Path) -> Vec<(usize, f32)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut it = l.split(',');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Write a sample grid from the EMA weights with a fixed seed (the run's seed).
+pub fn write_sample_grid<B: AutodiffBackend>(trainer: &Trainer<B>, path: &Path) -> Result<(), TrainError> {
+    let c = trainer.config();
+    let n = c.sample_count.max(1);
+    let s = c.image_size;
+    let sampler = Sampler::DpmSolverPp2M { steps: c.sample_steps };
+    let device = Default::default();
+    let images = trainer.diffusion().sample::<B::InnerBackend, _>(trainer.ema(), sampler, [n, c.unet.channels, s, s], c.seed, &device, &mut |_| {})?;
+    let v: Vec<f32> = images.into_data().to_vec().map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(format!("{e:?}")) })?;
+    let cols = (n as f64).sqrt().ceil() as usize;
+    // Multi-channel models: show the first channel.
+    let per = c.unet.channels * s * s;
+    let first: Vec<f32> = (0..n).flat_map(|i| v[i * per..i * per + s * s].to_vec()).collect();
+    crate::images::save_grid(&first, n, s, s, cols, path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
+}
+
+/// Train until `total_steps`, the time budget or an interrupt. Writes `config.json`, appends to
+/// `loss.csv`, redraws `loss.png`, writes checkpoints every `checkpoint_every` steps and at the
+/// end, and sample grids every `sample_every` steps.
+pub fn run<B: AutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+    let out = opts.out_dir;
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    let config_path = out.join("config.json");
+    let json = serde_json::to_string_pretty(trainer.config()).expect("serialisable");
+    fs::write(&config_path, json).map_err(io_err(&config_path))?;
+    let ckpt_dir = out.join("checkpoints");
+    let log_path = out.join("loss.csv");
+    // A resumed run truncates the log to its step so the curve has no duplicate segments.
+    let mut log: Vec<(usize, f32)> = read_loss_log(&log_path).into_iter().filter(|(s, _)| *s <= trainer.step()).collect();
+    {
+        let mut f = fs::File::create(&log_path).map_err(io_err(&log_path))?;
+        writeln!(f, "step,loss").map_err(io_err(&log_path))?;
+        for (s, l) in &log {
+            writeln!(f, "{s},{l}").map_err(io_err(&log_path))?;
+        }
+    }
+    let mut log_file = fs::OpenOptions::new().append(true).open(&log_path).map_err(io_err(&log_path))?;
+
+    let total = trainer.config().total_steps;
+    let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar.set_position(trainer.step() as u64);
+
+    let start = Instant::now();
+    let first_step = trainer.step();
+    let mut last_checkpoint: Option<PathBuf> = crate::train::list_checkpoints(&ckpt_dir).pop();
+    let mut final_loss = f32::NAN;
+    let mut reason = StopReason::Finished;
+    let batch = trainer.config().batch_size;
+    while trainer.step() < total {
+        if opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            reason = StopReason::Interrupted;
+            break;
+        }
+        if opts.time_budget.is_some_and(|b| start.elapsed() >= b) {
+            reason = StopReason::TimeBudget;
+            break;
+        }
+        let x = trainer.batch_for_step(data, trainer.step())?;
+        let stats = match trainer.train_step(x) {
+            Ok(s) => s,
+            Err(TrainError::NonFiniteLoss { step, loss, .. }) => {
+                bar.abandon_with_message("stopped: non-finite loss");
+                let last = last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint had been written yet)".into());
+                return Err(TrainError::NonFiniteLoss { step, loss, last_checkpoint: last });
+            }
+            Err(e) => return Err(e),
+        };
+        final_loss = stats.loss;
+        writeln!(log_file, "{},{}", stats.step, stats.loss).map_err(io_err(&log_path))?;
+        log.push((stats.step, stats.loss));
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let ips = (trainer.step() - first_step) as f64 * batch as f64 / secs;
+        bar.set_position(stats.step as u64);
+        bar.set_message(format!("loss {:.4}  |g| {:.3}  lr {:.2e}  {:.1} img/s", stats.loss, stats.grad_norm, stats.lr, ips));
+        let c = trainer.config();
+        if stats.step % c.checkpoint_every == 0 && stats.step < total {
+            last_checkpoint = Some(trainer.save_checkpoint(&ckpt_dir)?);
+            let _ = crate::plot::loss_curve(&log, &out.join("loss.png"));
+        }
+        if c.sample_every > 0 && stats.step % c.sample_every == 0 {
+            write_sample_grid(trainer, &out.join("samples").join(format!("step-{:07}.png", stats.step)))?;
+        }
+    }
+    if trainer.step() > first_step || last_checkpoint.is_none() {
+        last_checkpoint = Some(trainer.save_checkpoint(&ckpt_dir)?);
+    }
+    if let Err(e) = crate::plot::loss_curve(&log, &out.join("loss.png")) {
+        bar.println(format!("warning: could not draw loss.png: {e}"));
+    }
+    let train_seconds = start.elapsed().as_secs_f64();
+    bar.finish_with_message(format!("{reason:?} at step {}, loss {final_loss:.4}", trainer.step()));
+    Ok(RunSummary {
+        reason,
+        steps: trainer.step(),
+        train_seconds,
+        images_per_second: (trainer.step() - first_step) as f64 * batch as f64 / train_seconds.max(1e-9),
+        last_checkpoint,
+        final_loss,
+    })
+}

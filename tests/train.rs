@@ -1,0 +1,183 @@
+//! Training loop: exact resume, fault handling, learning-rate and EMA schedules.
+
+use burn::backend::{Autodiff, Flex};
+use lens_data::dataset::ImageSet;
+use lensing_diffusion::run::{run, RunOptions, StopReason};
+use lensing_diffusion::train::{TrainConfig, TrainError, Trainer};
+use ndarray::Array3;
+use unet::UnetConfig;
+
+type B = Autodiff<Flex>;
+
+fn tiny_config() -> TrainConfig {
+    let mut c = TrainConfig::small();
+    c.unet = UnetConfig::new(8, vec![1, 2], 1);
+    c.image_size = 8;
+    c.batch_size = 4;
+    c.grad_accum = 2;
+    c.total_steps = 6;
+    c.warmup_steps = 2;
+    c.checkpoint_every = 3;
+    c.sample_every = 0;
+    c.ema.start_step = 1;
+    c.ema.update_every = 1;
+    c.seed = 11;
+    c
+}
+
+fn data() -> ImageSet {
+    // Deterministic smooth blobs so the loss is meaningful.
+    let images = Array3::from_shape_fn((12, 8, 8), |(n, i, j)| {
+        let (ci, cj) = (2.0 + (n % 4) as f32, 3.0 + (n % 3) as f32);
+        (-((i as f32 - ci).powi(2) + (j as f32 - cj).powi(2)) / 4.0).exp()
+    });
+    ImageSet::from_images(images)
+}
+
+fn losses(trainer: &mut Trainer<B>, data: &ImageSet, until: usize) -> Vec<f32> {
+    let mut v = vec![];
+    while trainer.step() < until {
+        let x = trainer.batch_for_step(data, trainer.step()).unwrap();
+        v.push(trainer.train_step(x).unwrap().loss);
+    }
+    v
+}
+
+fn ema_values(t: &Trainer<B>) -> Vec<f32> {
+    t.ema().torch_state_dict().into_iter().flat_map(|(_, _, v)| v).collect()
+}
+
+#[test]
+fn interrupted_and_resumed_run_reproduces_the_uninterrupted_one() {
+    let device = Default::default();
+    let data = data();
+    let mut straight = Trainer::<B>::new(tiny_config(), &device).unwrap();
+    let reference = losses(&mut straight, &data, 6);
+    assert!(reference.iter().all(|l| l.is_finite()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::<B>::new(tiny_config(), &device).unwrap();
+    let mut resumed_losses = losses(&mut first, &data, 3);
+    let ckpt = first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let mut second = Trainer::<B>::resume(&ckpt, &device).unwrap();
+    assert_eq!(second.step(), 3);
+    resumed_losses.extend(losses(&mut second, &data, 6));
+    assert_eq!(resumed_losses, reference, "loss trajectory after resume");
+    assert_eq!(ema_values(&second), ema_values(&straight), "EMA weights after resume");
+}
+
+#[test]
+fn run_writes_logs_checkpoints_and_resumes_through_the_driver() {
+    let device = Default::default();
+    let data = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config();
+    cfg.sample_every = 3;
+    cfg.sample_count = 4;
+    cfg.sample_steps = 3;
+    cfg.keep_last = 1;
+    let mut t = Trainer::<B>::new(cfg, &device).unwrap();
+    let opts = RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false };
+    let s = run(&mut t, &data, &opts).unwrap();
+    assert_eq!((s.reason, s.steps), (StopReason::Finished, 6));
+    for f in ["config.json", "loss.csv", "loss.png", "samples/step-0000003.png", "samples/step-0000006.png"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let ckpts = lensing_diffusion::train::list_checkpoints(&dir.path().join("checkpoints"));
+    assert_eq!(ckpts.len(), 1, "keep_last = 1: {ckpts:?}");
+    assert!(ckpts[0].join("ema.bpk").is_file() && ckpts[0].join("model.bpk").is_file());
+    // The EMA checkpoint loads with the U-Net loader the sample command uses.
+    let ema = unet::load_checkpoint::<Flex>(&ckpts[0].join("ema.bpk"), unet::Weights::Model, None, &device).unwrap();
+    assert_eq!(ema.config(), t.ema().config());
+    let log = std::fs::read_to_string(dir.path().join("loss.csv")).unwrap();
+    assert_eq!(log.lines().count(), 7, "{log}");
+
+    // An interrupt flag stops at once and checkpoints.
+    let flag = std::sync::atomic::AtomicBool::new(true);
+    let mut t2 = Trainer::<B>::resume(&ckpts[0], &device).unwrap();
+    t2.extend_to(9);
+    let opts = RunOptions { interrupt: Some(&flag), ..opts };
+    let s = run(&mut t2, &data, &opts).unwrap();
+    assert_eq!((s.reason, s.steps), (StopReason::Interrupted, 6));
+}
+
+#[test]
+fn non_finite_loss_stops_with_a_clear_error() {
+    let device = Default::default();
+    let mut images = Array3::<f32>::zeros((8, 8, 8));
+    images[[0, 0, 0]] = f32::NAN;
+    let data = ImageSet::from_images(images);
+    let mut cfg = tiny_config();
+    cfg.grad_accum = 1;
+    cfg.batch_size = 8;
+    let mut t = Trainer::<B>::new(cfg, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false };
+    let e = run(&mut t, &data, &opts).unwrap_err();
+    assert!(matches!(e, TrainError::NonFiniteLoss { step: 1, .. }), "{e}");
+    assert!(e.to_string().contains("non-finite") && e.to_string().contains("no checkpoint"), "{e}");
+}
+
+#[test]
+fn corrupt_or_missing_checkpoints_are_clear_errors() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Trainer::<B>::resume(&dir.path().join("nope"), &device).err().unwrap();
+    assert!(e.to_string().contains("state.json"), "{e}");
+
+    let mut t = Trainer::<B>::new(tiny_config(), &device).unwrap();
+    let data = data();
+    losses(&mut t, &data, 1);
+    let ckpt = t.save_checkpoint(dir.path()).unwrap();
+    std::fs::write(ckpt.join("resume/optim.mpk"), b"garbage").unwrap();
+    let e = Trainer::<B>::resume(&ckpt, &device).err().unwrap();
+    assert!(matches!(e, TrainError::Resume { .. }) && e.to_string().contains("optim"), "{e}");
+    std::fs::write(ckpt.join("state.json"), b"{not json").unwrap();
+    let e = Trainer::<B>::resume(&ckpt, &device).err().unwrap();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}
+
+#[test]
+fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let data = data();
+    let mut t = Trainer::<B>::new(tiny_config(), &device).unwrap();
+    losses(&mut t, &data, 1);
+    let good = t.save_checkpoint(dir.path()).unwrap();
+    losses(&mut t, &data, 2);
+    // Make the temporary folder of the next write impossible to create (a file is in the way
+    // and cannot be removed as a folder), as a full or failing disk would.
+    std::fs::write(dir.path().join(".tmp-step-0000002"), b"in the way").unwrap();
+    assert!(t.save_checkpoint(dir.path()).is_err());
+    assert!(good.join("state.json").is_file() && good.join("resume/optim.mpk").is_file());
+    Trainer::<B>::resume(&good, &device).unwrap();
+}
+
+#[test]
+fn schedules_and_validation() {
+    let c = TrainConfig::small();
+    assert!((c.lr_at(1) - c.lr / 50.0).abs() < 1e-15);
+    assert!((c.lr_at(50) - c.lr).abs() < 1e-15);
+    assert!((c.lr_at(c.total_steps) - c.lr * c.min_lr_ratio).abs() < 1e-12);
+    let d = TrainConfig::deeplense();
+    assert_eq!(d.lr_at(1), 1e-5);
+    assert_eq!(d.total_steps, 31_275);
+    // ema-pytorch: copy until start, then warm-up decay capped at `decay`.
+    assert_eq!(d.ema.decay_at(95), None);
+    assert_eq!(d.ema.decay_at(100), Some(0.0));
+    let early = d.ema.decay_at(110).unwrap();
+    assert!(early > 0.0 && early < 0.995);
+    assert_eq!(d.ema.decay_at(1_000_000), Some(0.995));
+
+    let mut bad = TrainConfig::small();
+    bad.grad_accum = 3;
+    assert!(bad.validate().unwrap_err().to_string().contains("grad_accum"));
+    let mut bad = TrainConfig::small();
+    bad.image_size = 30;
+    assert!(bad.validate().unwrap_err().to_string().contains("image_size"));
+    let mut bad = TrainConfig::small();
+    bad.lr = f64::NAN;
+    assert!(bad.validate().unwrap_err().to_string().contains("`lr`"));
+}
