@@ -128,3 +128,17 @@ fn sinusoidal_frequencies_follow_the_reference() {
         assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "{a} vs {b}");
     }
 }
+
+#[test]
+fn unet_is_a_diffusion_core_denoiser() {
+    fn run<D: diffusion_core::Denoiser<B>>(d: &D, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Tensor<B, 4> {
+        d.denoise(x, t)
+    }
+    let device = Default::default();
+    let model = UnetConfig::new(8, vec![1, 2], 1).init::<B>(&device).unwrap();
+    let x = Tensor::<B, 4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<B, 1>::from_floats([3.0, 700.0], &device);
+    let a: Vec<f32> = run(&model, x.clone(), t.clone()).into_data().to_vec().unwrap();
+    let b: Vec<f32> = model.forward(x, t).into_data().to_vec().unwrap();
+    assert_eq!(a, b);
+}
