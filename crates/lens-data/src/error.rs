@@ -47,7 +47,8 @@ pub enum LensDataError {
         /// numpy dtype descriptor, e.g. `<c16`.
         dtype: String,
     },
-    /// The array is a pickled object array (`dtype=object`), e.g. DeepLense's `[image, extra]` files.
+    /// A pickled object array (`dtype=object`) whose content is not plain numeric arrays
+    /// (plain `[image, extra]` files are unpacked safely and do not raise this).
     #[error(
         "{path}: holds a pickled object array (dtype 'O'){detail}; lens-data never executes pickle \
          code. Convert it once in Python: `a = np.load(p, allow_pickle=True); \

@@ -30,8 +30,9 @@
 //! - `.npy` shapes `(H,W)`, `(1,H,W)`, `(H,W,1)`, stacks `(N,H,W)`, `(N,1,H,W)`, `(N,H,W,1)`;
 //!   dtypes f2/f4/f8, u1..u8, i1..i8, bool, either endianness, C or Fortran order. Colour
 //!   (PNG/JPEG/TIFF 8/16-bit, or `(H,W,3|4)` arrays) -> luminance, reported as a
-//!   [`dataset::LoadWarning`]. Pickled object arrays are never executed: a typed error names
-//!   the file and gives the one-line conversion.
+//!   [`dataset::LoadWarning`]. Pickled object arrays (`[image, extra]`) are never executed: a
+//!   data-only reader takes the numeric arrays out of numpy's pickle records; anything else is
+//!   a typed error naming the file and giving the one-line conversion.
 //! - Empty / truncated / corrupt / NaN-containing / wrongly shaped files: a typed
 //!   [`LensDataError`] naming the file; with `skip_bad` they are skipped, listed in
 //!   `ImageSet::warnings` and counted in `ImageSet::skipped`. Empty folder: error.
@@ -71,6 +72,7 @@ pub mod dataset;
 pub mod error;
 pub mod load;
 pub mod npy;
+mod pickle;
 pub mod render;
 pub mod resize;
 pub mod simulate;

@@ -2,8 +2,9 @@
 //!
 //! Reads every numeric dtype numpy writes for images (f2/f4/f8, u1..u8, i1..i8, b1; either
 //! endianness; C or Fortran order) into `f64` in C order. Object arrays (`dtype=object`, i.e.
-//! pickles) are never executed: they are reported as [`LensDataError::PickledObjectArray`], with
-//! the one-line Python conversion in the message.
+//! pickles) are never executed: [`crate::pickle`] reads the numeric arrays inside them as data
+//! (e.g. DeepLense's `[image, extra]` files); anything else is a
+//! [`LensDataError::PickledObjectArray`] with the one-line Python conversion in the message.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -188,7 +189,9 @@ pub fn parse_npy_into(bytes: &[u8], path: &Path, data: &mut Vec<f64>) -> Result<
     data.clear();
     let h = parse_header(bytes, path)?;
     if h.descr.trim_start_matches(['|', '<', '>', '=']).starts_with('O') {
-        return Err(LensDataError::PickledObjectArray { path: path.to_path_buf(), detail: String::new() });
+        let (shape, values) = crate::pickle::unpack_object_array(&bytes[h.data_offset..], path)?;
+        *data = values;
+        return Ok(shape);
     }
     let (le, kind, size) = dtype_info(&h.descr)
         .ok_or_else(|| LensDataError::UnsupportedDtype { path: path.to_path_buf(), dtype: h.descr.clone() })?;

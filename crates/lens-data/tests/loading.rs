@@ -180,7 +180,7 @@ fn bad_files_give_typed_errors_naming_the_file() {
     std::fs::write(d.join("shape.npy"), npy_bytes_f64(&[16], &[0.5; 16])).unwrap();
     std::fs::write(d.join("zero.npy"), npy_bytes_f64(&[0, 4], &[])).unwrap();
     std::fs::write(d.join("corrupt.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
-    std::fs::copy(fixtures().join("pickled_object.npy"), d.join("pickled.npy")).unwrap();
+    std::fs::copy(fixtures().join("pickled_foreign.npy"), d.join("pickled.npy")).unwrap();
 
     let check = |name: &str, ok: &dyn Fn(&LensDataError) -> bool| {
         let e = err_of(&d.join(name));
@@ -195,7 +195,8 @@ fn bad_files_give_typed_errors_naming_the_file() {
     check("zero.npy", &|e| matches!(e, LensDataError::BadShape { .. }));
     check("corrupt.png", &|e| matches!(e, LensDataError::ImageDecode { .. }));
     check("pickled.npy", &|e| matches!(e, LensDataError::PickledObjectArray { .. }));
-    assert!(err_of(&d.join("pickled.npy")).to_string().contains("allow_pickle=True"));
+    let msg = err_of(&d.join("pickled.npy")).to_string();
+    assert!(msg.contains("allow_pickle=True") && msg.contains("fractions.Fraction"), "{msg}");
     assert!(matches!(read_npy(d.join("missing.npy")), Err(LensDataError::Io { .. })));
 
     // whole folder: first bad file fails the load ...
@@ -278,4 +279,23 @@ fn fortran_order_3d_stack() {
     write_npy(td.path().join("f.npy"), &f).unwrap();
     let set = load_files(&[td.path().join("f.npy")], &LoadOptions::default()).unwrap();
     assert_eq!(set.images, a.mapv(|v| v as f32));
+}
+
+#[test]
+fn pickled_object_arrays_are_unpacked_without_executing_pickle() {
+    // np.save of an object array [image (4x4 f64), 3] (numpy 2, protocol 4)
+    let one = load_file(fixtures().join("pickled_object.npy")).unwrap();
+    assert_eq!(one, vec![Array2::from_shape_fn((4, 4), |(i, j)| (i * 4 + j) as f64)]);
+    // rows [[image (1,3,3) f32 Fortran, 'x'], [image, 1.5]] -> two images
+    let rows = load_file(fixtures().join("pickled_rows.npy")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1], Array2::from_shape_fn((3, 3), |(i, j)| (9 + i * 3 + j) as f64));
+    // protocol 2 (bytes spelled as _codecs.encode), big-endian image, dict extra
+    let p2 = load_file(fixtures().join("pickled_proto2.npy")).unwrap();
+    assert_eq!(p2, vec![Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f64)]);
+    // an object that is not a numpy array is refused, naming what it references
+    match load_file(fixtures().join("pickled_foreign.npy")) {
+        Err(e @ LensDataError::PickledObjectArray { .. }) => assert!(e.to_string().contains("pickled_foreign.npy")),
+        other => panic!("{other:?}"),
+    }
 }
