@@ -95,3 +95,24 @@ fn bare_state_dict_on_ndarray() {
             .unwrap();
     check(&model, "forward_out.npy", &device);
 }
+
+/// Non-default arguments (init_dim, out_dim, heads, dim_head, full_attn, 3 stages, 2 channels,
+/// non-square input); made by scripts/make_config_fixture.py.
+#[test]
+fn non_default_config_matches_pytorch_forward() {
+    let device = Default::default();
+    let json = std::fs::read_to_string(fixture("odd_config.json")).unwrap();
+    let config: UnetConfig = serde_json::from_str(&json).unwrap();
+    let sd = read_state_dict(&fixture("odd_state_dict.pth"), Weights::Model).unwrap();
+    assert_eq!(sd.infer_config().unwrap(), config);
+    let model = sd.into_unet::<Flex>(None, &device).unwrap();
+    let x: ArrayD<f32> = read_npy(fixture("odd_x.npy")).unwrap();
+    let t: ArrayD<i64> = read_npy(fixture("odd_t.npy")).unwrap();
+    let shape = x.shape().to_vec();
+    let x = Tensor::<Flex, 4>::from_data(TensorData::new(x.into_raw_vec_and_offset().0, shape), &device);
+    let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let t = Tensor::<Flex, 1>::from_data(TensorData::new(t, [2]), &device);
+    let d = max_abs_diff(model.forward(x, t), &expected("odd_out.npy"));
+    eprintln!("odd_out.npy: max abs diff {d:e}");
+    assert!(d <= 1e-5, "max |diff| = {d:e}");
+}
