@@ -21,6 +21,7 @@ pub use lens_data;
 pub use unet;
 
 pub mod backend;
+pub mod data;
 pub mod images;
 pub mod plot;
 pub mod run;
