@@ -56,18 +56,9 @@ fn mean_k2_exact(x: ArrayView2<'_, f64>, bandwidths: &[f64]) -> Vec<f64> {
                 let g = &mut buf[..(r1 - r0) * w];
                 a_bt_into(g, a, b, Par::Seq);
                 let mut acc = vec![0.0f64; coef.len()];
-                for (ii, row) in g.chunks_exact(w).enumerate() {
-                    let ni = norms[r0 + ii];
-                    let mut racc = vec![0.0f64; coef.len()];
-                    for (jj, &gij) in row.iter().enumerate() {
-                        let sq = if bi == bj && ii == jj { 0.0 } else { (ni + norms[c0 + jj] - 2.0 * gij).max(0.0) };
-                        for (r, c) in racc.iter_mut().zip(&coef) {
-                            *r += (-sq * c).exp();
-                        }
-                    }
-                    for (a, r) in acc.iter_mut().zip(&racc) {
-                        *a += r;
-                    }
+                for (ii, row) in g.chunks_exact_mut(w).enumerate() {
+                    let diag = if bi == bj { Some(ii) } else { None };
+                    crate::simd::gauss_row_sums(row, norms[r0 + ii], &norms[c0..c1], diag, &coef, &mut acc);
                 }
                 let w = if bi == bj { 1.0 } else { 2.0 };
                 acc.iter_mut().for_each(|v| *v *= w);

@@ -21,6 +21,7 @@ pub mod frechet;
 pub mod kernel;
 pub mod kid;
 mod linalg;
+mod simd;
 pub mod prdc;
 
 pub use error::{MetricsError, Result};
@@ -29,3 +30,5 @@ pub use frechet::{fid_infinity, frechet_distance, frechet_distance_from_features
 pub use kernel::{rke_exact, rke_mc, rrke, vendi};
 pub use kid::{kid, mmd2_unbiased_cubic, Kid, KidConfig};
 pub use prdc::{prdc, Prdc};
+pub mod report;
+pub use report::{bandwidth_key, evaluate_features, real_vs_real, EvalConfig, EvaluationReport, NoiseFloor, TwoSample};
