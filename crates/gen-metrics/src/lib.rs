@@ -32,3 +32,5 @@ pub use kid::{kid, mmd2_unbiased_cubic, Kid, KidConfig};
 pub use prdc::{prdc, Prdc};
 pub mod report;
 pub use report::{bandwidth_key, evaluate_features, real_vs_real, EvalConfig, EvaluationReport, NoiseFloor, TwoSample};
+pub mod extractor;
+pub use extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
