@@ -26,7 +26,7 @@ enum Layout {
 /// files. Image i has class CLASSES[i % len] and its own random stream of SEED, so the same
 /// arguments always give the same files, whatever the thread count.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Output folder (created if missing; existing files with the same names are replaced).
     #[arg(long)]
@@ -70,7 +70,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let classes = LensClass::parse_list(&args.classes)?;
     let config = ModelI {
         num_pix: args.num_pix,
-        pixel_scale: args.pixel_scale.unwrap_or(0.05 * 150.0 / args.num_pix.max(1) as f64),
+        pixel_scale: args.pixel_scale.unwrap_or(0.05 * (150.0 / args.num_pix.max(1) as f64)),
         psf_truncation: args.psf_truncation,
         noise: !args.no_noise,
         normalize: !args.no_normalize,

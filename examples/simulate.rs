@@ -19,7 +19,7 @@ use lens_data::SimulationSpec;
 
 /// Render one noise-free lensing image (lenstronomy conventions) from a JSON spec.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Spec file (JSON; schema of make_lens_fixtures.py, lenstronomy kwarg names).
     #[arg(long)]

@@ -73,14 +73,16 @@ pub fn add_deflection(lens: &LensProfile, x: &[f64], y: &[f64], ax: &mut [f64], 
             }
         }
         LensProfile::PointMass { theta_e, center_x, center_y } => {
+            // lenstronomy: r = max(sqrt(x^2+y^2), 1e-25); alpha = theta_E^2 / r; (alpha x/r, alpha y/r).
+            // Same value with one division and no square root (differs by rounding only).
             let t2 = theta_e * theta_e;
             for i in 0..x.len() {
                 let xs = x[i] - center_x;
                 let ys = y[i] - center_y;
-                let r = (xs * xs + ys * ys).sqrt().max(1e-25);
-                let alpha = t2 / r;
-                ax[i] += alpha * xs / r;
-                ay[i] += alpha * ys / r;
+                let r2 = xs * xs + ys * ys;
+                let f = t2 / if r2 > 1e-50 { r2 } else { 1e-50 };
+                ax[i] += f * xs;
+                ay[i] += f * ys;
             }
         }
         LensProfile::Nfw { rs, alpha_rs, center_x, center_y } => {

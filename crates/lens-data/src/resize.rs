@@ -111,17 +111,20 @@ impl Resizer {
                 *o = acc;
             }
         }
-        // vertical pass: (ih, ow) -> (oh, ow)
+        // vertical pass: (ih, ow) -> (oh, ow), row-wise so the inner loop is contiguous
+        // (same summation order per pixel as the tap-wise loop)
+        let mut acc = vec![0.0f64; ow];
         for r in 0..oh {
             let s = self.rows.start[r];
-            let out = &mut dst[r * ow..(r + 1) * ow];
-            let ws = &self.rows.weights[r];
-            for c in 0..ow {
-                let mut acc = 0.0;
-                for (k, w) in ws.iter().enumerate() {
-                    acc += w * scratch[(s + k) * ow + c];
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for (k, &w) in self.rows.weights[r].iter().enumerate() {
+                let row = &scratch[(s + k) * ow..(s + k + 1) * ow];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += w * v;
                 }
-                out[c] = conv(acc);
+            }
+            for (o, &a) in dst[r * ow..(r + 1) * ow].iter_mut().zip(&acc) {
+                *o = conv(a);
             }
         }
     }
