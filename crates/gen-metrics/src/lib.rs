@@ -34,3 +34,5 @@ pub mod report;
 pub use report::{bandwidth_key, evaluate_features, real_vs_real, EvalConfig, EvaluationReport, NoiseFloor, TwoSample};
 pub mod extractor;
 pub use extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
+pub mod train;
+pub use train::{ensure_extractor, simulate_images, train_classifier, train_from_recipe, ExtractorRecipe, TrainConfig, TrainReport};
