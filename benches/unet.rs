@@ -30,22 +30,48 @@ fn bench_forward<B: Backend>(
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
     for &n in batches {
-        let x = Tensor::<B, 4>::random([n, config.channels, 128, 128], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<B, 4>::random(
+            [n, config.channels, 128, 128],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let t = Tensor::<B, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
-        g.bench_with_input(BenchmarkId::new(backend, format!("128x128_batch{n}")), &n, |b, _| {
-            b.iter(|| {
-                let y = model.forward(x.clone(), t.clone());
-                std::hint::black_box(y.into_data())
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new(backend, format!("128x128_batch{n}")),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let y = model.forward(x.clone(), t.clone());
+                    std::hint::black_box(y.into_data())
+                })
+            },
+        );
     }
     g.finish();
 }
 
 fn unet_forward(c: &mut Criterion) {
-    bench_forward::<Flex>(c, "unet_forward_small", "flex", &UnetConfig::small(), &[1, 8]);
-    bench_forward::<NdArray>(c, "unet_forward_small", "ndarray", &UnetConfig::small(), &[1]);
-    bench_forward::<Flex>(c, "unet_forward_deeplense", "flex", &UnetConfig::deeplense(), &[1, 8]);
+    bench_forward::<Flex>(
+        c,
+        "unet_forward_small",
+        "flex",
+        &UnetConfig::small(),
+        &[1, 8],
+    );
+    bench_forward::<NdArray>(
+        c,
+        "unet_forward_small",
+        "ndarray",
+        &UnetConfig::small(),
+        &[1],
+    );
+    bench_forward::<Flex>(
+        c,
+        "unet_forward_deeplense",
+        "flex",
+        &UnetConfig::deeplense(),
+        &[1, 8],
+    );
 }
 
 criterion_group!(benches, unet_forward);

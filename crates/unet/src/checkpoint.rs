@@ -18,6 +18,9 @@ use crate::model::Unet;
 /// Metadata key under which our files store the [`UnetConfig`] as JSON.
 pub const CONFIG_METADATA_KEY: &str = "unet_config";
 
+/// A tensor's shape and its values in row-major order.
+pub type ShapedValues = (Vec<usize>, Vec<f32>);
+
 /// Which weights of a checkpoint to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
@@ -36,7 +39,9 @@ impl std::str::FromStr for Weights {
         match s.to_ascii_lowercase().as_str() {
             "model" | "online" => Ok(Self::Model),
             "ema" => Ok(Self::Ema),
-            other => Err(format!("unknown weights `{other}`; expected `model` or `ema`")),
+            other => Err(format!(
+                "unknown weights `{other}`; expected `model` or `ema`"
+            )),
         }
     }
 }
@@ -149,7 +154,9 @@ fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
     let reader = std::panic::catch_unwind(move || PytorchReader::new(&owned))
         .map_err(|_| not_pytorch(path, "the PyTorch reader crashed on this file"))?
         .map_err(|e| {
-            let zip = sniff(path).map(|h| h.starts_with(b"PK\x03\x04")).unwrap_or(false);
+            let zip = sniff(path)
+                .map(|h| h.starts_with(b"PK\x03\x04"))
+                .unwrap_or(false);
             if zip {
                 not_pytorch(
                     path,
@@ -190,10 +197,16 @@ fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
     })
 }
 
-fn explain_no_unet(path: &Path, weights: Weights, all: &HashMap<String, TensorSnapshot>) -> UnetError {
+fn explain_no_unet(
+    path: &Path,
+    weights: Weights,
+    all: &HashMap<String, TensorSnapshot>,
+) -> UnetError {
     let mut keys: Vec<&String> = all.keys().collect();
     keys.sort();
-    let has_ema = all.keys().any(|k| k.contains("ema_model.model.init_conv.weight"));
+    let has_ema = all
+        .keys()
+        .any(|k| k.contains("ema_model.model.init_conv.weight"));
     let has_model = MODEL_PREFIXES
         .iter()
         .any(|(p, _)| all.contains_key(&format!("{p}init_conv.weight")));
@@ -250,7 +263,11 @@ fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDict, UnetErro
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| safetensors_err(path, e))?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| safetensors_err(path, e))?;
-    let config_hint = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
+    let config_hint = match meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+    {
         Some(json) => Some(serde_json::from_str::<UnetConfig>(json).map_err(|e| {
             UnetError::WrongContents {
                 path: path.to_path_buf(),
@@ -392,7 +409,9 @@ pub fn infer_config_from_shapes(
         } else if let Some(s) = get_shape(shapes, &format!("downs.{i}.3.weight")) {
             (s[0], true)
         } else {
-            return Err(format!("down stage {i} has no downsample (`downs.{i}.3...`)"));
+            return Err(format!(
+                "down stage {i} has no downsample (`downs.{i}.3...`)"
+            ));
         };
         if out % dim != 0 {
             return Err(format!(
@@ -403,15 +422,17 @@ pub fn infer_config_from_shapes(
         let is_full = shapes.contains_key(&format!("downs.{i}.2.to_out.weight"));
         full.push(is_full);
         let mem = need(&format!("downs.{i}.2.mem_kv"), 4)?;
-        let hd = if is_full { (mem[1], mem[3]) } else { (mem[1], mem[2]) };
+        let hd = if is_full {
+            (mem[1], mem[3])
+        } else {
+            (mem[1], mem[2])
+        };
         match heads_dh {
             None => heads_dh = Some(hd),
-            Some(prev) if prev != hd => {
-                return Err(format!(
-                    "attention heads/dim_head differ between stages ({prev:?} vs {hd:?}); per-stage \
+            Some(prev) if prev != hd => return Err(format!(
+                "attention heads/dim_head differ between stages ({prev:?} vs {hd:?}); per-stage \
                      attention sizes are not supported"
-                ))
-            }
+            )),
             _ => {}
         }
         i += 1;
@@ -501,17 +522,19 @@ impl StateDict {
     }
 
     /// The values of one tensor as f32 (PyTorch layout), with its shape; `None` if absent.
-    pub fn tensor_f32(&self, key: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, UnetError> {
+    pub fn tensor_f32(&self, key: &str) -> Result<Option<ShapedValues>, UnetError> {
         let Some(snap) = self.tensors.get(key) else {
             return Ok(None);
         };
         let data = to_f32_data(&self.path, key, snap)?;
         let shape = data.shape.to_vec();
-        let values = data.to_vec::<f32>().map_err(|e| UnetError::NotACheckpoint {
-            path: self.path.clone(),
-            expected: "PyTorch or safetensors".into(),
-            reason: format!("cannot read `{key}`: {e:?}"),
-        })?;
+        let values = data
+            .to_vec::<f32>()
+            .map_err(|e| UnetError::NotACheckpoint {
+                path: self.path.clone(),
+                expected: "PyTorch or safetensors".into(),
+                reason: format!("cannot read `{key}`: {e:?}"),
+            })?;
         Ok(Some((shape, values)))
     }
 
@@ -649,8 +672,18 @@ fn check_apply(path: &Path, result: burn_store::ApplyResult, what: &str) -> Resu
             reason: format!(
                 "{what}: {} error(s) {:?}, missing {:?}, unused {:?}",
                 result.errors.len(),
-                result.errors.iter().take(4).map(|e| e.to_string()).collect::<Vec<_>>(),
-                result.missing.iter().take(8).map(|m| &m.0).collect::<Vec<_>>(),
+                result
+                    .errors
+                    .iter()
+                    .take(4)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>(),
+                result
+                    .missing
+                    .iter()
+                    .take(8)
+                    .map(|m| &m.0)
+                    .collect::<Vec<_>>(),
                 result.unused.iter().take(8).collect::<Vec<_>>()
             ),
         });
@@ -659,8 +692,14 @@ fn check_apply(path: &Path, result: burn_store::ApplyResult, what: &str) -> Resu
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), UnetError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), UnetError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| UnetError::Write {
@@ -708,7 +747,10 @@ fn read_burnpack_config(path: &Path) -> Result<UnetConfig, UnetError> {
     }
     let version = u16::from_le_bytes([header[4], header[5]]);
     if version != 1 {
-        return Err(burnpack_err(path, format!("unsupported burnpack version {version}")));
+        return Err(burnpack_err(
+            path,
+            format!("unsupported burnpack version {version}"),
+        ));
     }
     let size = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as u64;
     let len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
@@ -720,13 +762,16 @@ fn read_burnpack_config(path: &Path) -> Result<UnetConfig, UnetError> {
         .map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
     let meta: BurnpackMeta = ciborium::from_reader(meta.as_slice())
         .map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
-    let json = meta.metadata.get(CONFIG_METADATA_KEY).ok_or_else(|| UnetError::WrongContents {
-        path: path.to_path_buf(),
-        reason: format!(
-            "burnpack file without `{CONFIG_METADATA_KEY}` metadata; it was not written by \
+    let json = meta
+        .metadata
+        .get(CONFIG_METADATA_KEY)
+        .ok_or_else(|| UnetError::WrongContents {
+            path: path.to_path_buf(),
+            reason: format!(
+                "burnpack file without `{CONFIG_METADATA_KEY}` metadata; it was not written by \
              Unet::save"
-        ),
-    })?;
+            ),
+        })?;
     serde_json::from_str(json).map_err(|e| UnetError::WrongContents {
         path: path.to_path_buf(),
         reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
@@ -757,15 +802,10 @@ impl<B: Backend> Unet<B> {
             .iter()
             .map(|s| {
                 let snap = &by_path[&s.burn_path];
-                let data = snap
-                    .to_data()
-                    .expect("in-memory tensor")
-                    .convert::<f32>();
+                let data = snap.to_data().expect("in-memory tensor").convert::<f32>();
                 let data = match s.layout {
                     Layout::Same => data,
-                    Layout::LinearWeight => {
-                        transpose2(&data, s.torch_shape[1], s.torch_shape[0])
-                    }
+                    Layout::LinearWeight => transpose2(&data, s.torch_shape[1], s.torch_shape[0]),
                 };
                 (
                     s.torch_key.clone(),
@@ -790,11 +830,12 @@ impl<B: Backend> Unet<B> {
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
         for (k, shape, b) in &bytes {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map_err(|e| UnetError::Write {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map_err(|e| UnetError::Write {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
             views.push((k.clone(), view));
         }
         let mut meta = HashMap::new();

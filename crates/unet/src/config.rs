@@ -186,7 +186,7 @@ impl UnetConfig {
                 self.dim, self.channels
             ));
         }
-        if self.dim < 4 || self.dim % 2 != 0 {
+        if self.dim < 4 || !self.dim.is_multiple_of(2) {
             return bad(format!(
                 "dim must be even and at least 4 (the sinusoidal embedding uses dim/2 - 1 as a \
                  divisor), got {}",
@@ -279,7 +279,10 @@ impl UnetConfig {
             s += &format!(", dropout={}", self.dropout);
         }
         if self.sinusoidal_pos_emb_theta != default_theta() {
-            s += &format!(", sinusoidal_pos_emb_theta={}", self.sinusoidal_pos_emb_theta);
+            s += &format!(
+                ", sinusoidal_pos_emb_theta={}",
+                self.sinusoidal_pos_emb_theta
+            );
         }
         s + ")"
     }

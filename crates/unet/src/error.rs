@@ -32,7 +32,12 @@ fn shapes(m: &[ShapeMismatch]) -> String {
     let mut s = m
         .iter()
         .take(MAX)
-        .map(|m| format!("`{}`: expected {:?}, found {:?}", m.key, m.expected, m.found))
+        .map(|m| {
+            format!(
+                "`{}`: expected {:?}, found {:?}",
+                m.key, m.expected, m.found
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     if m.len() > MAX {

@@ -39,7 +39,7 @@ pub mod model;
 
 pub use checkpoint::{
     infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,
-    StateDict, Weights,
+    ShapedValues, StateDict, Weights, CONFIG_METADATA_KEY,
 };
 pub use config::{UnetConfig, NUM_MEM_KV};
 pub use error::{ShapeMismatch, UnetError};

@@ -16,7 +16,13 @@ use burn::tensor::{Tensor, TensorData};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
-fn conv<B: Backend>(cin: usize, cout: usize, k: usize, bias: bool, device: &B::Device) -> Conv2d<B> {
+fn conv<B: Backend>(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Conv2d<B> {
     let p = k / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
@@ -151,8 +157,11 @@ impl<B: Backend> LinearAttention<B> {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }
-                .init([2, heads, dim_head, NUM_MEM_KV], device),
+            mem_kv: Initializer::Normal {
+                mean: 0.0,
+                std: 1.0,
+            }
+            .init([2, heads, dim_head, NUM_MEM_KV], device),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             out_norm: RmsNorm::new(dim, device),
@@ -174,11 +183,11 @@ impl<B: Backend> LinearAttention<B> {
         let mem = self.mem_kv.val();
         let mk = mem
             .clone()
-            .slice([0..1])
+            .narrow(0, 0, 1)
             .reshape([1, heads, dh, NUM_MEM_KV])
             .expand([b, heads, dh, NUM_MEM_KV]);
         let mv = mem
-            .slice([1..2])
+            .narrow(0, 1, 1)
             .reshape([1, heads, dh, NUM_MEM_KV])
             .expand([b, heads, dh, NUM_MEM_KV]);
         let k = Tensor::cat(vec![mk, k], 3);
@@ -217,8 +226,11 @@ impl<B: Backend> FullAttention<B> {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }
-                .init([2, heads, NUM_MEM_KV, dim_head], device),
+            mem_kv: Initializer::Normal {
+                mean: 0.0,
+                std: 1.0,
+            }
+            .init([2, heads, NUM_MEM_KV, dim_head], device),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             heads,
@@ -240,11 +252,11 @@ impl<B: Backend> FullAttention<B> {
         let mem = self.mem_kv.val();
         let mk = mem
             .clone()
-            .slice([0..1])
+            .narrow(0, 0, 1)
             .reshape([1, heads, NUM_MEM_KV, dh])
             .expand([b, heads, NUM_MEM_KV, dh]);
         let mv = mem
-            .slice([1..2])
+            .narrow(0, 1, 1)
             .reshape([1, heads, NUM_MEM_KV, dh])
             .expand([b, heads, NUM_MEM_KV, dh]);
         let k = Tensor::cat(vec![mk, k], 2);
@@ -371,10 +383,8 @@ impl<B: Backend> TimeMlp<B> {
     pub fn embed(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
         let n = t.dims()[0];
         let half = self.freqs.len();
-        let freqs = Tensor::<B, 1>::from_data(
-            TensorData::new(self.freqs.clone(), [half]),
-            &t.device(),
-        );
+        let freqs =
+            Tensor::<B, 1>::from_data(TensorData::new(self.freqs.clone(), [half]), &t.device());
         let arg = t.reshape([n, 1]).mul(freqs.reshape([1, half]));
         Tensor::cat(vec![arg.clone().sin(), arg.cos()], 1)
     }
@@ -471,7 +481,12 @@ impl<B: Backend> Unet<B> {
             .collect();
         Self {
             init_conv: conv(config.channels, init_dim, 7, true, device),
-            time_mlp: TimeMlp::new(config.dim, time_dim, config.sinusoidal_pos_emb_theta, device),
+            time_mlp: TimeMlp::new(
+                config.dim,
+                time_dim,
+                config.sinusoidal_pos_emb_theta,
+                device,
+            ),
             downs,
             mid_block1: resnet(mid, mid),
             mid_attn: FullAttention::new(mid, heads, dh, device),

@@ -9,7 +9,9 @@ use unet::{load_checkpoint, read_state_dict, Unet, UnetConfig, UnetError, Weight
 type B = Flex;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn fixture_config() -> UnetConfig {
@@ -18,8 +20,13 @@ fn fixture_config() -> UnetConfig {
 
 /// The fixture's weights under their PyTorch names.
 fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let m = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, None, &Default::default())
-        .unwrap();
+    let m = load_checkpoint::<B>(
+        &fixture("unet_state_dict.pth"),
+        Weights::Model,
+        None,
+        &Default::default(),
+    )
+    .unwrap();
     m.torch_state_dict()
 }
 
@@ -27,12 +34,22 @@ fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, s, v)| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(k, s, b)| {
-            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
         })
         .collect();
     let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
@@ -54,7 +71,10 @@ fn missing_keys_are_listed() {
     write_safetensors(&path, &t);
     match load(&path, Some(&fixture_config())) {
         UnetError::MissingKeys { keys, path: p } => {
-            assert_eq!(keys, vec!["mid_attn.mem_kv".to_string(), "final_conv.bias".to_string()]);
+            assert_eq!(
+                keys,
+                vec!["mid_attn.mem_kv".to_string(), "final_conv.bias".to_string()]
+            );
             assert_eq!(p, path);
         }
         e => panic!("wrong error: {e}"),
@@ -70,7 +90,9 @@ fn unexpected_keys_are_listed() {
     write_safetensors(&path, &t);
     let e = load(&path, None);
     match &e {
-        UnetError::UnexpectedKeys { keys, .. } => assert_eq!(keys, &vec!["mid_attn.extra_bias".to_string()]),
+        UnetError::UnexpectedKeys { keys, .. } => {
+            assert_eq!(keys, &vec!["mid_attn.extra_bias".to_string()])
+        }
         e => panic!("wrong error: {e}"),
     }
     assert!(e.to_string().contains("`mid_attn.extra_bias`"), "{e}");
@@ -97,12 +119,20 @@ fn shape_mismatches_name_key_expected_and_found() {
         }
         e => panic!("wrong error: {e}"),
     }
-    assert!(e.to_string().contains("expected [1, 16, 1, 1], found [1, 16]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("expected [1, 16, 1, 1], found [1, 16]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_config_says_which_config_fits() {
-    for wrong in [UnetConfig::deeplense(), UnetConfig::new(8, vec![1, 2, 4], 1), UnetConfig::new(8, vec![1, 2], 3)] {
+    for wrong in [
+        UnetConfig::deeplense(),
+        UnetConfig::new(8, vec![1, 2, 4], 1),
+        UnetConfig::new(8, vec![1, 2], 3),
+    ] {
         let e = load(&fixture("unet_state_dict.pth"), Some(&wrong));
         match &e {
             UnetError::ConfigMismatch { inferred, fits, .. } => {
@@ -111,7 +141,11 @@ fn wrong_config_says_which_config_fits() {
             }
             e => panic!("wrong error: {e}"),
         }
-        assert!(e.to_string().contains("the file holds Unet(dim=8, dim_mults=(1,2), channels=1)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the file holds Unet(dim=8, dim_mults=(1,2), channels=1)"),
+            "{e}"
+        );
     }
 }
 
@@ -122,13 +156,24 @@ fn pre_2_0_groupnorm_checkpoint_is_refused_with_the_reason() {
     for config in [None, Some(fixture_config())] {
         let e = load(&path, config.as_ref());
         match &e {
-            UnetError::LegacyCheckpoint { key, .. } => assert!(key.ends_with(".norm.weight") || key.ends_with(".norm.bias") || key.contains(".fn."), "{key}"),
+            UnetError::LegacyCheckpoint { key, .. } => assert!(
+                key.ends_with(".norm.weight")
+                    || key.ends_with(".norm.bias")
+                    || key.contains(".fn."),
+                "{key}"
+            ),
             e => panic!("wrong error: {e}"),
         }
         let msg = e.to_string();
-        assert!(msg.contains("< 2.0") && msg.contains("GroupNorm") && msg.contains("RMSNorm"), "{msg}");
+        assert!(
+            msg.contains("< 2.0") && msg.contains("GroupNorm") && msg.contains("RMSNorm"),
+            "{msg}"
+        );
     }
-    assert!(matches!(unet::infer_config(&path, Weights::Model), Err(UnetError::LegacyCheckpoint { .. })));
+    assert!(matches!(
+        unet::infer_config(&path, Weights::Model),
+        Err(UnetError::LegacyCheckpoint { .. })
+    ));
 }
 
 #[test]
@@ -139,7 +184,10 @@ fn truncated_pytorch_file() {
     for cut in [bytes.len() / 2, bytes.len() - 30, 100] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let e = load(&path, None);
-        assert!(matches!(e, UnetError::NotACheckpoint { .. }), "cut {cut}: {e}");
+        assert!(
+            matches!(e, UnetError::NotACheckpoint { .. }),
+            "cut {cut}: {e}"
+        );
         assert!(e.to_string().contains("truncated.pth"), "{e}");
     }
 }
@@ -149,11 +197,17 @@ fn non_pytorch_files() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.pth");
     std::fs::write(&text, "these are not weights\n").unwrap();
-    assert!(matches!(load(&text, None), UnetError::NotACheckpoint { .. }));
+    assert!(matches!(
+        load(&text, None),
+        UnetError::NotACheckpoint { .. }
+    ));
     let empty = dir.path().join("empty.pth");
     std::fs::write(&empty, b"").unwrap();
     let e = load(&empty, None);
-    assert!(matches!(e, UnetError::NotACheckpoint { .. }) && e.to_string().contains("empty"), "{e}");
+    assert!(
+        matches!(e, UnetError::NotACheckpoint { .. }) && e.to_string().contains("empty"),
+        "{e}"
+    );
     let npy = dir.path().join("image.pth");
     std::fs::copy(fixture("forward_x.npy"), &npy).unwrap();
     assert!(matches!(load(&npy, None), UnetError::NotACheckpoint { .. }));
@@ -163,10 +217,17 @@ fn non_pytorch_files() {
 
 #[test]
 fn ema_from_a_file_without_ema_weights() {
-    let e = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Ema, None, &Default::default())
-        .unwrap_err();
+    let e = load_checkpoint::<B>(
+        &fixture("unet_state_dict.pth"),
+        Weights::Ema,
+        None,
+        &Default::default(),
+    )
+    .unwrap_err();
     match &e {
-        UnetError::WrongContents { reason, .. } => assert!(reason.contains("Weights::Model"), "{reason}"),
+        UnetError::WrongContents { reason, .. } => {
+            assert!(reason.contains("Weights::Model"), "{reason}")
+        }
         e => panic!("wrong error: {e}"),
     }
 }
@@ -175,7 +236,10 @@ fn ema_from_a_file_without_ema_weights() {
 fn a_file_without_a_unet() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.safetensors");
-    write_safetensors(&path, &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])]);
+    write_safetensors(
+        &path,
+        &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])],
+    );
     let e = load(&path, None);
     assert!(matches!(e, UnetError::WrongContents { .. }), "{e}");
     assert!(e.to_string().contains("init_conv.weight"), "{e}");
@@ -186,6 +250,15 @@ fn state_dict_inspection() {
     let sd = read_state_dict(&fixture("trainer_checkpoint.pt"), Weights::Model).unwrap();
     assert_eq!(sd.format(), unet::CheckpointFormat::TrainerModel);
     assert_eq!(sd.shapes()["time_mlp.1.weight"], vec![32, 8]);
-    assert_eq!(unet::infer_config(&fixture("trainer_checkpoint.pt"), Weights::Ema).unwrap(), fixture_config());
-    assert!(Unet::<B>::from_pytorch(&fixture("diffusion_state_dict.pth"), Weights::Model, None, &Default::default()).is_ok());
+    assert_eq!(
+        unet::infer_config(&fixture("trainer_checkpoint.pt"), Weights::Ema).unwrap(),
+        fixture_config()
+    );
+    assert!(Unet::<B>::from_pytorch(
+        &fixture("diffusion_state_dict.pth"),
+        Weights::Model,
+        None,
+        &Default::default()
+    )
+    .is_ok());
 }
