@@ -31,7 +31,7 @@ use serde_json::json;
 /// the three DeepLense classes apart), with the real-vs-real floor and a pure-noise baseline.
 /// Writes runs/NAME/report.md, metrics.json, image grids and the training run.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Run name: outputs go to runs/NAME/.
     #[arg(long, default_value = "pipeline")]

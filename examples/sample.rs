@@ -26,7 +26,7 @@ use unet::{infer_config, load_checkpoint, UnetConfig, Weights};
 /// safetensors exported by this project, and our own `.bpk` checkpoints. Writes f32 [N,C,H,W]
 /// in [0,1] to --out (what denoising-diffusion-pytorch returns).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Checkpoint file.
     #[arg(long)]

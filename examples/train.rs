@@ -25,7 +25,7 @@ use lensing_diffusion::with_autodiff_backend;
 /// on strong-lensing images. Writes config.json, checkpoints/, loss.csv, loss.png and
 /// samples/step-N.png (EMA weights, fixed seed) to --out. Ctrl-C writes a checkpoint and exits.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Training images: a folder of .npy/.npz/PNG/JPEG/TIFF files, a stacked .npy, or the
     /// labelled layout ROOT/{train,val}/CLASS/*. Default: simulate (see --simulate).
