@@ -223,20 +223,27 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
 
 /// `.npy` (version 1.0) bytes of a little-endian f64 C-order array.
 pub fn npy_bytes_f64(shape: &[usize], data: &[f64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    npy_bytes_f64_into(shape, data, &mut out);
+    out
+}
+
+/// As [`npy_bytes_f64`], into a reused buffer (cleared first).
+pub fn npy_bytes_f64_into(shape: &[usize], data: &[f64], out: &mut Vec<u8>) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_txt}, }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 8);
+    out.clear();
+    out.reserve(10 + header.len() + data.len() * 8);
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);

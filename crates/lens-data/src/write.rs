@@ -8,7 +8,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{LensDataError, Result};
-use crate::npy::{write_atomic, write_npy_f64};
+use crate::npy::{npy_bytes_f64_into, write_atomic, write_npy_f64};
+use crate::render::RenderScratch;
 use crate::simulate::{class_of, LensClass, ModelI, ModelISimulator};
 
 /// Writes one image as a DeepLense file: f64 `(1, H, W)`, little endian, C order, atomically.
@@ -118,12 +119,17 @@ pub fn write_model_i_dataset(
     for d in dirs {
         std::fs::create_dir_all(&d).map_err(|e| LensDataError::io(&d, e))?;
     }
-    rels.par_iter().enumerate().try_for_each(|(i, rel)| -> Result<()> {
-        let (img, _) = sim.simulate(class_of(classes, i), seed, i as u64);
-        write_image_npy(out.join(rel), img.view())?;
-        progress(1);
-        Ok(())
-    })?;
+    let n = config.num_pix;
+    rels.par_iter().enumerate().try_for_each_init(
+        || (RenderScratch::default(), vec![0.0f64; n * n], Vec::<u8>::new()),
+        |(scratch, img, bytes), (i, rel)| -> Result<()> {
+            sim.simulate_into(class_of(classes, i), seed, i as u64, scratch, img);
+            npy_bytes_f64_into(&[1, n, n], img, bytes);
+            write_atomic(&out.join(rel), bytes)?;
+            progress(1);
+            Ok(())
+        },
+    )?;
 
     let mut per_class: Vec<(String, usize, usize)> = classes.iter().map(|c| (c.name().to_string(), 0, 0)).collect();
     for (i, rel) in rels.iter().enumerate() {
