@@ -61,6 +61,9 @@ pub enum CheckpointFormat {
     EmaStateDict,
     /// safetensors with PyTorch key names (what [`Unet::export_safetensors`] writes).
     Safetensors,
+    /// A state dict nested under some other prefix (e.g. `state_dict.` of a Lightning-style
+    /// checkpoint); see [`StateDict::prefix`].
+    Prefixed,
 }
 
 impl CheckpointFormat {
@@ -72,6 +75,7 @@ impl CheckpointFormat {
             Self::TrainerEma => "a Trainer checkpoint (EMA weights)",
             Self::EmaStateDict => "an EMA state_dict",
             Self::Safetensors => "a safetensors file",
+            Self::Prefixed => "a state dict under a custom prefix",
         }
     }
 }
@@ -81,6 +85,7 @@ impl CheckpointFormat {
 pub struct StateDict {
     path: PathBuf,
     format: CheckpointFormat,
+    prefix: String,
     tensors: BTreeMap<String, TensorSnapshot>,
     config_hint: Option<UnetConfig>,
 }
@@ -173,6 +178,23 @@ fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
     if all.is_empty() {
         return Err(not_pytorch(path, "it holds no tensors"));
     }
+    let (prefix, format, tensors) = select_unet(path, weights, all)?;
+    Ok(StateDict {
+        path: path.to_path_buf(),
+        format,
+        prefix,
+        tensors,
+        config_hint: None,
+    })
+}
+
+/// Finds the U-Net inside a flat map of tensors: the known wrappers first, then any single
+/// other prefix (e.g. `state_dict.`); returns the prefix, the format and the stripped tensors.
+fn select_unet(
+    path: &Path,
+    weights: Weights,
+    all: HashMap<String, TensorSnapshot>,
+) -> Result<(String, CheckpointFormat, BTreeMap<String, TensorSnapshot>), UnetError> {
     let has = |k: &str| all.contains_key(k);
     let prefixes: &[(&str, CheckpointFormat)] = match weights {
         Weights::Model => &MODEL_PREFIXES,
@@ -182,19 +204,47 @@ fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
         .iter()
         .find(|(p, _)| has(&format!("{p}init_conv.weight")));
     let (prefix, format) = match found {
-        Some(&(p, f)) => (p, f),
-        None => return Err(explain_no_unet(path, weights, &all)),
+        Some(&(p, f)) => (p.to_string(), f),
+        None => {
+            // Any other single prefix, e.g. `state_dict.`; EMA weights sit under `ema_model.`,
+            // online weights anywhere but under an `ema` entry.
+            let mut candidates: Vec<String> = all
+                .keys()
+                .filter_map(|k| k.strip_suffix("init_conv.weight"))
+                .filter(|p| p.is_empty() || p.ends_with('.'))
+                .filter(|p| match weights {
+                    Weights::Ema => p.contains("ema_model."),
+                    Weights::Model => !p.split('.').any(|seg| seg.contains("ema")),
+                })
+                .map(String::from)
+                .collect();
+            candidates.sort();
+            match candidates.len() {
+                1 => (candidates.remove(0), CheckpointFormat::Prefixed),
+                0 => return Err(explain_no_unet(path, weights, &all)),
+                _ => {
+                    return Err(UnetError::WrongContents {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "the file holds {} U-Nets (under the prefixes {}); this loader \
+                             cannot tell which one is meant",
+                            candidates.len(),
+                            candidates
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+                }
+            }
+        }
     };
     let tensors: BTreeMap<String, TensorSnapshot> = all
         .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v)))
+        .filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|s| (s.to_string(), v)))
         .collect();
-    Ok(StateDict {
-        path: path.to_path_buf(),
-        format,
-        tensors,
-        config_hint: None,
-    })
+    Ok((prefix, format, tensors))
 }
 
 fn explain_no_unet(
@@ -251,14 +301,6 @@ fn safetensors_err(path: &Path, e: impl ToString) -> UnetError {
 }
 
 fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
-    if weights == Weights::Ema {
-        return Err(UnetError::WrongContents {
-            path: path.to_path_buf(),
-            reason: "EMA weights were asked for, but a safetensors file holds a single set of \
-                     weights; load it with Weights::Model (`--weights model`)"
-                .into(),
-        });
-    }
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| safetensors_err(path, e))?;
     let (_, meta) =
@@ -276,7 +318,7 @@ fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDict, UnetErro
         })?),
         None => None,
     };
-    let mut tensors = BTreeMap::new();
+    let mut all = HashMap::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
@@ -298,11 +340,13 @@ fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDict, UnetErro
             vec![],
             ParamId::new(),
         );
-        tensors.insert(name, snap);
+        all.insert(name, snap);
     }
+    let (prefix, _, tensors) = select_unet(path, weights, all)?;
     Ok(StateDict {
         path: path.to_path_buf(),
         format: CheckpointFormat::Safetensors,
+        prefix,
         tensors,
         config_hint,
     })
@@ -429,10 +473,12 @@ pub fn infer_config_from_shapes(
         };
         match heads_dh {
             None => heads_dh = Some(hd),
-            Some(prev) if prev != hd => return Err(format!(
+            Some(prev) if prev != hd => {
+                return Err(format!(
                 "attention heads/dim_head differ between stages ({prev:?} vs {hd:?}); per-stage \
                      attention sizes are not supported"
-            )),
+            ))
+            }
             _ => {}
         }
         i += 1;
@@ -504,6 +550,11 @@ impl StateDict {
     /// The wrapper it was found in.
     pub fn format(&self) -> CheckpointFormat {
         self.format
+    }
+
+    /// The prefix removed from the file's keys (`""`, `model.`, `ema.ema_model.model.`, ...).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// PyTorch keys, sorted.

@@ -30,6 +30,31 @@ fn conv<B: Backend>(
         .init(device)
 }
 
+/// A per-channel vector (`[C]`, `[1, C]` or `[1, C, 1, 1]`) as a contiguous `[N, C, 1]`
+/// tensor, so that multiplying or adding it to `[N, C, P]` takes burn Flex's "one scalar per
+/// row" SIMD path instead of its strided fallback (a `[1, C, 1]` operand broadcast over both
+/// `N` and `P` is not one of Flex's accelerated patterns).
+fn per_sample_channels<B: Backend, const D: usize>(v: Tensor<B, D>, n: usize) -> Tensor<B, 3> {
+    let c = v.shape().num_elements();
+    v.reshape([1, c, 1]).repeat_dim(0, n)
+}
+
+/// A 1x1 convolution computed as a batched matmul `W [1, C_out, C_in] x [N, C_in, H*W]` on
+/// the parameters of `conv` (same weights, same keys). burn's generic `conv2d` backward
+/// transposes the input to `[C_in, N, H, W]` and copies it element by element on Flex;
+/// the matmul backward uses strided gemm instead. Same sums up to float rounding.
+fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, cin, h, w] = x.dims();
+    let cout = conv.weight.dims()[0];
+    let weight = conv.weight.val().reshape([1, cout, cin]);
+    let y = weight.matmul(x.reshape([n, cin, h * w]));
+    let y = match &conv.bias {
+        Some(b) => y.add(per_sample_channels(b.val(), n)),
+        None => y,
+    };
+    y.reshape([n, cout, h, w])
+}
+
 /// `RMSNorm` over channels: `x / max(||x||_2, 1e-12) * g * sqrt(C)` (`F.normalize(x, dim=1)`).
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -45,10 +70,26 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     /// Normalises `[N, C, H, W]` over `C`.
+    ///
+    /// Written so that no step broadcasts along a middle axis (on burn Flex such a broadcast,
+    /// and its backward, walk the tensor element by element through a strided iterator, several
+    /// times slower than the contiguous SIMD path): the channel sum of squares is a matmul with
+    /// a row of ones, the norm is materialised at full size with `repeat_dim` (a chunked
+    /// memcpy), and the gain is repeated over the batch so that it broadcasts only along the
+    /// trailing pixel axis. Same arithmetic as `x / max(||x||, eps) * g * sqrt(C)` up to float
+    /// rounding (summation order).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let c = x.dims()[1] as f64;
-        let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
-        x.div(norm).mul(self.g.val().mul_scalar(c.sqrt()))
+        let [n, c, h, w] = x.dims();
+        let x = x.reshape([n, c, h * w]);
+        let ones = Tensor::<B, 3>::ones([1, 1, c], &x.device());
+        let sq = x.clone().powi_scalar(2);
+        let norm = ones.matmul(sq).sqrt().clamp_min(1e-12).repeat_dim(1, c);
+        x.div(norm)
+            .mul(per_sample_channels(
+                self.g.val().mul_scalar((c as f64).sqrt()),
+                n,
+            ))
+            .reshape([n, c, h, w])
     }
 }
 
@@ -114,18 +155,26 @@ impl<B: Backend> ResnetBlock<B> {
     /// `x: [N, C_in, H, W]`; `t_act`: the time embedding *after* SiLU, `[N, time_dim]` (the SiLU
     /// of `mlp` is hoisted out and computed once per forward pass).
     pub fn forward(&self, x: Tensor<B, 4>, t_act: &Tensor<B, 2>) -> Tensor<B, 4> {
-        let [n, c2] = {
-            let d = self.mlp.weight.dims();
-            [t_act.dims()[0], d[1]]
+        let n = t_act.dims()[0];
+        let c = self.mlp.weight.dims()[1] / 2;
+        // `mlp(t).chunk(2, dim=1)`, computed as two matmuls on the halves of the weight so that
+        // scale and shift come out contiguous (a chunk is a strided view, which Flex's
+        // broadcasting kernels only handle on their slow element-by-element path).
+        let half = |i: usize| {
+            let w = self.mlp.weight.val().narrow(1, i * c, c);
+            let y = t_act.clone().matmul(w);
+            let y = match &self.mlp.bias {
+                Some(b) => y.add(b.val().narrow(0, i * c, c).reshape([1, c])),
+                None => y,
+            };
+            y.reshape([n, c, 1, 1])
         };
-        let emb = self.mlp.forward(t_act.clone()).reshape([n, c2, 1, 1]);
-        let mut halves = emb.chunk(2, 1);
-        let shift = halves.pop().expect("two halves");
-        let scale = halves.pop().expect("two halves");
+        let scale = half(0);
+        let shift = half(1);
         let h = self.block1.forward(x.clone(), Some((scale, shift)));
         let h = self.block2.forward(h, None);
         let res = match &self.res_conv {
-            Some(c) => c.forward(x),
+            Some(c) => conv1x1(c, x),
             None => x,
         };
         h.add(res)
@@ -176,7 +225,7 @@ impl<B: Backend> LinearAttention<B> {
         let (heads, dh) = (self.heads, self.dim_head);
         let n = h * w;
         let x = self.norm.forward(x);
-        let mut qkv = self.to_qkv.forward(x).chunk(3, 1);
+        let mut qkv = conv1x1(&self.to_qkv, x).chunk(3, 1);
         let v = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
         let k = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
         let q = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
@@ -199,7 +248,7 @@ impl<B: Backend> LinearAttention<B> {
         // out[e, n] = sum_d context[d, e] q[d, n]
         let out = context.swap_dims(2, 3).matmul(q);
         let out = out.reshape([b, heads * dh, h, w]);
-        self.out_norm.forward(self.to_out.forward(out))
+        self.out_norm.forward(conv1x1(&self.to_out, out))
     }
 }
 
@@ -244,7 +293,7 @@ impl<B: Backend> FullAttention<B> {
         let (heads, dh) = (self.heads, self.dim_head);
         let n = h * w;
         let x = self.norm.forward(x);
-        let mut qkv = self.to_qkv.forward(x).chunk(3, 1);
+        let mut qkv = conv1x1(&self.to_qkv, x).chunk(3, 1);
         let to_seq = |t: Tensor<B, 4>| t.reshape([b, heads, dh, n]).swap_dims(2, 3);
         let v = to_seq(qkv.pop().expect("3 chunks"));
         let k = to_seq(qkv.pop().expect("3 chunks"));
@@ -264,7 +313,7 @@ impl<B: Backend> FullAttention<B> {
         // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh]
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let out = out.swap_dims(2, 3).reshape([b, heads * dh, h, w]);
-        self.to_out.forward(out)
+        conv1x1(&self.to_out, out)
     }
 }
 
@@ -310,7 +359,7 @@ impl<B: Backend> Resample<B> {
     /// Applies the resampling.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
-            Self::PixelUnshuffle(c) => c.forward(pixel_unshuffle(x)),
+            Self::PixelUnshuffle(c) => conv1x1(c, pixel_unshuffle(x)),
             Self::NearestUp(c) => c.forward(upsample_nearest2(x)),
             Self::Same(c) => c.forward(x),
         }
@@ -575,6 +624,6 @@ impl<B: Backend> Unet<B> {
         }
         let x = Tensor::cat(vec![x, r], 1);
         let x = self.final_res_block.forward(x, &t);
-        self.final_conv.forward(x)
+        conv1x1(&self.final_conv, x)
     }
 }

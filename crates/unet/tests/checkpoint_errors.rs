@@ -262,3 +262,49 @@ fn state_dict_inspection() {
     )
     .is_ok());
 }
+
+#[test]
+fn nested_and_prefixed_state_dicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let base = fixture_tensors();
+    let prefixed = |p: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        base.iter()
+            .map(|(k, s, v)| (format!("{p}{k}"), s.clone(), v.clone()))
+            .collect()
+    };
+    // A Lightning-style `{"state_dict": unet.state_dict()}`, flattened.
+    let path = dir.path().join("nested.safetensors");
+    write_safetensors(&path, &prefixed("state_dict."));
+    let sd = read_state_dict(&path, Weights::Model).unwrap();
+    assert_eq!(sd.prefix(), "state_dict.");
+    assert_eq!(sd.infer_config().unwrap(), fixture_config());
+    assert!(sd.into_unet::<B>(None, &device).is_ok());
+    // GaussianDiffusion keys with a schedule buffer beside them.
+    let path = dir.path().join("diffusion.safetensors");
+    let mut t = prefixed("model.");
+    t.push(("betas".into(), vec![4], vec![0.1; 4]));
+    write_safetensors(&path, &t);
+    let sd = read_state_dict(&path, Weights::Model).unwrap();
+    assert_eq!((sd.prefix(), sd.len()), ("model.", base.len()));
+    // Two U-Nets under unknown prefixes: refuse to guess.
+    let path = dir.path().join("two.safetensors");
+    let mut t = prefixed("a.");
+    t.extend(prefixed("b."));
+    write_safetensors(&path, &t);
+    let e = read_state_dict(&path, Weights::Model).unwrap_err();
+    assert!(e.to_string().contains("`a.`, `b.`"), "{e}");
+    // EMA weights under an `ema_model.` prefix are found when asked for.
+    let path = dir.path().join("ema.safetensors");
+    let mut t = prefixed("ckpt.ema.ema_model.model.");
+    t.extend(prefixed("ckpt.model.model."));
+    write_safetensors(&path, &t);
+    assert_eq!(
+        read_state_dict(&path, Weights::Ema).unwrap().prefix(),
+        "ckpt.ema.ema_model.model."
+    );
+    assert_eq!(
+        read_state_dict(&path, Weights::Model).unwrap().prefix(),
+        "ckpt.model.model."
+    );
+}
