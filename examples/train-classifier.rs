@@ -19,10 +19,10 @@ struct Args {
     #[arg(long, default_value = "target/extractor/resnet18-lensing-s64.bpk")]
     out: PathBuf,
     /// Training images (classes in turn).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 3000)]
     n_train: usize,
     /// Held-out images (simulated with another seed).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     n_heldout: usize,
     /// Simulation grid, pixels per side (field of view fixed at 7.5 arcsec).
     #[arg(long, default_value_t = 150)]
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     image_size: usize,
     /// Epochs.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32)]

@@ -31,13 +31,18 @@ os.makedirs(a.out, exist_ok=True)
 rng = np.random.default_rng(a.seed)
 
 
+MIX = {}
+
+
 def features(name, n, d, shift):
     path = os.path.join(a.out, name)
     if os.path.exists(path):
         return np.load(path)
-    # Correlated, non-isotropic features (a random linear mix of Gaussians), like network features.
-    mix = rng.normal(0, 1.0 / np.sqrt(d), size=(d, d))
-    x = rng.normal(0, 1, size=(n, d)) @ mix + shift
+    # Correlated, non-isotropic features (one random linear mix of Gaussians per dimension,
+    # shared by the two FID sets), like network features.
+    if d not in MIX:
+        MIX[d] = rng.normal(0, 1.0 / np.sqrt(d), size=(d, d))
+    x = rng.normal(0, 1, size=(n, d)) @ MIX[d] + shift
     np.save(path, x)
     return x
 

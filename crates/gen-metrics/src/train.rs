@@ -30,7 +30,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 4, batch_size: 32, lr: 1e-3, seed: 0 }
+        Self { epochs: 8, batch_size: 32, lr: 1e-3, seed: 0 }
     }
 }
 
@@ -197,7 +197,7 @@ pub struct ExtractorRecipe {
 
 impl Default for ExtractorRecipe {
     fn default() -> Self {
-        Self { n_train: 1500, n_heldout: 300, num_pix: 150, image_size: 64, train: TrainConfig::default() }
+        Self { n_train: 3000, n_heldout: 600, num_pix: 150, image_size: 64, train: TrainConfig::default() }
     }
 }
 
