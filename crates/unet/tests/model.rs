@@ -201,6 +201,13 @@ fn gradients_flow_to_every_parameter_under_autodiff() {
         }
         _ => panic!("outer stage should use linear attention"),
     }
+    // The inner (no-autodiff) module, as used for sampling/EMA during training.
+    {
+        use burn::module::AutodiffModule;
+        let inner: unet::Unet<Flex> = model.valid();
+        assert_eq!(inner.config(), model.config());
+        assert_eq!(inner.num_params(), model.num_params());
+    }
     let lin = model
         .time_mlp
         .linear1
