@@ -244,6 +244,8 @@ struct FileImages {
     shape: (usize, usize),
     images: Vec<Vec<f32>>,
     colour: usize,
+    /// The single image was written straight into the caller's output slot.
+    in_place: bool,
 }
 
 struct Worker {
@@ -263,12 +265,33 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker) -> Result<FileImages> {
+fn resize_or_copy(img: &RawImage, out_shape: (usize, usize), w: &mut Worker, dst: &mut [f32]) {
+    if out_shape == (img.h, img.w) {
+        dst.iter_mut().zip(&img.data).for_each(|(d, &x)| *d = x as f32);
+    } else {
+        if w.resizer.as_ref().is_none_or(|r| r.in_shape() != (img.h, img.w) || r.out_shape() != out_shape) {
+            w.resizer = Some(Resizer::new((img.h, img.w), out_shape));
+        }
+        w.resizer.as_ref().expect("set above").resize_into(&img.data, dst, &mut w.scratch);
+    }
+}
+
+fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, dst: Option<&mut [f32]>) -> Result<FileImages> {
     let mut raw = Vec::new();
     let mut bytes = std::mem::take(&mut w.bytes);
     let r = read_into(path, &mut bytes).and_then(|_| decode_bytes(&bytes, path, &mut w.npy, &mut raw));
     w.bytes = bytes;
     r?;
+    // fast path: one image, known output size -> straight into the output array
+    if let (Some(dst), Some(out_shape), 1) = (dst, opts.target_size, raw.len()) {
+        let img = raw.pop().expect("one image");
+        check_finite(&img.data, path, 0)?;
+        resize_or_copy(&img, out_shape, w, dst);
+        opts.normalization.apply(dst);
+        let colour = img.colour as usize;
+        w.npy = img.data;
+        return Ok(FileImages { shape: out_shape, images: Vec::new(), colour, in_place: true });
+    }
     let mut images = Vec::with_capacity(raw.len());
     let mut shape = (0, 0);
     let mut colour = 0;
@@ -280,16 +303,8 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker) -> Result<FileI
             return Err(LensDataError::SizeMismatch { path: path.to_path_buf(), got: out_shape, expected: shape });
         }
         shape = out_shape;
-        let mut v: Vec<f32> = if out_shape == (img.h, img.w) {
-            img.data.iter().map(|&x| x as f32).collect()
-        } else {
-            if w.resizer.as_ref().is_none_or(|r| r.in_shape() != (img.h, img.w) || r.out_shape() != out_shape) {
-                w.resizer = Some(Resizer::new((img.h, img.w), out_shape));
-            }
-            let mut v = vec![0.0f32; out_shape.0 * out_shape.1];
-            w.resizer.as_ref().expect("set above").resize_into(&img.data, &mut v, &mut w.scratch);
-            v
-        };
+        let mut v = vec![0.0f32; out_shape.0 * out_shape.1];
+        resize_or_copy(&img, out_shape, w, &mut v);
         opts.normalization.apply(&mut v);
         images.push(v);
         // give the decode buffer back for reuse
@@ -297,7 +312,7 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker) -> Result<FileI
             w.npy = img.data;
         }
     }
-    Ok(FileImages { shape, images, colour })
+    Ok(FileImages { shape, images, colour, in_place: false })
 }
 
 /// Loads `(path, label)` entries in parallel and assembles an [`ImageSet`].
@@ -317,13 +332,19 @@ fn load_entries(
     if entries.is_empty() {
         return Err(LensDataError::EmptyFolder { path: origin.to_path_buf() });
     }
-    let results: Vec<Result<FileImages>> = entries
-        .par_iter()
-        .map_init(
-            || Worker { bytes: Vec::new(), npy: Vec::new(), scratch: Vec::new(), resizer: None },
-            |w, (p, _)| process_file(p, opts, w),
-        )
-        .collect();
+    let worker = || Worker { bytes: Vec::new(), npy: Vec::new(), scratch: Vec::new(), resizer: None };
+    // With a target size, each file's slot in the output is known in advance (one image per
+    // file is the common case), so workers write straight into it; other files go the general way.
+    let plane = opts.target_size.map(|(h, w)| h * w);
+    let mut buf: Vec<f32> = plane.map_or_else(Vec::new, |p| vec![0.0; p * entries.len()]);
+    let results: Vec<Result<FileImages>> = match plane {
+        Some(p) => buf
+            .par_chunks_mut(p)
+            .zip(entries.par_iter())
+            .map_init(worker, |w, (dst, (path, _))| process_file(path, opts, w, Some(dst)))
+            .collect(),
+        None => entries.par_iter().map_init(worker, |w, (path, _)| process_file(path, opts, w, None)).collect(),
+    };
 
     let mut warnings = Vec::new();
     let mut skipped = 0;
@@ -331,8 +352,8 @@ fn load_entries(
     let mut shape: Option<(usize, usize)> = None;
     let mut colour = 0usize;
     let mut first_colour: Option<PathBuf> = None;
-    let mut kept: Vec<(&PathBuf, usize, FileImages)> = Vec::with_capacity(results.len());
-    for ((path, label), r) in entries.iter().zip(results) {
+    let mut kept: Vec<(&PathBuf, usize, FileImages, usize)> = Vec::with_capacity(results.len());
+    for (idx, ((path, label), r)) in entries.iter().zip(results).enumerate() {
         let r = r.and_then(|f| match shape {
             Some(s) if s != f.shape => Err(LensDataError::SizeMismatch { path: path.clone(), got: f.shape, expected: s }),
             _ => Ok(f),
@@ -344,7 +365,7 @@ fn load_entries(
                     colour += f.colour;
                     first_colour.get_or_insert_with(|| path.clone());
                 }
-                kept.push((path, *label, f));
+                kept.push((path, *label, f, idx));
             }
             Err(e) if opts.skip_bad => {
                 warnings.push(LoadWarning::SkippedFile { path: path.clone(), error: e.to_string() });
@@ -363,25 +384,40 @@ fn load_entries(
     if let Some(first) = first_colour {
         warnings.push(LoadWarning::ConvertedToLuminance { count: colour, first });
     }
-    let total: usize = kept.iter().map(|(_, _, f)| f.images.len()).sum();
-    let mut sources = Vec::with_capacity(total);
-    let mut labels = Vec::with_capacity(total);
-    let mut slots: Vec<Vec<f32>> = Vec::with_capacity(total);
-    for (path, label, f) in kept {
-        for (i, img) in f.images.into_iter().enumerate() {
-            sources.push(ImageSource { path: path.clone(), index: i });
-            labels.push(label);
-            slots.push(img);
-        }
-    }
-    let mut images = Array3::<f32>::zeros((total, h, w));
     let plane = h * w;
-    images
-        .as_slice_mut()
-        .expect("fresh array is contiguous")
-        .par_chunks_mut(plane)
-        .zip(slots.par_iter())
-        .for_each(|(dst, src)| dst.copy_from_slice(src));
+    let mut sources = Vec::with_capacity(kept.len());
+    let mut labels = Vec::with_capacity(kept.len());
+    let all_in_place = kept.len() == entries.len() && kept.iter().all(|k| k.2.in_place);
+    let images = if all_in_place {
+        for (path, label, _, _) in &kept {
+            sources.push(ImageSource { path: (*path).clone(), index: 0 });
+            labels.push(*label);
+        }
+        Array3::from_shape_vec((kept.len(), h, w), buf).expect("one plane per file")
+    } else {
+        let mut slots: Vec<&[f32]> = Vec::new();
+        for (path, label, f, idx) in &kept {
+            if f.in_place {
+                slots.push(&buf[idx * plane..(idx + 1) * plane]);
+                sources.push(ImageSource { path: (*path).clone(), index: 0 });
+                labels.push(*label);
+            } else {
+                for (i, img) in f.images.iter().enumerate() {
+                    slots.push(img);
+                    sources.push(ImageSource { path: (*path).clone(), index: i });
+                    labels.push(*label);
+                }
+            }
+        }
+        let mut images = Array3::<f32>::zeros((slots.len(), h, w));
+        images
+            .as_slice_mut()
+            .expect("fresh array is contiguous")
+            .par_chunks_mut(plane)
+            .zip(slots.par_iter())
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
+        images
+    };
     Ok(ImageSet {
         images,
         labels: labelled.then_some(labels),

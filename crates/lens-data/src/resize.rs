@@ -57,17 +57,36 @@ pub struct Resizer {
     out_shape: (usize, usize),
     rows: AxisWeights,
     cols: AxisWeights,
+    /// Column taps as a dense `out_w x k` table (zero-padded, starts shifted to stay in range):
+    /// the horizontal pass then runs fixed-length dot products. Adding the padded zeros first
+    /// or last leaves every sum bit-identical.
+    col_k: usize,
+    col_start: Vec<usize>,
+    col_flat: Vec<f64>,
+}
+
+fn flatten(w: &AxisWeights, in_size: usize) -> (usize, Vec<usize>, Vec<f64>) {
+    let k = w.weights.iter().map(Vec::len).max().unwrap_or(0);
+    if k == 0 || k > in_size {
+        return (0, Vec::new(), Vec::new());
+    }
+    let mut start = Vec::with_capacity(w.start.len());
+    let mut flat = vec![0.0; w.start.len() * k];
+    for (c, (&s, taps)) in w.start.iter().zip(&w.weights).enumerate() {
+        let s2 = s.min(in_size - k);
+        let shift = s - s2;
+        flat[c * k + shift..c * k + shift + taps.len()].copy_from_slice(taps);
+        start.push(s2);
+    }
+    (k, start, flat)
 }
 
 impl Resizer {
     /// Builds the filter taps once.
     pub fn new(in_shape: (usize, usize), out_shape: (usize, usize)) -> Self {
-        Self {
-            in_shape,
-            out_shape,
-            rows: AxisWeights::new(in_shape.0, out_shape.0),
-            cols: AxisWeights::new(in_shape.1, out_shape.1),
-        }
+        let cols = AxisWeights::new(in_shape.1, out_shape.1);
+        let (col_k, col_start, col_flat) = flatten(&cols, in_shape.1);
+        Self { in_shape, out_shape, rows: AxisWeights::new(in_shape.0, out_shape.0), cols, col_k, col_start, col_flat }
     }
 
     /// Input (H, W).
@@ -99,16 +118,28 @@ impl Resizer {
         scratch.clear();
         scratch.resize(ih * ow, 0.0);
         // horizontal pass: (ih, iw) -> (ih, ow)
+        let k = self.col_k;
         for r in 0..ih {
             let row = &src[r * iw..(r + 1) * iw];
             let out = &mut scratch[r * ow..(r + 1) * ow];
-            for (c, o) in out.iter_mut().enumerate() {
-                let s = self.cols.start[c];
-                let mut acc = 0.0;
-                for (k, w) in self.cols.weights[c].iter().enumerate() {
-                    acc += w * row[s + k].into();
+            if k > 0 {
+                for (c, o) in out.iter_mut().enumerate() {
+                    let s = self.col_start[c];
+                    let mut acc = 0.0;
+                    for (w, v) in self.col_flat[c * k..(c + 1) * k].iter().zip(&row[s..s + k]) {
+                        acc += w * (*v).into();
+                    }
+                    *o = acc;
                 }
-                *o = acc;
+            } else {
+                for (c, o) in out.iter_mut().enumerate() {
+                    let s = self.cols.start[c];
+                    let mut acc = 0.0;
+                    for (kk, w) in self.cols.weights[c].iter().enumerate() {
+                        acc += w * row[s + kk].into();
+                    }
+                    *o = acc;
+                }
             }
         }
         // vertical pass: (ih, ow) -> (oh, ow), row-wise so the inner loop is contiguous

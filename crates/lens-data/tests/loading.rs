@@ -127,6 +127,19 @@ fn stacked_npy_and_npz() {
     // corrupt archive
     std::fs::write(d.join("bad.npz"), b"PK\x03\x04 nonsense").unwrap();
     assert!(matches!(load_files(&[d.join("bad.npz")], &LoadOptions::default()), Err(LensDataError::Npz { .. })));
+    // a folder mixing stacks, archives, single images and a bad file, with a target size
+    std::fs::write(d.join("single.npy"), npy_bytes_f64(&[1, 8, 8], &[7.0; 64])).unwrap();
+    let opts = LoadOptions { target_size: Some((8, 8)), skip_bad: true, ..Default::default() };
+    let all = load_folder(d, &opts).unwrap();
+    assert_eq!(all.skipped, 1);
+    let names: Vec<(String, usize)> =
+        all.sources.iter().map(|s| (s.path.file_name().unwrap().to_string_lossy().into(), s.index)).collect();
+    assert_eq!(names.len(), 3 + 1 + 4 + 4);
+    assert_eq!(names[0], ("arch.npz".into(), 0));
+    assert_eq!(names[3], ("single.npy".into(), 0));
+    assert_eq!(all.image(3), Array2::from_elem((8, 8), 7.0f32).view());
+    assert_eq!(all.image(4), stack.index_axis(ndarray::Axis(0), 0).mapv(|v| v as f32).view());
+    assert_eq!(all.image(11), stack.index_axis(ndarray::Axis(0), 3).mapv(|v| v as f32).view());
 }
 
 #[test]
