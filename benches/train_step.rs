@@ -1,0 +1,82 @@
+//! U-Net training step and forward pass on burn Flex, side by side with
+//! `scripts/bench_train_step.py` (denoising-diffusion-pytorch 2.3.4).
+//!
+//! ```text
+//! cargo bench --bench train_step                      # both presets
+//! cargo bench --bench train_step -- pipeline          # only the pipeline preset
+//! ```
+//! Cases (the same in the Python script):
+//! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `examples/pipeline.rs` trains); training
+//!   step at batch 16, forward (sampling) at batch 100.
+//! - `deeplense`: `Unet(64, (1,2,4,8))` at 128x128; training step and forward at batch 4.
+//!
+//! A training step is [`Trainer::train_step`]: pred-v loss with random timesteps and noise,
+//! backward, global-norm clipping, AdamW, EMA update. The forward is the EMA network without
+//! autodiff at a fixed t = 500. Results go to docs/PERFORMANCE.md (issue 7 section) as
+//! images/s and ratios to PyTorch.
+
+use std::time::Duration;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lensing_diffusion::train::{TrainConfig, Trainer};
+
+type Ad = Autodiff<Flex>;
+
+struct Case {
+    name: &'static str,
+    config: TrainConfig,
+    train_batch: usize,
+    forward_batch: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let mut deeplense = TrainConfig::deeplense();
+    deeplense.batch_size = 4;
+    vec![
+        Case { name: "pipeline", config: TrainConfig::small(), train_batch: 16, forward_batch: 100 },
+        Case { name: "deeplense", config: deeplense, train_batch: 4, forward_batch: 4 },
+    ]
+}
+
+fn train_step(c: &mut Criterion) {
+    for case in cases() {
+        let device: burn::backend::flex::FlexDevice = Default::default();
+        let mut config = case.config.clone();
+        config.batch_size = case.train_batch;
+        let size = config.image_size;
+        let mut trainer = Trainer::<Ad>::new(config.clone(), &device).expect("valid preset");
+        let images = Tensor::<Ad, 4>::random(
+            [case.train_batch, config.unet.channels, size, size],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        let mut g = c.benchmark_group(format!("train_step_{}", case.name));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 20 } else { 8 }))
+            .throughput(Throughput::Elements(case.train_batch as u64));
+        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)), |b| {
+            b.iter(|| std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")))
+        });
+        g.finish();
+
+        let model = trainer.ema().clone();
+        let n = case.forward_batch;
+        let x = Tensor::<Flex, 4>::random([n, config.unet.channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
+        let mut g = c.benchmark_group(format!("forward_{}", case.name));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 10 } else { 8 }))
+            .throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{n}")), |b| {
+            b.iter(|| std::hint::black_box(model.forward(x.clone(), t.clone()).into_data()))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
