@@ -16,12 +16,13 @@ pub fn validate(x: ArrayView2<'_, f64>, what: &str, min_rows: usize) -> Result<(
     if x.nrows() < min_rows {
         return Err(MetricsError::TooFewSamples { what: what.to_string(), needed: min_rows, got: x.nrows() });
     }
-    for (row, r) in x.axis_iter(Axis(0)).enumerate() {
-        for (col, &v) in r.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(MetricsError::NonFinite { what: what.to_string(), row, col, value: v });
-            }
-        }
+    use rayon::prelude::*;
+    // Rows are scanned in parallel; the error reports the first bad value in row-major order.
+    let bad_row = (0..x.nrows()).into_par_iter().position_first(|i| x.row(i).iter().any(|v| !v.is_finite()));
+    if let Some(row) = bad_row {
+        let r = x.row(row);
+        let (col, &value) = r.iter().enumerate().find(|(_, v)| !v.is_finite()).expect("row has a bad value");
+        return Err(MetricsError::NonFinite { what: what.to_string(), row, col, value });
     }
     Ok(())
 }
@@ -98,12 +99,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Returns `x` with its column means subtracted (a new standard-layout array), and the means.
 pub(crate) fn centered(x: ArrayView2<'_, f64>) -> (Array2<f64>, Vec<f64>) {
     let mean = column_means(x);
-    let mut c = x.to_owned();
-    for mut r in c.axis_iter_mut(Axis(0)) {
+    use rayon::prelude::*;
+    let mut c = x.as_standard_layout().into_owned();
+    let d = c.ncols().max(1);
+    c.as_slice_mut().expect("standard layout").par_chunks_mut(d).for_each(|r| {
         for (v, m) in r.iter_mut().zip(&mean) {
             *v -= m;
         }
-    }
+    });
     (c, mean)
 }
 
