@@ -168,7 +168,7 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
     })?;
 
     // 2. Feature extractor (trained on lensing images; cached).
-    let extractor = timings.time("feature extractor", || obtain_extractor::<B>(args, size, &device))?;
+    let extractor = timings.time("feature extractor", || obtain_extractor::<B>(args, &device))?;
 
     // 3. Train.
     let train_dir = out.join("train");
@@ -195,7 +195,12 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
         let feats = |name: &str, images: &Array3<f32>| -> Res<Array2<f64>> {
             let bar = ProgressBar::new(images.dim().0 as u64);
             bar.set_style(ProgressStyle::with_template(&format!("   features {name:>9} {{wide_bar}} {{pos}}/{{len}}"))?);
-            let f = extractor.extract(images.view(), 100, &Default::default(), |n| bar.set_position(n as u64))?;
+            let images = to_size(images, extractor.config.image_size);
+            let mut done = 0;
+            let f = extractor.extract(images.view(), 100, &Default::default(), |n| {
+                done += n;
+                bar.set_position(done as u64)
+            })?;
             bar.finish_and_clear();
             Ok(f)
         };
@@ -233,29 +238,62 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
 }
 
 /// Load the extractor given with --extractor, or the cached one, or train and cache it.
-fn obtain_extractor<B: AutodiffBackend>(args: &Args, size: usize, device: &B::Device) -> Res<FeatureExtractor<B::InnerBackend>> {
+/// The cache file name carries a hash of the training recipe, so a changed recipe retrains.
+fn obtain_extractor<B: AutodiffBackend>(args: &Args, device: &B::Device) -> Res<FeatureExtractor<B::InnerBackend>> {
     if let Some(p) = &args.extractor {
         return Ok(FeatureExtractor::load(p, device)?);
     }
-    let cached = PathBuf::from("runs").join(format!("extractor-{size}.bpk"));
+    let recipe = ExtractorRecipe { num_pix: args.sim_num_pix, ..ExtractorRecipe::default() };
+    let key = fnv1a(serde_json::to_string(&recipe)?.as_bytes());
+    let cached = PathBuf::from("runs").join(format!("extractor-{}px-{key:016x}.bpk", recipe.image_size));
     if cached.is_file() {
         eprintln!("   using the cached {}", cached.display());
     } else {
-        eprintln!("   no extractor yet: training a lensing classifier on {size}x{size} images, cached at {}", cached.display());
+        eprintln!(
+            "   no extractor yet: training a lensing classifier ({} simulated images, {}x{}), cached at {}",
+            recipe.n_train,
+            recipe.image_size,
+            recipe.image_size,
+            cached.display()
+        );
     }
-    let recipe = ExtractorRecipe { image_size: size, num_pix: args.sim_num_pix, ..ExtractorRecipe::default() };
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("   classifier {wide_bar} {pos}/{len} steps  {msg}")?);
+    bar.set_style(ProgressStyle::with_template("   classifier {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}")?);
     let ex = ensure_extractor::<B>(&cached, &recipe, device, |step, total, loss| {
         bar.set_length(total as u64);
         bar.set_position(step as u64);
         bar.set_message(format!("loss {loss:.3}"));
     })?;
     bar.finish_and_clear();
-    if let Some(acc) = ex.info.as_ref().and_then(|i| i.get("heldout_accuracy")).and_then(|a| a.as_f64()) {
+    if let Some(acc) = heldout_accuracy(&ex) {
         eprintln!("   extractor held-out accuracy: {:.1}%", acc * 100.0);
     }
     Ok(ex)
+}
+
+fn heldout_accuracy<B: burn::tensor::backend::Backend>(ex: &FeatureExtractor<B>) -> Option<f64> {
+    ex.info.as_ref().and_then(|i| i.get("heldout_accuracy")).and_then(|a| a.as_f64())
+}
+
+/// 64-bit FNV-1a, a stable hash for cache keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Resize images to the extractor's input size (antialiased bilinear), the same way for the
+/// real, generated and noise sets.
+fn to_size(images: &Array3<f32>, size: usize) -> Array3<f32> {
+    let (n, h, w) = images.dim();
+    if (h, w) == (size, size) {
+        return images.clone();
+    }
+    let r = lens_data::resize::Resizer::new((h, w), (size, size));
+    let mut out = Array3::<f32>::zeros((n, size, size));
+    for i in 0..n {
+        let img = images.index_axis(ndarray::Axis(0), i).mapv(|v| v as f64);
+        out.index_axis_mut(ndarray::Axis(0), i).assign(&r.resize(img.view()));
+    }
+    out
 }
 
 fn generate<B: AutodiffBackend>(trainer: &Trainer<B>, sampler: Sampler, n: usize, batch: usize, seed: u64) -> Res<Array3<f32>> {
@@ -386,7 +424,7 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     m.push_str("## Metrics\n\n");
     m.push_str(&format!(
         "Features: 512-d pooled features of a ResNet-18 trained to classify DeepLense lensing images{}.\n\n",
-        ex.info.as_ref().and_then(|i| i.get("heldout_accuracy")).and_then(|a| a.as_f64()).map(|a| format!(" (held-out accuracy {:.1}%)", a * 100.0)).unwrap_or_default()
+        heldout_accuracy(ex).map(|a| format!(" (no_sub / cdm / axion, held-out accuracy {:.1}%; inputs resized to {}x{})", a * 100.0, ex.config.image_size, ex.config.image_size)).unwrap_or_default()
     ));
     m.push_str(&format!(
         "**FID generated vs real: {:.3}**; pure-noise baseline {:.3}; ratio {:.3} ({} the 0.2 target); real-vs-real floor {}.\n\n",
