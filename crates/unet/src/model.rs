@@ -10,7 +10,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::config::{UnetConfig, NUM_MEM_KV};
@@ -53,6 +53,37 @@ fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         None => y,
     };
     y.reshape([n, cout, h, w])
+}
+
+/// A `k x k` convolution with stride 1 and padding `k / 2` (how every conv of this network
+/// is built), on the parameters of `conv`. The bias is added after the convolution as a
+/// contiguous `[N, C, 1]` operand: burn's generic conv2d bias gradient reshapes a strided
+/// tensor, which Flex copies element by element; the broadcast add's gradient is a plain
+/// reduction over the trailing axes. Same arithmetic. Without gradients (inference) the conv's
+/// own fused bias is used.
+fn conv_same<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [cout, _cin, k, _] = conv.weight.dims();
+    let p = k / 2;
+    let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+    if !conv.weight.val().is_require_grad() {
+        // Inference: the fused bias of the conv kernel saves a pass.
+        return burn::tensor::module::conv2d(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            options,
+        );
+    }
+    let y = burn::tensor::module::conv2d(x, conv.weight.val(), None, options);
+    match &conv.bias {
+        Some(b) => {
+            let [n, _, h, w] = y.dims();
+            y.reshape([n, cout, h * w])
+                .add(per_sample_channels(b.val(), n))
+                .reshape([n, cout, h, w])
+        }
+        None => y,
+    }
 }
 
 /// `RMSNorm` over channels: `x / max(||x||_2, 1e-12) * g * sqrt(C)` (`F.normalize(x, dim=1)`).
@@ -119,7 +150,7 @@ impl<B: Backend> Block<B> {
         x: Tensor<B, 4>,
         scale_shift: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> Tensor<B, 4> {
-        let x = self.norm.forward(self.proj.forward(x));
+        let x = self.norm.forward(conv_same(&self.proj, x));
         let x = match scale_shift {
             Some((scale, shift)) => x.mul(scale.add_scalar(1.0)).add(shift),
             None => x,
@@ -224,11 +255,23 @@ impl<B: Backend> LinearAttention<B> {
         let [b, _c, h, w] = x.dims();
         let (heads, dh) = (self.heads, self.dim_head);
         let n = h * w;
-        let x = self.norm.forward(x);
-        let mut qkv = conv1x1(&self.to_qkv, x).chunk(3, 1);
-        let v = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
-        let k = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
-        let q = qkv.pop().expect("3 chunks").reshape([b, heads, dh, n]);
+        let c = x.dims()[1];
+        let hidden = heads * dh;
+        let x = self.norm.forward(x).reshape([b, c, n]);
+        // `to_qkv` then `chunk(3)`, as three matmuls on row blocks of the weight. q is computed
+        // transposed, `[b, n, heads, dh]`, so that its softmax over the feature axis runs on the
+        // last axis: on burn Flex a softmax (and its autodiff decomposition) over a middle axis
+        // goes through strided element-by-element copies and broadcasts.
+        let rows = |i: usize| {
+            self.to_qkv
+                .weight
+                .val()
+                .narrow(0, i * hidden, hidden)
+                .reshape([1, hidden, c])
+        };
+        let q_t = x.clone().swap_dims(1, 2).matmul(rows(0).swap_dims(1, 2));
+        let k = rows(1).matmul(x.clone()).reshape([b, heads, dh, n]);
+        let v = rows(2).matmul(x).reshape([b, heads, dh, n]);
         let mem = self.mem_kv.val();
         let mk = mem
             .clone()
@@ -241,7 +284,9 @@ impl<B: Backend> LinearAttention<B> {
             .expand([b, heads, dh, NUM_MEM_KV]);
         let k = Tensor::cat(vec![mk, k], 3);
         let v = Tensor::cat(vec![mv, v], 3);
-        let q = softmax(q, 2).mul_scalar((dh as f64).powf(-0.5));
+        let q = softmax(q_t.reshape([b, n, heads, dh]), 3)
+            .mul_scalar((dh as f64).powf(-0.5))
+            .permute([0, 2, 3, 1]);
         let k = softmax(k, 3);
         // context[d, e] = sum_n k[d, n] v[e, n]
         let context = k.matmul(v.swap_dims(2, 3));
@@ -360,8 +405,8 @@ impl<B: Backend> Resample<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             Self::PixelUnshuffle(c) => conv1x1(c, pixel_unshuffle(x)),
-            Self::NearestUp(c) => c.forward(upsample_nearest2(x)),
-            Self::Same(c) => c.forward(x),
+            Self::NearestUp(c) => conv_same(c, upsample_nearest2(x)),
+            Self::Same(c) => conv_same(c, x),
         }
     }
 }
@@ -598,7 +643,7 @@ impl<B: Backend> Unet<B> {
     }
 
     fn forward_unchecked(&self, x: Tensor<B, 4>, time: Tensor<B, 1>) -> Tensor<B, 4> {
-        let x = self.init_conv.forward(x);
+        let x = conv_same(&self.init_conv, x);
         let r = x.clone();
         let t = silu(self.time_mlp.forward(time));
         let mut skips = Vec::with_capacity(2 * self.downs.len());
