@@ -198,7 +198,7 @@ fn check_apply(path: &Path, r: &burn_store::ApplyResult, ignore_batches_tracked:
     let unused: Vec<&String> = r
         .unused
         .iter()
-        .filter(|k| !(ignore_batches_tracked && k.ends_with("num_batches_tracked")) && !applied_alias(k))
+        .filter(|k| (!ignore_batches_tracked || !k.ends_with("num_batches_tracked")) && !applied_alias(k))
         .collect();
     if !r.errors.is_empty() || !r.missing.is_empty() || !unused.is_empty() {
         return Err(MetricsError::Checkpoint {

@@ -1,18 +1,36 @@
 //! # gen-metrics
 //!
 //! Evaluation of generative models on feature matrices `[n, d]` (f64, CPU), and a ResNet-18
-//! feature extractor for single-channel lensing images.
+//! feature extractor for single-channel lensing images trained on simulated DeepLense data.
 //!
-//! Statistics (all f64, exact where the definition allows):
+//! Statistics (all f64; parity with pytorch-fid / rke-score / prdc to 1e-9 relative):
 //! - [`frechet`]: Fréchet distance / FID with unbiased covariances through a symmetric
 //!   eigenproblem, reusable [`GaussianStats`] (pytorch-fid `.npz` layout), FID-infinity.
-//! - [`kernel`]: exact Rényi kernel entropy (order 2, Gaussian kernel, many bandwidths from one
-//!   streamed Gram pass), Monte-Carlo RKE, RRKE, Vendi.
-//! - [`kid`]: KID (unbiased MMD^2, cubic kernel, subsets).
-//! - [`prdc`]: precision / recall / density / coverage.
+//! - [`kernel`]: exact Rényi kernel entropy (order 2, Gaussian kernel, several bandwidths from
+//!   one streamed, tiled Gram pass), Monte-Carlo RKE, RRKE, Vendi.
+//! - [`kid`]: KID (unbiased MMD^2, cubic kernel, seeded subsets, mean and std).
+//! - [`prdc`]: precision / recall / density / coverage (prdc conventions).
+//! - [`report`]: [`evaluate_features`] computes everything `examples/evaluate.rs` reports
+//!   (JSON keys `fid`, `rke_real`, `rke_generated`, `rrke`, `vendi_generated`, `kid`, ...)
+//!   and the real-vs-real noise floor ([`real_vs_real`]).
+//! - [`extractor`], [`train`]: [`ResNet18`] in burn (any `Backend`), torchvision state-dict
+//!   loading, our checkpoints, classifier training and [`ensure_extractor`] (train and cache).
+//!
+//! Bad input (NaN/inf, mismatched dimensions, too few rows, bandwidth <= 0, bad files) is a
+//! [`MetricsError`] naming the input at fault.
+//!
+//! ```
+//! use gen_metrics::{evaluate_features, EvalConfig};
+//! let real = ndarray::Array2::from_shape_fn((60, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
+//! let gen = ndarray::Array2::from_shape_fn((50, 4), |(i, j)| ((i * 5 + j) % 13) as f64);
+//! let cfg = EvalConfig { bandwidths: vec![4.0], kid: gen_metrics::KidConfig { num_subsets: 5, subset_size: 20, seed: 0 }, ..EvalConfig::default() };
+//! let report = evaluate_features(real.view(), gen.view(), None, &cfg).unwrap();
+//! assert!(report.fid > 0.0 && report.rke_generated["4.0"] >= 1.0);
+//! ```
 //!
 //! ## Feature flags
-//! None. Backends are chosen by the caller (the extractor is generic over `burn`'s `Backend`).
+//! None. Backends are chosen by the caller (the extractor and training are generic over
+//! burn's `Backend` / `AutodiffBackend`).
 #![warn(missing_docs)]
 
 pub mod error;

@@ -54,13 +54,10 @@ pub(crate) fn scaled_gram_cols(xc: &Array2<f64>, alpha: f64) -> Array2<f64> {
     out
 }
 
-/// Copies the lower triangle onto the upper one (in the faer view, i.e. `out[j][i]` for `i > j`
-/// in row-major terms).
+/// Copies the lower triangle onto the upper one. `from_row_major_slice` maps faer `(i, j)` to
+/// `out[[i, j]]`, so the faer lower triangle is `out[[i, j]]` with `i >= j`.
 pub(crate) fn mirror_lower(out: &mut Array2<f64>) {
     let d = out.nrows();
-    // faer view of a row-major buffer: element (i, j) lives at out[[j, i]]... careful:
-    // from_row_major_slice maps faer (i, j) -> slice[i * d + j] = out[[i, j]]. So the faer lower
-    // triangle is out[[i, j]] with i >= j.
     for i in 0..d {
         for j in 0..i {
             out[[j, i]] = out[[i, j]];

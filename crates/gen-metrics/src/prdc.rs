@@ -27,6 +27,7 @@ pub struct Prdc {
 
 /// Euclidean distances of a block of rows of `a` to all rows of `b`, as sklearn computes them
 /// (`sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))`, exact 0 on the diagonal when `same`).
+#[allow(clippy::too_many_arguments)]
 fn dist_block(a: &Array2<f64>, an: &[f64], r0: usize, r1: usize, b: &Array2<f64>, bn: &[f64], same: bool, out: &mut Vec<f64>) {
     let d = a.ncols();
     let nb = b.nrows();
@@ -86,6 +87,7 @@ pub fn prdc(real: ArrayView2<'_, f64>, fake: ArrayView2<'_, f64>, k: usize) -> R
     let fnorm = row_sq_norms(f.view());
     let blocks: Vec<usize> = (0..nr.div_ceil(BLOCK)).collect();
     // Per block: counts per fake, and per real row (recall hit, coverage hit).
+    #[allow(clippy::type_complexity)]
     let parts: Vec<(Vec<u32>, Vec<(bool, bool)>)> = blocks
         .par_iter()
         .map_init(Vec::new, |buf, &b| {
