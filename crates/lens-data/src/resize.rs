@@ -57,36 +57,17 @@ pub struct Resizer {
     out_shape: (usize, usize),
     rows: AxisWeights,
     cols: AxisWeights,
-    /// Column taps as a dense `out_w x k` table (zero-padded, starts shifted to stay in range):
-    /// the horizontal pass then runs fixed-length dot products. Adding the padded zeros first
-    /// or last leaves every sum bit-identical.
-    col_k: usize,
-    col_start: Vec<usize>,
-    col_flat: Vec<f64>,
-}
-
-fn flatten(w: &AxisWeights, in_size: usize) -> (usize, Vec<usize>, Vec<f64>) {
-    let k = w.weights.iter().map(Vec::len).max().unwrap_or(0);
-    if k == 0 || k > in_size {
-        return (0, Vec::new(), Vec::new());
-    }
-    let mut start = Vec::with_capacity(w.start.len());
-    let mut flat = vec![0.0; w.start.len() * k];
-    for (c, (&s, taps)) in w.start.iter().zip(&w.weights).enumerate() {
-        let s2 = s.min(in_size - k);
-        let shift = s - s2;
-        flat[c * k + shift..c * k + shift + taps.len()].copy_from_slice(taps);
-        start.push(s2);
-    }
-    (k, start, flat)
 }
 
 impl Resizer {
     /// Builds the filter taps once.
     pub fn new(in_shape: (usize, usize), out_shape: (usize, usize)) -> Self {
-        let cols = AxisWeights::new(in_shape.1, out_shape.1);
-        let (col_k, col_start, col_flat) = flatten(&cols, in_shape.1);
-        Self { in_shape, out_shape, rows: AxisWeights::new(in_shape.0, out_shape.0), cols, col_k, col_start, col_flat }
+        Self {
+            in_shape,
+            out_shape,
+            rows: AxisWeights::new(in_shape.0, out_shape.0),
+            cols: AxisWeights::new(in_shape.1, out_shape.1),
+        }
     }
 
     /// Input (H, W).
@@ -111,50 +92,65 @@ impl Resizer {
     }
 
     fn run<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above). No FMA: bit-identical results.
+                unsafe { self.run_avx2(src, dst, scratch, conv) };
+                return;
+            }
+        }
+        self.run_generic(src, dst, scratch, conv)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
+        self.run_generic(src, dst, scratch, conv)
+    }
+
+    /// Both passes as contiguous row combinations (vectorisable): transpose, combine rows with
+    /// the column taps (= the horizontal pass), transpose back, combine rows with the row taps.
+    /// Every output is still `sum_k w_k x_k` accumulated from 0 in tap order, exactly as PIL's
+    /// horizontal-then-vertical loops.
+    #[inline(always)]
+    fn run_generic<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
         let (ih, iw) = self.in_shape;
         let (oh, ow) = self.out_shape;
         assert_eq!(src.len(), ih * iw, "input length");
         assert_eq!(dst.len(), oh * ow, "output length");
         scratch.clear();
-        scratch.resize(ih * ow, 0.0);
-        // horizontal pass: (ih, iw) -> (ih, ow)
-        let k = self.col_k;
-        for r in 0..ih {
-            let row = &src[r * iw..(r + 1) * iw];
-            let out = &mut scratch[r * ow..(r + 1) * ow];
-            if k > 0 {
-                for (c, o) in out.iter_mut().enumerate() {
-                    let s = self.col_start[c];
-                    let mut acc = 0.0;
-                    for (w, v) in self.col_flat[c * k..(c + 1) * k].iter().zip(&row[s..s + k]) {
-                        acc += w * (*v).into();
-                    }
-                    *o = acc;
-                }
-            } else {
-                for (c, o) in out.iter_mut().enumerate() {
-                    let s = self.cols.start[c];
-                    let mut acc = 0.0;
-                    for (kk, w) in self.cols.weights[c].iter().enumerate() {
-                        acc += w * row[s + kk].into();
-                    }
-                    *o = acc;
+        scratch.resize(iw * ih + 2 * ow * ih + ow, 0.0);
+        let (t1, rest) = scratch.split_at_mut(iw * ih);
+        let (it, rest) = rest.split_at_mut(ow * ih);
+        let (inter, acc) = rest.split_at_mut(ih * ow);
+        // 1. t1 = transpose(src): (iw, ih)
+        transpose_blocked(src, ih, iw, t1);
+        // 2. horizontal pass: it[c, :] = sum_k w[c][k] t1[start_c + k, :]   -> (ow, ih)
+        for c in 0..ow {
+            let s = self.cols.start[c];
+            let out = &mut it[c * ih..(c + 1) * ih];
+            out.iter_mut().for_each(|o| *o = 0.0);
+            for (k, &w) in self.cols.weights[c].iter().enumerate() {
+                let row = &t1[(s + k) * ih..(s + k + 1) * ih];
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o += w * v;
                 }
             }
         }
-        // vertical pass: (ih, ow) -> (oh, ow), row-wise so the inner loop is contiguous
-        // (same summation order per pixel as the tap-wise loop)
-        let mut acc = vec![0.0f64; ow];
+        // 3. inter = transpose(it): (ih, ow)
+        transpose_blocked(it, ow, ih, inter);
+        // 4. vertical pass: dst[r, :] = sum_k w[r][k] inter[start_r + k, :]
         for r in 0..oh {
             let s = self.rows.start[r];
             acc.iter_mut().for_each(|a| *a = 0.0);
             for (k, &w) in self.rows.weights[r].iter().enumerate() {
-                let row = &scratch[(s + k) * ow..(s + k + 1) * ow];
+                let row = &inter[(s + k) * ow..(s + k + 1) * ow];
                 for (a, &v) in acc.iter_mut().zip(row) {
                     *a += w * v;
                 }
             }
-            for (o, &a) in dst[r * ow..(r + 1) * ow].iter_mut().zip(&acc) {
+            for (o, &a) in dst[r * ow..(r + 1) * ow].iter_mut().zip(acc.iter()) {
                 *o = conv(a);
             }
         }
@@ -167,6 +163,24 @@ impl Resizer {
         let mut scratch = Vec::new();
         self.resize_into(src.as_slice().expect("standard layout"), dst.as_slice_mut().expect("fresh"), &mut scratch);
         dst
+    }
+}
+
+/// `dst (cols x rows) = transpose(src (rows x cols))`, in 8 x 8 tiles (cache friendly).
+#[inline(always)]
+fn transpose_blocked<T: Copy + Into<f64>>(src: &[T], rows: usize, cols: usize, dst: &mut [f64]) {
+    const B: usize = 8;
+    for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
+        for c0 in (0..cols).step_by(B) {
+            let c1 = (c0 + B).min(cols);
+            for r in r0..r1 {
+                let row = &src[r * cols + c0..r * cols + c1];
+                for (k, &v) in row.iter().enumerate() {
+                    dst[(c0 + k) * rows + r] = v.into();
+                }
+            }
+        }
     }
 }
 
