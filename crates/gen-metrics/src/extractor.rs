@@ -236,6 +236,9 @@ impl<B: Backend> FeatureExtractor<B> {
     /// file).
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = path.as_ref();
+        if !path.is_file() {
+            return Err(MetricsError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "extractor weights not found") });
+        }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         if ext == "pth" || ext == "pt" {
             let model = ResNet18::load_torchvision(path, device)?;
@@ -249,7 +252,7 @@ impl<B: Backend> FeatureExtractor<B> {
         let side = sidecar_path(path);
         let text = std::fs::read_to_string(&side).map_err(|source| MetricsError::Io { path: side.clone(), source })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MetricsError::Json { path: side.clone(), message: e.to_string() })?;
-        let config: ExtractorConfig = serde_json::from_value(v["config"].clone()).map_err(|e| MetricsError::Json { path: side.clone(), message: format!("key `config`: {e}") })?;
+        let config: ExtractorConfig = serde_json::from_value(v.get("config").cloned().unwrap_or_default()).map_err(|e| MetricsError::Json { path: side.clone(), message: format!("key `config`: {e}") })?;
         let model = ResNet18::load_burnpack(path, config.num_classes, device)?;
         Ok(Self { model, config, info: v.get("training").cloned() })
     }
