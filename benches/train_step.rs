@@ -4,7 +4,11 @@
 //! ```text
 //! cargo bench --bench train_step                      # both presets
 //! cargo bench --bench train_step -- pipeline          # only the pipeline preset
+//! TRAIN_STEP_QUICK=3 cargo bench --bench train_step -- deeplense   # 3 timed steps, no criterion
 //! ```
+//! A DeepLense training step takes tens of seconds on two cores, so criterion's minimum of 10
+//! samples takes minutes; `TRAIN_STEP_QUICK=N` instead times N repetitions of each case after
+//! one warm-up and prints the mean, min and max (the filter argument still selects cases).
 //! Cases (the same in the Python script):
 //! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `examples/pipeline.rs` trains); training
 //!   step at batch 16, forward (sampling) at batch 100.
@@ -40,7 +44,56 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion.
+fn quick(reps: usize) {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    for case in cases().into_iter().filter(|c| c.name.contains(filter.as_str())) {
+        let device: burn::backend::flex::FlexDevice = Default::default();
+        let mut config = case.config.clone();
+        config.batch_size = case.train_batch;
+        let size = config.image_size;
+        let mut trainer = Trainer::<Ad>::new(config.clone(), &device).expect("valid preset");
+        let images = Tensor::<Ad, 4>::random(
+            [case.train_batch, config.unet.channels, size, size],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        let report = |kind: &str, batch: usize, f: &mut dyn FnMut()| {
+            f();
+            let times: Vec<f64> = (0..reps)
+                .map(|_| {
+                    let t0 = std::time::Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64()
+                })
+                .collect();
+            let mean = times.iter().sum::<f64>() / reps as f64;
+            let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = times.iter().cloned().fold(0.0, f64::max);
+            println!(
+                "{:9} {kind:7} batch {batch:3}: mean {mean:8.3} s [{min:.3}, {max:.3}] {:7.2} images/s",
+                case.name,
+                batch as f64 / mean
+            );
+        };
+        report("train", case.train_batch, &mut || {
+            std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss"));
+        });
+        let model = trainer.ema().clone();
+        let n = case.forward_batch;
+        let x = Tensor::<Flex, 4>::random([n, config.unet.channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
+        report("forward", n, &mut || {
+            std::hint::black_box(model.forward(x.clone(), t.clone()).into_data());
+        });
+    }
+}
+
 fn train_step(c: &mut Criterion) {
+    if let Some(reps) = std::env::var("TRAIN_STEP_QUICK").ok().and_then(|v| v.parse::<usize>().ok()) {
+        quick(reps.max(1));
+        return;
+    }
     for case in cases() {
         let device: burn::backend::flex::FlexDevice = Default::default();
         let mut config = case.config.clone();
