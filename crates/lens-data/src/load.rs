@@ -276,10 +276,57 @@ fn resize_or_copy(img: &RawImage, out_shape: (usize, usize), w: &mut Worker, dst
     }
 }
 
-fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, dst: Option<&mut [f32]>) -> Result<FileImages> {
+/// Zero-copy fast path for the DeepLense case: a little-endian f64, C-order `.npy` holding one
+/// image, resized straight from the read buffer. Returns `None` when the file is anything else.
+fn fast_f64_npy(bytes: &[u8], path: &Path, opts: &LoadOptions, w: &mut Worker, dst: &mut [f32]) -> Option<Result<FileImages>> {
+    if !cfg!(target_endian = "little") || path.extension().and_then(|e| e.to_str()) != Some("npy") {
+        return None;
+    }
+    let out_shape = opts.target_size?;
+    let h = crate::npy::parse_header(bytes, path).ok()?;
+    if h.descr != "<f8" || h.fortran {
+        return None;
+    }
+    let (ih, iw) = match h.shape[..] {
+        [1, a, b] | [a, b] | [a, b, 1] if a > 0 && b > 0 => (a, b),
+        _ => return None,
+    };
+    let data = bytes.get(h.data_offset..h.data_offset + ih * iw * 8)?;
+    // SAFETY: every bit pattern is a valid f64; `align_to` only hands out the aligned middle.
+    let (pre, vals, _) = unsafe { data.align_to::<f64>() };
+    if !pre.is_empty() || vals.len() < ih * iw {
+        return None;
+    }
+    let vals = &vals[..ih * iw];
+    if let Err(e) = check_finite(vals, path, 0) {
+        return Some(Err(e));
+    }
+    if out_shape == (ih, iw) {
+        dst.iter_mut().zip(vals).for_each(|(d, &x)| *d = x as f32);
+    } else {
+        if w.resizer.as_ref().is_none_or(|r| r.in_shape() != (ih, iw) || r.out_shape() != out_shape) {
+            w.resizer = Some(Resizer::new((ih, iw), out_shape));
+        }
+        w.resizer.as_ref().expect("set above").resize_into(vals, dst, &mut w.scratch);
+    }
+    opts.normalization.apply(dst);
+    Some(Ok(FileImages { shape: out_shape, images: Vec::new(), colour: 0, in_place: true }))
+}
+
+fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option<&mut [f32]>) -> Result<FileImages> {
     let mut raw = Vec::new();
     let mut bytes = std::mem::take(&mut w.bytes);
-    let r = read_into(path, &mut bytes).and_then(|_| decode_bytes(&bytes, path, &mut w.npy, &mut raw));
+    if let Err(e) = read_into(path, &mut bytes) {
+        w.bytes = bytes;
+        return Err(e);
+    }
+    if let Some(d) = dst.as_deref_mut() {
+        if let Some(r) = fast_f64_npy(&bytes, path, opts, w, d) {
+            w.bytes = bytes;
+            return r;
+        }
+    }
+    let r = decode_bytes(&bytes, path, &mut w.npy, &mut raw);
     w.bytes = bytes;
     r?;
     // fast path: one image, known output size -> straight into the output array

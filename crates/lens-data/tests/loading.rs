@@ -211,6 +211,15 @@ fn bad_files_give_typed_errors_naming_the_file() {
     let msg = err_of(&d.join("pickled.npy")).to_string();
     assert!(msg.contains("allow_pickle=True") && msg.contains("fractions.Fraction"), "{msg}");
     assert!(matches!(read_npy(d.join("missing.npy")), Err(LensDataError::Io { .. })));
+    // the zero-copy f64 fast path (target size set) reports the same errors
+    let resized = LoadOptions::resized(8);
+    assert!(matches!(
+        load_files(&[d.join("nan.npy")], &resized),
+        Err(LensDataError::NonFinite { count: 2, first_index: 5, .. })
+    ));
+    assert!(matches!(load_files(&[d.join("trunc.npy")], &resized), Err(LensDataError::Truncated { .. })));
+    let ok = load_files(&[d.join("nan.npy").with_file_name("good0.npy")], &resized);
+    assert!(matches!(ok, Err(LensDataError::Io { .. })));
 
     // whole folder: first bad file fails the load ...
     std::fs::write(d.join("good1.npy"), &good).unwrap();
