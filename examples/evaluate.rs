@@ -7,7 +7,8 @@
 //! ```
 //! Image inputs are read with lens-data's loaders (npy/npz/png/jpeg/tiff files or folders),
 //! resized to the extractor's input size, and embedded with the lensing-trained ResNet-18.
-//! Without `--extractor`, the cached extractor at `target/extractor/resnet18-lensing-s{SIZE}.bpk`
+//! Without `--extractor`, the extractor shipped in `assets/extractor/` (64 px), or for another size
+//! the cached one under `target/extractor/`
 //! is used, and trained (simulated data, a few minutes on 2 cores) and cached when absent.
 
 use std::path::PathBuf;
@@ -106,17 +107,22 @@ fn features_from_images(a: &Args) -> Result<(Array2<f64>, Array2<f64>), Box<dyn 
     let ex: FeatureExtractor<Flex> = match &a.extractor {
         Some(p) => FeatureExtractor::load(p, &device)?,
         None => {
-            let path = PathBuf::from(format!("target/extractor/resnet18-lensing-s{}.bpk", a.image_size));
-            if !path.exists() {
-                eprintln!("no cached extractor at {}: training one on simulated data (once) ...", path.display());
-            }
             let recipe = gen_metrics::ExtractorRecipe { image_size: a.image_size, ..Default::default() };
+            let cache = PathBuf::from("target/extractor");
+            let shipped = lensing_diffusion::extractor::shipped_extractor_path();
+            if recipe != gen_metrics::ExtractorRecipe::default() || !shipped.is_file() {
+                let path = lensing_diffusion::extractor::cached_extractor_path(&cache, &recipe);
+                if !path.exists() {
+                    eprintln!("no cached extractor at {}: training one on simulated data (once) ...", path.display());
+                }
+            }
             let pb = bar(0, "train");
-            let ex = gen_metrics::ensure_extractor::<Autodiff<Flex>>(&path, &recipe, &device, |s, t, _| {
+            let (ex, path) = lensing_diffusion::extractor::obtain_extractor::<Autodiff<Flex>>(&recipe, &cache, &device, |s, t, _| {
                 pb.set_length(t as u64);
                 pb.set_position(s as u64);
             })?;
             pb.finish_and_clear();
+            eprintln!("extractor: {}", path.display());
             ex
         }
     };

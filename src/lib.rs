@@ -22,6 +22,7 @@ pub use unet;
 
 pub mod backend;
 pub mod data;
+pub mod extractor;
 pub mod images;
 pub mod plot;
 pub mod run;
