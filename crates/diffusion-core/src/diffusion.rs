@@ -153,26 +153,28 @@ impl GaussianDiffusion {
         Ok(())
     }
 
-    /// Sample `x_t ~ q(x_t | x_0)`: `sqrt(a_t) x_0 + sqrt(1 - a_t) noise`, with `x_0` in the
-    /// model's `[-1, 1]` range.
-    pub fn q_sample<B: Backend>(&self, x0: Tensor<B, 4>, t: &[usize], noise: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
+    /// Checks `x0`, `t` and `noise` against each other and returns the per-sample
+    /// `(sqrt(a_t), sqrt(1 - a_t))` as `[N, 1, 1, 1]` tensors.
+    fn signal_noise_coefficients<B: Backend>(&self, x0: &Tensor<B, 4>, t: &[usize], noise: &Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let dims = x0.dims();
         self.check_t(t, dims[0])?;
         check_same(&dims, &noise.dims(), "noise")?;
         let device = x0.device();
         let a = coefficient::<B>(&self.schedule.sqrt_alphas_cumprod, t, &device);
         let b = coefficient::<B>(&self.schedule.sqrt_one_minus_alphas_cumprod, t, &device);
+        Ok((a, b))
+    }
+
+    /// Sample `x_t ~ q(x_t | x_0)`: `sqrt(a_t) x_0 + sqrt(1 - a_t) noise`, with `x_0` in the
+    /// model's `[-1, 1]` range.
+    pub fn q_sample<B: Backend>(&self, x0: Tensor<B, 4>, t: &[usize], noise: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
+        let (a, b) = self.signal_noise_coefficients(&x0, t, &noise)?;
         Ok(x0 * a + noise * b)
     }
 
     /// The velocity target `v = sqrt(a_t) noise - sqrt(1 - a_t) x_0`.
     pub fn predict_v<B: Backend>(&self, x0: Tensor<B, 4>, t: &[usize], noise: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
-        let dims = x0.dims();
-        self.check_t(t, dims[0])?;
-        check_same(&dims, &noise.dims(), "noise")?;
-        let device = x0.device();
-        let a = coefficient::<B>(&self.schedule.sqrt_alphas_cumprod, t, &device);
-        let b = coefficient::<B>(&self.schedule.sqrt_one_minus_alphas_cumprod, t, &device);
+        let (a, b) = self.signal_noise_coefficients(&x0, t, &noise)?;
         Ok(noise * a - x0 * b)
     }
 
