@@ -9,8 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::config::{UnetConfig, NUM_MEM_KV};
@@ -355,8 +354,13 @@ impl<B: Backend> FullAttention<B> {
             .expand([b, heads, NUM_MEM_KV, dh]);
         let k = Tensor::cat(vec![mk, k], 2);
         let v = Tensor::cat(vec![mv, v], 2);
-        // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh]
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh], as the reference `Attend` computes it
+        // (`einsum(q, k) * scale`, softmax over the last axis, `einsum(attn, v)`). Two matmuls
+        // and a last-axis softmax: burn's fused `attention` runs a naive scalar kernel on Flex
+        // at these sizes, and under autodiff it decomposes into the same three steps anyway.
+        let scale = (dh as f64).powf(-0.5);
+        let sim = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let out = softmax(sim, 3).matmul(v);
         let out = out.swap_dims(2, 3).reshape([b, heads * dh, h, w]);
         conv1x1(&self.to_out, out)
     }
