@@ -39,15 +39,31 @@ fn cases() -> Vec<Case> {
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
     vec![
-        Case { name: "pipeline", config: TrainConfig::small(), train_batch: 16, forward_batch: 100 },
-        Case { name: "deeplense", config: deeplense, train_batch: 4, forward_batch: 4 },
+        Case {
+            name: "pipeline",
+            config: TrainConfig::small(),
+            train_batch: 16,
+            forward_batch: 100,
+        },
+        Case {
+            name: "deeplense",
+            config: deeplense,
+            train_batch: 4,
+            forward_batch: 4,
+        },
     ]
 }
 
 /// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion.
 fn quick(reps: usize) {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
-    for case in cases().into_iter().filter(|c| c.name.contains(filter.as_str())) {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.name.contains(filter.as_str()))
+    {
         let device: burn::backend::flex::FlexDevice = Default::default();
         let mut config = case.config.clone();
         config.batch_size = case.train_batch;
@@ -81,7 +97,11 @@ fn quick(reps: usize) {
         });
         let model = trainer.ema().clone();
         let n = case.forward_batch;
-        let x = Tensor::<Flex, 4>::random([n, config.unet.channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<Flex, 4>::random(
+            [n, config.unet.channels, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
         report("forward", n, &mut || {
             std::hint::black_box(model.forward(x.clone(), t.clone()).into_data());
@@ -90,7 +110,10 @@ fn quick(reps: usize) {
 }
 
 fn train_step(c: &mut Criterion) {
-    if let Some(reps) = std::env::var("TRAIN_STEP_QUICK").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(reps) = std::env::var("TRAIN_STEP_QUICK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         quick(reps.max(1));
         return;
     }
@@ -108,25 +131,43 @@ fn train_step(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("train_step_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 20 } else { 8 }))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" {
+                20
+            } else {
+                8
+            }))
             .throughput(Throughput::Elements(case.train_batch as u64));
-        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)), |b| {
-            b.iter(|| std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")))
-        });
+        g.bench_function(
+            BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)),
+            |b| {
+                b.iter(|| {
+                    std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss"))
+                })
+            },
+        );
         g.finish();
 
         let model = trainer.ema().clone();
         let n = case.forward_batch;
-        let x = Tensor::<Flex, 4>::random([n, config.unet.channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<Flex, 4>::random(
+            [n, config.unet.channels, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
         let mut g = c.benchmark_group(format!("forward_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 10 } else { 8 }))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" {
+                10
+            } else {
+                8
+            }))
             .throughput(Throughput::Elements(n as u64));
-        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{n}")), |b| {
-            b.iter(|| std::hint::black_box(model.forward(x.clone(), t.clone()).into_data()))
-        });
+        g.bench_function(
+            BenchmarkId::new("flex", format!("{size}x{size}_batch{n}")),
+            |b| b.iter(|| std::hint::black_box(model.forward(x.clone(), t.clone()).into_data())),
+        );
         g.finish();
     }
 }
