@@ -70,6 +70,10 @@ struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Batches sampled concurrently, one thread each (the images do not depend on it).
+    /// Default: the number of cores on CPU backends, 1 on cuda.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Seed of the starting noise and the sampler's noise (batch i uses stream i).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -158,24 +162,36 @@ fn sample_with<B: Backend>(device: B::Device, args: &Args) -> Result<(), Box<dyn
     let batches = n.div_ceil(args.batch_size);
     let bar = ProgressBar::new((evals * batches) as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} sample [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")?);
+    bar.set_message(format!("{batches} batches"));
     let start = Instant::now();
-    let mut out: Vec<f32> = Vec::with_capacity(n * channels * h * w);
-    for b in 0..batches {
-        let lo = b * args.batch_size;
-        let hi = (lo + args.batch_size).min(n);
-        bar.set_message(format!("batch {}/{batches}", b + 1));
-        let mut rng = DiffusionRng::seed_from_u64(args.seed);
-        rng.set_stream(b as u64);
-        let x_t = match &init {
-            Some(a) => {
-                let slice = a.slice(ndarray::s![lo..hi, .., .., ..]).to_owned();
-                Tensor::<B, 4>::from_data(TensorData::new(slice.into_raw_vec_and_offset().0, [hi - lo, channels, h, w]), &device)
-            }
-            None => diffusion_core::gaussian_noise::<B, 4>(&mut rng, [hi - lo, channels, h, w], &device),
-        };
-        let images = diffusion.sample_from(&model, sampler, x_t, &mut rng, &mut |_| bar.inc(1))?;
-        out.extend(images.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
-    }
+    let workers = match (args.threads, args.backend) {
+        (Some(t), _) => t.max(1),
+        (None, BackendKind::Cuda) => 1,
+        (None, _) => lensing_diffusion::parallel::available_workers(),
+    };
+    // Batch b is seeded by b alone, so batches run on `workers` threads (each with its own copy
+    // of the weights) and give the images of a sequential run.
+    let per_batch = lensing_diffusion::parallel::map_in_threads(
+        batches,
+        workers,
+        |_| model.clone(),
+        |model, b| -> Result<Vec<f32>, String> {
+            let lo = b * args.batch_size;
+            let hi = (lo + args.batch_size).min(n);
+            let mut rng = DiffusionRng::seed_from_u64(args.seed);
+            rng.set_stream(b as u64);
+            let x_t = match &init {
+                Some(a) => {
+                    let slice = a.slice(ndarray::s![lo..hi, .., .., ..]).to_owned();
+                    Tensor::<B, 4>::from_data(TensorData::new(slice.into_raw_vec_and_offset().0, [hi - lo, channels, h, w]), &device)
+                }
+                None => diffusion_core::gaussian_noise::<B, 4>(&mut rng, [hi - lo, channels, h, w], &device),
+            };
+            let images = diffusion.sample_from(&*model, sampler, x_t, &mut rng, &mut |_| bar.inc(1)).map_err(|e| e.to_string())?;
+            images.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))
+        },
+    )?;
+    let out = per_batch.concat();
     bar.finish_with_message(format!("{n} images in {:.1} s", start.elapsed().as_secs_f64()));
 
     let arr = Array4::from_shape_vec((n, channels, h, w), out)?;

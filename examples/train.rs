@@ -89,6 +89,10 @@ struct Args {
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Shards of each micro-batch trained concurrently on their own threads (CPU data
+    /// parallelism; small preset 2, deeplense 1, whose large kernels are already multi-threaded).
+    #[arg(long)]
+    data_parallel: Option<usize>,
     /// Optimizer steps (overrides --epochs).
     #[arg(long)]
     steps: Option<usize>,
@@ -171,7 +175,7 @@ fn apply_overrides(mut c: TrainConfig, a: &Args, data_len: Option<usize>) -> Res
     macro_rules! set {
         ($($field:ident = $arg:ident),*) => { $( if let Some(v) = a.$arg { c.$field = v; } )* };
     }
-    set!(batch_size = batch_size, grad_accum = grad_accum, lr = lr, warmup_steps = warmup_steps, cosine_decay = cosine_decay,
+    set!(batch_size = batch_size, grad_accum = grad_accum, data_parallel = data_parallel, lr = lr, warmup_steps = warmup_steps, cosine_decay = cosine_decay,
          weight_decay = weight_decay, augment = augment, checkpoint_every = checkpoint_every, keep_last = keep_last,
          sample_every = sample_every, seed = seed);
     if let Some(v) = a.grad_clip {

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod data;
 pub mod extractor;
 pub mod images;
+pub mod parallel;
 pub mod plot;
 pub mod run;
 pub mod train;

@@ -17,7 +17,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use diffusion_core::{DiffusionConfig, DiffusionError, DiffusionRng, GaussianDiffusion, LossWeighting, Sampler};
 use lens_data::dataset::{BatchConfig, ImageSet};
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use unet::{Unet, UnetConfig, UnetError};
 
@@ -106,6 +106,10 @@ impl EmaConfig {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
 /// Everything that defines a training run; saved as `config.json` beside the checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -119,6 +123,14 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step (gradient accumulation); must divide `batch_size`.
     pub grad_accum: usize,
+    /// Shards of each micro-batch whose forward and backward passes run concurrently, one
+    /// thread and one autodiff graph each (data parallelism on the CPU; 1 = off). burn's CPU
+    /// kernels only parallelise large operations, so small models use one core unless this is
+    /// > 1. At most one shard per image. The gradient is the same weighted sum of shard
+    /// gradients, but each shard draws its own timesteps and noise, so a run's trajectory
+    /// depends on this value.
+    #[serde(default = "one")]
+    pub data_parallel: usize,
     /// Total optimizer steps.
     pub total_steps: usize,
     /// Peak learning rate.
@@ -166,6 +178,7 @@ impl TrainConfig {
             image_size: 128,
             batch_size: 24,
             grad_accum: 1,
+            data_parallel: 1,
             total_steps: 75 * 10_000usize.div_ceil(24),
             lr: 1e-5,
             warmup_steps: 0,
@@ -195,6 +208,7 @@ impl TrainConfig {
             image_size: 32,
             batch_size: 16,
             grad_accum: 1,
+            data_parallel: 2,
             total_steps: 1500,
             lr: 1e-3,
             warmup_steps: 50,
@@ -220,6 +234,9 @@ impl TrainConfig {
         let bad = |field, value: String, reason| Err(TrainError::Config { field, value, reason });
         if self.batch_size == 0 {
             return bad("batch_size", "0".into(), "must be >= 1");
+        }
+        if self.data_parallel == 0 {
+            return bad("data_parallel", "0".into(), "must be >= 1 (1 = no data parallelism)");
         }
         if self.grad_accum == 0 || self.batch_size % self.grad_accum != 0 {
             return bad("grad_accum", self.grad_accum.to_string(), "must be >= 1 and divide batch_size");
@@ -393,15 +410,29 @@ impl<B: AutodiffBackend> Trainer<B> {
         for start in (0..n).step_by(micro) {
             let end = (start + micro).min(n);
             let x = images.clone().slice([start..end]);
-            let loss = self.diffusion.loss(&self.model, x, &mut rng)?;
-            let value: f32 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                return Err(TrainError::NonFiniteLoss { step, loss: value, last_checkpoint: String::new() });
-            }
+            let shards = self.config.data_parallel.min(end - start);
+            let value = if shards <= 1 {
+                let loss = self.diffusion.loss(&self.model, x, &mut rng)?;
+                let value: f32 = loss.clone().into_scalar().elem();
+                if !value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss { step, loss: value, last_checkpoint: String::new() });
+                }
+                let grads = loss.div_scalar(accum as f32).backward();
+                accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+                value
+            } else {
+                let mut value = 0.0f32;
+                for (v, grads) in self.sharded_grads(x, shards, accum, &mut rng)? {
+                    if !v.is_finite() {
+                        return Err(TrainError::NonFiniteLoss { step, loss: v, last_checkpoint: String::new() });
+                    }
+                    value += v;
+                    accumulator.accumulate(&self.model, grads);
+                }
+                value
+            };
             loss_sum += value;
             parts += 1;
-            let grads = loss.div_scalar(accum as f32).backward();
-            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
         }
         let mut grads = accumulator.grads();
         let grad_norm = global_grad_norm::<B>(&self.model, &grads);
@@ -422,6 +453,44 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.ema = ema_update::<B>(&self.model, self.ema.clone(), decay);
         }
         Ok(StepStats { step, loss: loss_sum / parts as f32, grad_norm, lr })
+    }
+
+    /// Forward and backward of `shards` slices of the micro-batch `x`, concurrently. Each thread
+    /// gets its own copy of the weights as fresh autodiff leaves (same parameter ids), so the
+    /// graphs share no node and burn does not merge them under one lock. Shard `k` of `m` rows
+    /// contributes `(rows_k / m) * loss_k / accum`, so the summed gradients equal those of the
+    /// micro-batch's mean loss. Shard seeds are drawn in order from `rng` (deterministic).
+    /// Returns each shard's weighted loss value and gradients, in shard order.
+    fn sharded_grads(
+        &self,
+        x: Tensor<B, 4>,
+        shards: usize,
+        accum: usize,
+        rng: &mut DiffusionRng,
+    ) -> Result<Vec<(f32, GradientsParams)>> {
+        let m = x.dims()[0];
+        let bounds: Vec<(usize, usize)> = (0..shards).map(|k| (k * m / shards, (k + 1) * m / shards)).collect();
+        let seeds: Vec<u64> = (0..shards).map(|_| rng.next_u64()).collect();
+        let diffusion = &self.diffusion;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = bounds
+                .iter()
+                .zip(&seeds)
+                .map(|(&(a, b), &seed)| {
+                    let model = Unet::<B>::from_inner(self.model.valid());
+                    let xs = x.clone().slice([a..b]);
+                    let weight = (b - a) as f32 / (m as f32 * accum as f32);
+                    scope.spawn(move || -> Result<(f32, GradientsParams)> {
+                        let mut r = DiffusionRng::seed_from_u64(seed);
+                        let loss = diffusion.loss(&model, xs, &mut r)?.mul_scalar(weight);
+                        let value: f32 = loss.clone().into_scalar().elem();
+                        let grads = loss.backward();
+                        Ok((value * accum as f32, GradientsParams::from_grads(grads, &model)))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a training shard thread panicked")).collect()
+        })
     }
 
     /// Write a checkpoint folder `dir/step-NNNNNNN/` atomically (written under a temporary name,
