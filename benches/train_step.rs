@@ -9,6 +9,8 @@
 //! A DeepLense training step takes tens of seconds on two cores, so criterion's minimum of 10
 //! samples takes minutes; `TRAIN_STEP_QUICK=N` instead times N repetitions of each case after
 //! one warm-up and prints the mean, min and max (the filter argument still selects cases).
+//! `fwd-par` (quick mode only) is the forward as the `pipeline` and `sample` commands use it on
+//! the CPU: one batch per core, on separate threads, images/s over all of them.
 //! Cases (the same in the Python script):
 //! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `examples/pipeline.rs` trains); training
 //!   step at batch 16, forward (sampling) at batch 100.
@@ -106,6 +108,23 @@ fn quick(reps: usize) {
         report("forward", n, &mut || {
             std::hint::black_box(model.forward(x.clone(), t.clone()).into_data());
         });
+        // How the `pipeline` and `sample` commands sample on the CPU: one batch per core, each
+        // on its own thread with its own copy of the weights (lensing_diffusion::parallel).
+        let workers = lensing_diffusion::parallel::available_workers();
+        if workers > 1 {
+            report("fwd-par", n * workers, &mut || {
+                lensing_diffusion::parallel::map_in_threads(
+                    workers,
+                    workers,
+                    |_| model.clone(),
+                    |m, _| -> Result<(), ()> {
+                        std::hint::black_box(m.forward(x.clone(), t.clone()).into_data());
+                        Ok(())
+                    },
+                )
+                .expect("forward");
+            });
+        }
     }
 }
 

@@ -62,7 +62,7 @@ struct Args {
     #[arg(long)]
     steps: Option<usize>,
     /// Training time budget in minutes (training stops at the budget or the steps, first reached).
-    #[arg(long, default_value_t = 7.0)]
+    #[arg(long, default_value_t = 10.0)]
     train_minutes: f64,
     /// Sampler: dpmpp, ddim or ddpm.
     #[arg(long, default_value = "dpmpp")]

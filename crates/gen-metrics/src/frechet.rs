@@ -13,8 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MetricsError, Result};
-use crate::features::{centered, validate};
-use crate::linalg::{par, scaled_gram_cols, sym_eigenvalues, view};
+use crate::features::{column_means, validate};
+use crate::linalg::{centered_gram, par, sym_eigenvalues, view};
 
 /// Mean and unbiased (`n - 1`) covariance of a feature set: what the Fréchet distance needs.
 ///
@@ -40,8 +40,8 @@ impl GaussianStats {
     pub fn from_features_named(x: ArrayView2<'_, f64>, what: &str) -> Result<Self> {
         validate(x, what, 2)?;
         let n = x.nrows();
-        let (xc, mean) = centered(x);
-        let cov = scaled_gram_cols(&xc, 1.0 / (n as f64 - 1.0));
+        let mean = column_means(x);
+        let cov = centered_gram(x, &mean, 1.0 / (n as f64 - 1.0));
         Ok(Self { mean: Array1::from(mean), cov, n: Some(n) })
     }
 

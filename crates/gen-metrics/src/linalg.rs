@@ -29,22 +29,32 @@ pub(crate) fn standard(x: ArrayView2<'_, f64>) -> Array2<f64> {
     x.as_standard_layout().into_owned()
 }
 
-/// `alpha * Xc^T Xc` as a full symmetric `[d, d]` matrix (only one triangle is computed,
-/// then mirrored).
-pub(crate) fn scaled_gram_cols(xc: &Array2<f64>, alpha: f64) -> Array2<f64> {
-    let d = xc.ncols();
+/// `alpha * (X - 1 mean^T)^T (X - 1 mean^T)` as a full symmetric `[d, d]` matrix, without a
+/// centred copy of `X`: blocks of `CHUNK` rows are centred into a reused buffer (parallel over
+/// rows) and accumulated with a triangular (syrk-like) product, then the lower triangle is
+/// mirrored. For `n = 10,000, d = 2,048` this saves the 164 MB centred copy and two passes over it.
+pub(crate) fn centered_gram(x: ArrayView2<'_, f64>, mean: &[f64], alpha: f64) -> Array2<f64> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1024;
+    let (n, d) = x.dim();
     let mut out = Array2::<f64>::zeros((d, d));
-    {
-        let x = view(xc);
-        // out is row-major; viewed as faer it is the same symmetric matrix.
-        let dst = view_mut(&mut out);
+    let mut buf = vec![0.0f64; CHUNK.min(n) * d];
+    for (k, start) in (0..n).step_by(CHUNK).enumerate() {
+        let rows = CHUNK.min(n - start);
+        let block = &mut buf[..rows * d];
+        block.par_chunks_mut(d).enumerate().for_each(|(i, r)| {
+            for ((o, v), m) in r.iter_mut().zip(x.row(start + i).iter()).zip(mean) {
+                *o = v - m;
+            }
+        });
+        let b = MatRef::from_row_major_slice(block, rows, d);
         triangular::matmul(
-            dst,
+            view_mut(&mut out),
             BlockStructure::TriangularLower,
-            Accum::Replace,
-            x.transpose(),
+            if k == 0 { Accum::Replace } else { Accum::Add },
+            b.transpose(),
             BlockStructure::Rectangular,
-            x,
+            b,
             BlockStructure::Rectangular,
             alpha,
             par(),
@@ -57,10 +67,17 @@ pub(crate) fn scaled_gram_cols(xc: &Array2<f64>, alpha: f64) -> Array2<f64> {
 /// Copies the lower triangle onto the upper one. `from_row_major_slice` maps faer `(i, j)` to
 /// `out[[i, j]]`, so the faer lower triangle is `out[[i, j]]` with `i >= j`.
 pub(crate) fn mirror_lower(out: &mut Array2<f64>) {
+    // In 64 x 64 tiles, so that the column-wise reads stay in cache.
+    const T: usize = 64;
     let d = out.nrows();
-    for i in 0..d {
-        for j in 0..i {
-            out[[j, i]] = out[[i, j]];
+    let s = out.as_slice_mut().expect("standard layout");
+    for ib in (0..d).step_by(T) {
+        for jb in (0..=ib).step_by(T) {
+            for i in ib..(ib + T).min(d) {
+                for j in jb..(jb + T).min(i) {
+                    s[j * d + i] = s[i * d + j];
+                }
+            }
         }
     }
 }
