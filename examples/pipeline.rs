@@ -238,9 +238,21 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
         std::fs::copy(train_dir.join("loss.png"), out.join("loss.png"))?;
     }
     let total = start.elapsed().as_secs_f64();
-    let metrics = metrics_json(&report, fid_noise, &summary, &timings, total, &extractor, args, &config);
+    let outcome = Outcome {
+        r: &report,
+        fid_noise,
+        s: &summary,
+        t: &timings,
+        total,
+        ex: &extractor,
+        args,
+        config: &config,
+        n_train: train.len(),
+        n_real: real.len(),
+    };
+    let metrics = metrics_json(&outcome);
     write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
-    let md = report_markdown(&report, fid_noise, &summary, &timings, total, &extractor, args, &config, train.len(), real.len());
+    let md = report_markdown(&outcome);
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     println!("{}", report.to_table());
     println!("pure-noise baseline FID: {fid_noise:.3}    generated FID: {:.3}    ratio {:.3} (target <= 0.2)", report.fid, report.fid / fid_noise);
@@ -340,17 +352,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn metrics_json<B: burn::tensor::backend::Backend>(
-    r: &EvaluationReport,
+/// What `metrics.json` and `report.md` are written from.
+struct Outcome<'a, B: burn::tensor::backend::Backend> {
+    r: &'a EvaluationReport,
     fid_noise: f64,
-    s: &lensing_diffusion::run::RunSummary,
-    t: &Timings,
+    s: &'a lensing_diffusion::run::RunSummary,
+    t: &'a Timings,
     total: f64,
-    ex: &FeatureExtractor<B>,
-    args: &Args,
-    config: &TrainConfig,
-) -> serde_json::Value {
+    ex: &'a FeatureExtractor<B>,
+    args: &'a Args,
+    config: &'a TrainConfig,
+    n_train: usize,
+    n_real: usize,
+}
+
+fn metrics_json<B: burn::tensor::backend::Backend>(o: &Outcome<'_, B>) -> serde_json::Value {
+    let Outcome { r, fid_noise, s, t, total, ex, args, config, .. } = *o;
     let floor = r.noise_floor.as_ref();
     json!({
         "fid": r.fid,
@@ -384,19 +401,8 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report_markdown<B: burn::tensor::backend::Backend>(
-    r: &EvaluationReport,
-    fid_noise: f64,
-    s: &lensing_diffusion::run::RunSummary,
-    t: &Timings,
-    total: f64,
-    ex: &FeatureExtractor<B>,
-    args: &Args,
-    config: &TrainConfig,
-    n_train: usize,
-    n_real: usize,
-) -> String {
+fn report_markdown<B: burn::tensor::backend::Backend>(o: &Outcome<'_, B>) -> String {
+    let Outcome { r, fid_noise, s, t, total, ex, args, config, n_train, n_real } = *o;
     let floor = r.noise_floor.as_ref();
     let ratio = r.fid / fid_noise;
     let mut m = String::new();

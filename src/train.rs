@@ -204,28 +204,22 @@ impl TrainConfig {
     pub fn small() -> Self {
         Self {
             unet: UnetConfig::new(16, vec![1, 2, 4], 1),
-            diffusion: DiffusionConfig::default(),
             image_size: 32,
             batch_size: 16,
-            grad_accum: 1,
             data_parallel: 2,
             total_steps: 1500,
             lr: 1e-3,
             warmup_steps: 50,
             cosine_decay: true,
-            min_lr_ratio: 0.1,
             weight_decay: 0.0,
             adam_betas: (0.9, 0.99),
-            adam_eps: 1e-8,
-            grad_clip: Some(1.0),
             ema: EmaConfig { decay: 0.995, update_every: 1, start_step: 100 },
             augment: true,
             checkpoint_every: 500,
             keep_last: 2,
             sample_every: 500,
-            sample_count: 16,
             sample_steps: 20,
-            seed: 0,
+            ..Self::deeplense()
         }
     }
 

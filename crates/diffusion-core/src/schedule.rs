@@ -135,48 +135,38 @@ fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// `torch.linspace(start, end, steps)` in float64: the first half counts up from `start`, the
-/// second half down from `end`, which is what makes the reference buffers reproducible to the bit.
-pub fn torch_linspace(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    match steps {
-        0 => vec![],
-        1 => vec![start],
-        _ => {
-            let step = (end - start) / (steps - 1) as f64;
-            let halfway = steps / 2;
-            (0..steps)
-                .map(|i| {
-                    if i < halfway {
-                        start + step * i as f64
-                    } else {
-                        end - step * (steps - i - 1) as f64
-                    }
-                })
-                .collect()
+/// `torch.linspace` for one float type: the first half counts up from `start`, the second half
+/// down from `end`, which is what makes the reference buffers reproducible to the bit.
+macro_rules! torch_linspace_fn {
+    ($(#[$doc:meta])* $name:ident, $t:ty) => {
+        $(#[$doc])*
+        pub fn $name(start: $t, end: $t, steps: usize) -> Vec<$t> {
+            match steps {
+                0 => vec![],
+                1 => vec![start],
+                _ => {
+                    let step = (end - start) / (steps - 1) as $t;
+                    let halfway = steps / 2;
+                    (0..steps)
+                        .map(|i| if i < halfway { start + step * i as $t } else { end - step * (steps - i - 1) as $t })
+                        .collect()
+                }
+            }
         }
-    }
+    };
 }
 
-/// Float32 version of [`torch_linspace`] (the reference builds DDIM's time grid in float32).
-pub fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    match steps {
-        0 => vec![],
-        1 => vec![start],
-        _ => {
-            let step = (end - start) / (steps - 1) as f32;
-            let halfway = steps / 2;
-            (0..steps)
-                .map(|i| {
-                    if i < halfway {
-                        start + step * i as f32
-                    } else {
-                        end - step * (steps - i - 1) as f32
-                    }
-                })
-                .collect()
-        }
-    }
-}
+torch_linspace_fn!(
+    /// `torch.linspace(start, end, steps)` in float64: the first half counts up from `start`, the
+    /// second half down from `end`, which is what makes the reference buffers reproducible to the bit.
+    torch_linspace,
+    f64
+);
+torch_linspace_fn!(
+    /// Float32 version of [`torch_linspace`] (the reference builds DDIM's time grid in float32).
+    torch_linspace_f32,
+    f32
+);
 
 fn betas_from_alphas_cumprod(ac: &[f64]) -> Vec<f64> {
     let a0 = ac[0];
