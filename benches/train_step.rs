@@ -40,6 +40,8 @@ struct Case {
 fn cases() -> Vec<Case> {
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
+    // What the `train` command uses on the CPU (two data-parallel shards).
+    deeplense.data_parallel = 2;
     vec![
         Case {
             name: "pipeline",
