@@ -31,9 +31,11 @@ struct Args {
     /// Checkpoint file.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Which weights of a Trainer checkpoint: model or ema.
-    #[arg(long, default_value = "ema")]
-    weights: String,
+    /// Which weights of a denoising-diffusion-pytorch Trainer checkpoint: model or ema. Default:
+    /// ema, except for our burnpack files (`model.bpk` / `ema.bpk`), which hold one set of
+    /// weights each.
+    #[arg(long)]
+    weights: Option<String>,
     /// U-Net base width (default: inferred from the checkpoint; the DeepLense preset is 64).
     #[arg(long)]
     dim: Option<usize>,
@@ -112,7 +114,12 @@ fn sampler_of(args: &Args) -> Result<Sampler, String> {
 }
 
 fn sample_with<B: Backend>(device: B::Device, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let weights: Weights = args.weights.parse()?;
+    let is_burnpack = args.checkpoint.extension().is_some_and(|e| e == "bpk");
+    let weights: Weights = match &args.weights {
+        Some(w) => w.parse()?,
+        None if is_burnpack => Weights::Model,
+        None => Weights::Ema,
+    };
     let sampler = sampler_of(args)?;
     let objective = Objective::from_name(&args.objective).ok_or(format!("unknown objective `{}`", args.objective))?;
     let schedule = BetaSchedule::from_name(&args.schedule).ok_or(format!("unknown schedule `{}`", args.schedule))?;
