@@ -12,7 +12,8 @@
 //!
 //! ## Feature flags
 //! - `cuda`: burn's CUDA backend (with `fusion` and `autotune`), selectable with `--backend cuda`.
-//! - `x86-v4`: Flex kernels for AVX-512 machines.
+//! - `x86-v4` (default): Flex's AVX-512 gemm kernels, selected at run time when the CPU has
+//!   AVX-512F (the AVX2/FMA kernels otherwise).
 #![warn(missing_docs)]
 
 pub use diffusion_core;
