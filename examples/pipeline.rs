@@ -144,8 +144,7 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
         config.total_steps = s;
     }
     config.sample_every = 0; // the pipeline samples once, at the end
-    // Data-parallel shards pay off on the CPU (both presets); on a GPU one stream of work is better.
-    config.data_parallel = if matches!(args.backend, BackendKind::Cuda) { 1 } else { config.data_parallel.max(2) };
+    config.data_parallel = args.backend.training_shards(config.data_parallel);
     let size = config.image_size;
     let sampler = match args.sampler.as_str() {
         "dpmpp" => Sampler::DpmSolverPp2M { steps: args.sample_steps },
@@ -195,11 +194,7 @@ fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
     })?;
 
     // 4. Sample from the EMA weights.
-    let sample_workers = match (args.sample_threads, args.backend) {
-        (Some(t), _) => t.max(1),
-        (None, BackendKind::Cuda) => 1,
-        (None, _) => lensing_diffusion::parallel::available_workers(),
-    };
+    let sample_workers = args.backend.sample_workers(args.sample_threads);
     let generated = timings.time("sample", || generate::<B>(&trainer, sampler, args.num_generated, args.sample_batch, args.seed, sample_workers))?;
     let noise = noise_baseline(args.num_generated, size, args.seed);
 

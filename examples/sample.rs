@@ -171,11 +171,7 @@ fn sample_with<B: Backend>(device: B::Device, args: &Args) -> Result<(), Box<dyn
     bar.set_style(ProgressStyle::with_template("{spinner} sample [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")?);
     bar.set_message(format!("{batches} batches"));
     let start = Instant::now();
-    let workers = match (args.threads, args.backend) {
-        (Some(t), _) => t.max(1),
-        (None, BackendKind::Cuda) => 1,
-        (None, _) => lensing_diffusion::parallel::available_workers(),
-    };
+    let workers = args.backend.sample_workers(args.threads);
     // Batch b is seeded by b alone, so batches run on `workers` threads (each with its own copy
     // of the weights) and give the images of a sequential run.
     let per_batch = lensing_diffusion::parallel::map_in_threads(

@@ -238,11 +238,7 @@ fn train_with<B: AutodiffBackend>(device: B::Device, args: &Args, interrupt: &At
                 "small" => TrainConfig::small(),
                 other => return Err(format!("unknown preset `{other}` (deeplense, small)").into()),
             };
-            // On the CPU two data-parallel shards beat one for both presets (DeepLense batch 4:
-            // 37 s -> 27 s for 3 steps on 2 cores); on a GPU one stream of work is better.
-            if !matches!(args.backend, BackendKind::Cuda) {
-                preset.data_parallel = preset.data_parallel.max(2);
-            }
+            preset.data_parallel = args.backend.training_shards(preset.data_parallel);
             Trainer::<B>::new(apply_overrides(preset, args, None)?, &device)?
         }
     };

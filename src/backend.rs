@@ -14,6 +14,28 @@ pub enum BackendKind {
     Cuda,
 }
 
+impl BackendKind {
+    /// Threads for independent sampling batches: `requested` (at least 1), else every core on
+    /// the CPU backends and 1 on cuda (one device, one stream of work).
+    pub fn sample_workers(self, requested: Option<usize>) -> usize {
+        match (requested, self) {
+            (Some(t), _) => t.max(1),
+            (None, Self::Cuda) => 1,
+            (None, _) => crate::parallel::available_workers(),
+        }
+    }
+
+    /// Data-parallel training shards for a preset's `data_parallel` on this backend: at least 2
+    /// on the CPU backends (burn's CPU kernels leave a core idle on small operations; measured
+    /// gains for both presets in docs/PERFORMANCE.md), 1 on cuda.
+    pub fn training_shards(self, preset: usize) -> usize {
+        match self {
+            Self::Cuda => 1,
+            Self::Flex | Self::NdArray => preset.max(2),
+        }
+    }
+}
+
 impl FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -74,4 +96,20 @@ macro_rules! with_backend {
             $crate::backend::BackendKind::Cuda => unreachable!("parsing rejects cuda without the feature"),
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_dependent_defaults() {
+        assert_eq!(BackendKind::Flex.training_shards(1), 2);
+        assert_eq!(BackendKind::NdArray.training_shards(3), 3);
+        assert_eq!(BackendKind::Cuda.training_shards(2), 1);
+        assert_eq!(BackendKind::Cuda.sample_workers(None), 1);
+        assert_eq!(BackendKind::Flex.sample_workers(Some(0)), 1);
+        assert_eq!(BackendKind::Cuda.sample_workers(Some(3)), 3);
+        assert_eq!(BackendKind::Flex.sample_workers(None), crate::parallel::available_workers());
+    }
 }
