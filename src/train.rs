@@ -398,6 +398,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let micro = n.div_ceil(accum);
         let mut rng = DiffusionRng::seed_from_u64(self.config.seed);
         rng.set_stream(step as u64);
+        let finite = |loss: f32| {
+            if loss.is_finite() {
+                Ok(loss)
+            } else {
+                Err(TrainError::NonFiniteLoss { step, loss, last_checkpoint: String::new() })
+            }
+        };
         let mut accumulator = GradientsAccumulator::<Unet<B>>::new();
         let mut loss_sum = 0.0f32;
         let mut parts = 0;
@@ -407,20 +414,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             let shards = self.config.data_parallel.min(end - start);
             let value = if shards <= 1 {
                 let loss = self.diffusion.loss(&self.model, x, &mut rng)?;
-                let value: f32 = loss.clone().into_scalar().elem();
-                if !value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss { step, loss: value, last_checkpoint: String::new() });
-                }
+                let value = finite(loss.clone().into_scalar().elem())?;
                 let grads = loss.div_scalar(accum as f32).backward();
                 accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
                 value
             } else {
                 let mut value = 0.0f32;
                 for (v, grads) in self.sharded_grads(x, shards, accum, &mut rng)? {
-                    if !v.is_finite() {
-                        return Err(TrainError::NonFiniteLoss { step, loss: v, last_checkpoint: String::new() });
-                    }
-                    value += v;
+                    value += finite(v)?;
                     accumulator.accumulate(&self.model, grads);
                 }
                 value
@@ -429,10 +430,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             parts += 1;
         }
         let mut grads = accumulator.grads();
-        let grad_norm = global_grad_norm::<B>(&self.model, &grads);
-        if !grad_norm.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step, loss: grad_norm, last_checkpoint: String::new() });
-        }
+        let grad_norm = finite(global_grad_norm::<B>(&self.model, &grads))?;
         if let Some(max) = self.config.grad_clip {
             // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is < 1.
             let coef = max / (grad_norm as f64 + 1e-6);
