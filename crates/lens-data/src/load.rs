@@ -265,14 +265,16 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn resize_or_copy(img: &RawImage, out_shape: (usize, usize), w: &mut Worker, dst: &mut [f32]) {
-    if out_shape == (img.h, img.w) {
-        dst.iter_mut().zip(&img.data).for_each(|(d, &x)| *d = x as f32);
+/// `data` (`in_shape`, row-major) resized to `out_shape` into `dst`, or converted when the
+/// shapes agree; the worker's resizer is rebuilt only when the shapes change.
+fn resize_or_copy(data: &[f64], in_shape: (usize, usize), out_shape: (usize, usize), w: &mut Worker, dst: &mut [f32]) {
+    if out_shape == in_shape {
+        dst.iter_mut().zip(data).for_each(|(d, &x)| *d = x as f32);
     } else {
-        if w.resizer.as_ref().is_none_or(|r| r.in_shape() != (img.h, img.w) || r.out_shape() != out_shape) {
-            w.resizer = Some(Resizer::new((img.h, img.w), out_shape));
+        if w.resizer.as_ref().is_none_or(|r| r.in_shape() != in_shape || r.out_shape() != out_shape) {
+            w.resizer = Some(Resizer::new(in_shape, out_shape));
         }
-        w.resizer.as_ref().expect("set above").resize_into(&img.data, dst, &mut w.scratch);
+        w.resizer.as_ref().expect("set above").resize_into(data, dst, &mut w.scratch);
     }
 }
 
@@ -301,14 +303,7 @@ fn fast_f64_npy(bytes: &[u8], path: &Path, opts: &LoadOptions, w: &mut Worker, d
     if let Err(e) = check_finite(vals, path, 0) {
         return Some(Err(e));
     }
-    if out_shape == (ih, iw) {
-        dst.iter_mut().zip(vals).for_each(|(d, &x)| *d = x as f32);
-    } else {
-        if w.resizer.as_ref().is_none_or(|r| r.in_shape() != (ih, iw) || r.out_shape() != out_shape) {
-            w.resizer = Some(Resizer::new((ih, iw), out_shape));
-        }
-        w.resizer.as_ref().expect("set above").resize_into(vals, dst, &mut w.scratch);
-    }
+    resize_or_copy(vals, (ih, iw), out_shape, w, dst);
     opts.normalization.apply(dst);
     Some(Ok(FileImages { shape: out_shape, images: Vec::new(), colour: 0, in_place: true }))
 }
@@ -333,7 +328,7 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option
     if let (Some(dst), Some(out_shape), 1) = (dst, opts.target_size, raw.len()) {
         let img = raw.pop().expect("one image");
         check_finite(&img.data, path, 0)?;
-        resize_or_copy(&img, out_shape, w, dst);
+        resize_or_copy(&img.data, (img.h, img.w), out_shape, w, dst);
         opts.normalization.apply(dst);
         let colour = img.colour as usize;
         w.npy = img.data;
@@ -351,7 +346,7 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option
         }
         shape = out_shape;
         let mut v = vec![0.0f32; out_shape.0 * out_shape.1];
-        resize_or_copy(&img, out_shape, w, &mut v);
+        resize_or_copy(&img.data, (img.h, img.w), out_shape, w, &mut v);
         opts.normalization.apply(&mut v);
         images.push(v);
         // give the decode buffer back for reuse
