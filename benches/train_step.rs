@@ -27,6 +27,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lensing_diffusion::train::{TrainConfig, Trainer};
+use lensing_diffusion::unet::Unet;
 
 type Ad = Autodiff<Flex>;
 
@@ -58,6 +59,31 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// What both modes time for one case: a trainer with its batch, and the EMA network with a
+/// forward input at t = 500.
+struct Setup {
+    trainer: Trainer<Ad>,
+    images: Tensor<Ad, 4>,
+    model: Unet<Flex>,
+    x: Tensor<Flex, 4>,
+    t: Tensor<Flex, 1>,
+    size: usize,
+}
+
+fn setup(case: &Case) -> Setup {
+    let device: burn::backend::flex::FlexDevice = Default::default();
+    let mut config = case.config.clone();
+    config.batch_size = case.train_batch;
+    let (size, channels) = (config.image_size, config.unet.channels);
+    let trainer = Trainer::<Ad>::new(config, &device).expect("valid preset");
+    let images = Tensor::<Ad, 4>::random([case.train_batch, channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
+    let model = trainer.ema().clone();
+    let n = case.forward_batch;
+    let x = Tensor::<Flex, 4>::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
+    Setup { trainer, images, model, x, t, size }
+}
+
 /// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion.
 fn quick(reps: usize) {
     let filter = std::env::args()
@@ -68,16 +94,7 @@ fn quick(reps: usize) {
         .into_iter()
         .filter(|c| c.name.contains(filter.as_str()))
     {
-        let device: burn::backend::flex::FlexDevice = Default::default();
-        let mut config = case.config.clone();
-        config.batch_size = case.train_batch;
-        let size = config.image_size;
-        let mut trainer = Trainer::<Ad>::new(config.clone(), &device).expect("valid preset");
-        let images = Tensor::<Ad, 4>::random(
-            [case.train_batch, config.unet.channels, size, size],
-            Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
+        let Setup { mut trainer, images, model, x, t, .. } = setup(&case);
         let report = |kind: &str, batch: usize, f: &mut dyn FnMut()| {
             f();
             let times: Vec<f64> = (0..reps)
@@ -99,14 +116,7 @@ fn quick(reps: usize) {
         report("train", case.train_batch, &mut || {
             std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss"));
         });
-        let model = trainer.ema().clone();
         let n = case.forward_batch;
-        let x = Tensor::<Flex, 4>::random(
-            [n, config.unet.channels, size, size],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
         report("forward", n, &mut || {
             std::hint::black_box(model.forward(x.clone(), t.clone()).into_data());
         });
@@ -139,16 +149,7 @@ fn train_step(c: &mut Criterion) {
         return;
     }
     for case in cases() {
-        let device: burn::backend::flex::FlexDevice = Default::default();
-        let mut config = case.config.clone();
-        config.batch_size = case.train_batch;
-        let size = config.image_size;
-        let mut trainer = Trainer::<Ad>::new(config.clone(), &device).expect("valid preset");
-        let images = Tensor::<Ad, 4>::random(
-            [case.train_batch, config.unet.channels, size, size],
-            Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
+        let Setup { mut trainer, images, model, x, t, size } = setup(&case);
         let mut g = c.benchmark_group(format!("train_step_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
@@ -168,14 +169,7 @@ fn train_step(c: &mut Criterion) {
         );
         g.finish();
 
-        let model = trainer.ema().clone();
         let n = case.forward_batch;
-        let x = Tensor::<Flex, 4>::random(
-            [n, config.unet.channels, size, size],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
         let mut g = c.benchmark_group(format!("forward_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
