@@ -16,7 +16,7 @@ use ndarray_npy::read_npy;
 use unet::{load_checkpoint, Unet, UnetConfig, Weights};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn tensor<B: Backend>(name: &str, device: &B::Device) -> Tensor<B, 4> {

@@ -9,7 +9,7 @@ use ndarray::Array1;
 use ndarray_npy::read_npy;
 
 fn fixture(name: &str) -> Vec<f64> {
-    let path = format!("{}/tests/fixtures/{name}.npy", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/{name}.npy", std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"));
     let a: Array1<f64> = read_npy(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     a.to_vec()
 }

@@ -10,7 +10,7 @@ use ndarray_npy::ReadNpyExt;
 type B = Flex;
 
 fn fixture_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/resnet-fixture")
+    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("../../target/resnet-fixture")
 }
 
 #[test]

@@ -6,7 +6,7 @@ use ndarray::Array2;
 use serde_json::Value;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn load() -> (Array2<f64>, Array2<f64>, Value) {

@@ -11,7 +11,7 @@ use ndarray::{Array, Array2, Array3, Array4, ShapeBuilder};
 use ndarray_npy::write_npy;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn pattern(h: usize, w: usize, seed: f64) -> Array2<f64> {

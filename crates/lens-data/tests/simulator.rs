@@ -9,7 +9,7 @@ use lens_data::spec::{LensProfile, SimulationSpec};
 use lens_data::LensDataError;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn check_spec_image(dir: &Path, name: &str) -> f64 {

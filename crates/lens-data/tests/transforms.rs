@@ -12,7 +12,7 @@ use lens_data::write::{write_model_i_dataset, DatasetLayout};
 use ndarray::{array, Array2, Array3};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// The formula image of scripts/make_lens_data_refs.py.

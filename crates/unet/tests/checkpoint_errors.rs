@@ -9,7 +9,7 @@ use unet::{load_checkpoint, read_state_dict, Unet, UnetConfig, UnetError, Weight
 type B = Flex;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }

@@ -12,7 +12,7 @@ use ndarray_npy::read_npy;
 use unet::{load_checkpoint, read_state_dict, CheckpointFormat, Unet, UnetConfig, Weights};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
