@@ -178,6 +178,9 @@ fn schedules_and_validation() {
     bad.image_size = 30;
     assert!(bad.validate().unwrap_err().to_string().contains("image_size"));
     let mut bad = TrainConfig::small();
+    bad.data_parallel = 0;
+    assert!(bad.validate().unwrap_err().to_string().contains("data_parallel"));
+    let mut bad = TrainConfig::small();
     bad.lr = f64::NAN;
     assert!(bad.validate().unwrap_err().to_string().contains("`lr`"));
 }

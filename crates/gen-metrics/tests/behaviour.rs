@@ -181,3 +181,17 @@ fn fid_infinity_fits_a_line() {
     assert!((fi.value - (my - slope * mx)).abs() < 1e-9);
     assert!(matches!(fid_infinity(&sa, b.view(), &FidInfinityConfig { min_size: 700, ..cfg }), Err(MetricsError::InvalidParameter { .. })));
 }
+
+#[test]
+fn missing_extractor_weights_name_the_file() {
+    let path = std::path::Path::new("no/such/dir/extractor.bpk");
+    let err = FeatureExtractor::<burn::backend::Flex>::load(path, &Default::default()).err().expect("missing file is an error");
+    match &err {
+        MetricsError::Io { path: p, source } => {
+            assert_eq!(p, path);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected an Io error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("extractor.bpk"), "{err}");
+}
