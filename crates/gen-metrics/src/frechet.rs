@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MetricsError, Result};
 use crate::features::{column_means, validate};
-use crate::linalg::{centered_gram, par, sym_eigenvalues, view};
+use crate::linalg::{centered_gram, par, view};
+use crate::symeig::SymWork;
 
 /// Mean and unbiased (`n - 1`) covariance of a feature set: what the Fréchet distance needs.
 ///
@@ -160,10 +161,15 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<FrechetD
 /// eigendecomposition fallback (non-positive-definite `S1`) was used.
 fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>, skip_cholesky: bool) -> Result<(f64, bool)> {
     let d = s1.nrows();
-    let s1v = view(s1);
-    let s2v = view(s2);
+    // Column-major views of the (symmetric) row-major arrays: the transposes are the same
+    // matrices, and faer's factorisations copy column-major input without a strided transpose
+    // (the Cholesky took twice as long from the row-major view).
+    let s1v = view(s1).transpose();
+    let s2v = view(s2).transpose();
     let llt = if skip_cholesky { None } else { s1v.llt(Side::Lower).ok() };
-    let (c, fallback) = match llt {
+    // C (lower triangle) goes straight into the eigensolver's working storage.
+    let mut work = SymWork::new(d);
+    let fallback = match llt {
         Some(llt) => {
             let l = llt.L();
             // W = S2 L, C = L^T W.
@@ -179,9 +185,8 @@ fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>, skip_cholesky: bool) -
                 1.0,
                 par(),
             );
-            let mut c = Mat::<f64>::zeros(d, d);
             triangular::matmul(
-                c.as_mut(),
+                work.matrix_mut(),
                 BlockStructure::TriangularLower,
                 Accum::Replace,
                 l.transpose(),
@@ -191,7 +196,7 @@ fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>, skip_cholesky: bool) -
                 1.0,
                 par(),
             );
-            (c, false)
+            false
         }
         None => {
             let evd = s1v
@@ -203,12 +208,11 @@ fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>, skip_cholesky: bool) -
             let r = Mat::<f64>::from_fn(d, d, |i, j| u[(i, j)] * s[j].max(0.0).sqrt());
             let mut t = Mat::<f64>::zeros(d, d);
             faer::linalg::matmul::matmul(t.as_mut(), Accum::Replace, s2v, r.as_ref(), 1.0, par());
-            let mut c = Mat::<f64>::zeros(d, d);
-            faer::linalg::matmul::matmul(c.as_mut(), Accum::Replace, r.transpose(), t.as_ref(), 1.0, par());
-            (c, true)
+            faer::linalg::matmul::matmul(work.matrix_mut(), Accum::Replace, r.transpose(), t.as_ref(), 1.0, par());
+            true
         }
     };
-    let eig = sym_eigenvalues(c.as_ref(), "S1^1/2 S2 S1^1/2")?;
+    let eig = work.eigenvalues("S1^1/2 S2 S1^1/2")?;
     Ok((eig.iter().map(|&l| l.max(0.0).sqrt()).sum(), fallback))
 }
 

@@ -40,6 +40,7 @@ pub mod kernel;
 pub mod kid;
 mod linalg;
 mod simd;
+mod symeig;
 pub mod prdc;
 
 pub use error::{MetricsError, Result};

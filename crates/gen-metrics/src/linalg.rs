@@ -1,7 +1,7 @@
 //! Thin bridges between `ndarray` (storage, I/O) and `faer` (dense kernels).
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{MetricsError, Result};
@@ -95,9 +95,9 @@ pub(crate) fn a_bt_into(out: &mut [f64], a: MatRef<'_, f64>, b: MatRef<'_, f64>,
     faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), 1.0, par);
 }
 
-/// Eigenvalues of a symmetric matrix (lower triangle read), ascending.
+/// Eigenvalues of a symmetric matrix (lower triangle read), ascending (crate::symeig's solver).
 pub(crate) fn sym_eigenvalues(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
-    m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| MetricsError::Linalg(format!("{what}: {e:?}")))
+    crate::symeig::sym_eigenvalues(m, what)
 }
 
 /// Singular values, descending.

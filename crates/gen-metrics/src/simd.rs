@@ -81,19 +81,31 @@ unsafe fn gauss_row_sums_v3(g: &mut [f64], ni: f64, norms: &[f64], diag: Option<
     gauss_row_sums_impl(g, ni, norms, diag, coef, acc)
 }
 
+/// Whether the CPU has what the `avx512f,avx512dq,avx512vl,avx2,fma` kernels need.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Whether the CPU has what the `avx2,fma` kernels need.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// Dispatching wrapper of the row kernel (see `gauss_row_sums_impl`).
 pub(crate) fn gauss_row_sums(g: &mut [f64], ni: f64, norms: &[f64], diag: Option<usize>, coef: &[f64], acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has_avx512() {
             // SAFETY: the features the function is compiled for were detected at run time.
             return unsafe { gauss_row_sums_v4(g, ni, norms, diag, coef, acc) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if has_avx2_fma() {
             // SAFETY: as above.
             return unsafe { gauss_row_sums_v3(g, ni, norms, diag, coef, acc) };
         }
