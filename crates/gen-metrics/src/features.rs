@@ -110,16 +110,30 @@ pub(crate) fn centered(x: ArrayView2<'_, f64>) -> (Array2<f64>, Vec<f64>) {
     (c, mean)
 }
 
-/// Column means, accumulated in row order.
+/// Column means: blocks of `MEAN_BLOCK` rows are summed in parallel (each in row order), and
+/// the block sums are added in block order, so the result does not depend on the thread count.
 pub(crate) fn column_means(x: ArrayView2<'_, f64>) -> Vec<f64> {
-    let mut s = vec![0.0f64; x.ncols()];
-    for r in x.axis_iter(Axis(0)) {
-        for (a, v) in s.iter_mut().zip(r.iter()) {
-            *a += v;
+    use rayon::prelude::*;
+    const MEAN_BLOCK: usize = 512;
+    let (n, d) = x.dim();
+    let block_sum = |b: usize| {
+        let mut s = vec![0.0f64; d];
+        for r in x.slice(ndarray::s![b * MEAN_BLOCK..((b + 1) * MEAN_BLOCK).min(n), ..]).axis_iter(Axis(0)) {
+            for (a, v) in s.iter_mut().zip(r.iter()) {
+                *a += v;
+            }
+        }
+        s
+    };
+    let sums: Vec<Vec<f64>> = (0..n.div_ceil(MEAN_BLOCK)).into_par_iter().map(block_sum).collect();
+    let mut total = vec![0.0f64; d];
+    for s in &sums {
+        for (t, v) in total.iter_mut().zip(s) {
+            *t += v;
         }
     }
-    let n = x.nrows() as f64;
-    s.iter().map(|v| v / n).collect()
+    let n = n as f64;
+    total.iter().map(|v| v / n).collect()
 }
 
 /// Squared Euclidean norm of each row.

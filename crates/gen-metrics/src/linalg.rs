@@ -67,19 +67,28 @@ pub(crate) fn centered_gram(x: ArrayView2<'_, f64>, mean: &[f64], alpha: f64) ->
 /// Copies the lower triangle onto the upper one. `from_row_major_slice` maps faer `(i, j)` to
 /// `out[[i, j]]`, so the faer lower triangle is `out[[i, j]]` with `i >= j`.
 pub(crate) fn mirror_lower(out: &mut Array2<f64>) {
-    // In 64 x 64 tiles, so that the column-wise reads stay in cache.
+    use rayon::prelude::*;
+    // In 64 x 64 tiles, so that the column-wise reads stay in cache; one task per block row of
+    // the upper triangle (rows jb..jb+T), which reads the lower block column below it.
     const T: usize = 64;
     let d = out.nrows();
-    let s = out.as_slice_mut().expect("standard layout");
-    for ib in (0..d).step_by(T) {
-        for jb in (0..=ib).step_by(T) {
-            for i in ib..(ib + T).min(d) {
-                for j in jb..(jb + T).min(i) {
-                    s[j * d + i] = s[i * d + j];
+    struct Ptr(*mut f64);
+    // SAFETY: tasks write disjoint strictly-upper elements (row j < column i) and read strictly
+    // lower ones (row i > column j), through the raw pointer only.
+    unsafe impl Sync for Ptr {}
+    let p = Ptr(out.as_slice_mut().expect("standard layout").as_mut_ptr());
+    let p = &p;
+    (0..d.div_ceil(T)).into_par_iter().for_each(|b| {
+        let jb = b * T;
+        for ib in (jb..d).step_by(T) {
+            for j in jb..(jb + T).min(d) {
+                for i in ib.max(j + 1)..(ib + T).min(d) {
+                    // SAFETY: i, j < d; see `Ptr`.
+                    unsafe { *p.0.add(j * d + i) = *p.0.add(i * d + j) };
                 }
             }
         }
-    }
+    });
 }
 
 /// `A B^T` for row-major `A [m, k]`, `B [n, k]`, into a new row-major `[m, n]` array.
@@ -109,4 +118,24 @@ pub(crate) fn singular_values(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>
 #[allow(dead_code)]
 pub(crate) fn to_faer(a: ArrayView2<'_, f64>) -> Mat<f64> {
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_lower_fills_the_upper_triangle() {
+        // Sizes below, at and across the 64-wide tiles.
+        for d in [1usize, 5, 64, 65, 130] {
+            let mut a = Array2::from_shape_fn((d, d), |(i, j)| if i >= j { (i * 1000 + j) as f64 } else { -1.0 });
+            mirror_lower(&mut a);
+            for i in 0..d {
+                for j in 0..d {
+                    let (r, c) = if i >= j { (i, j) } else { (j, i) };
+                    assert_eq!(a[[i, j]], (r * 1000 + c) as f64, "d = {d}, ({i}, {j})");
+                }
+            }
+        }
+    }
 }
