@@ -492,16 +492,21 @@ fn ql_root_free(d: &mut [f64], e2: &mut [f64]) -> std::result::Result<(), usize>
     // Split into unreduced blocks first; QL converges the top of a block first, so a graded
     // block (large entries at the top) is reversed to put its small entries at the top (as
     // LAPACK dsterf chooses between QL and QR), which keeps tiny eigenvalues accurate.
-    let mut start = 0;
-    while start < n {
-        let mut end = start;
-        while end + 1 < n {
-            let s = d[end].abs() + d[end + 1].abs();
-            if e2[end] <= eps2 * s * s {
+    // The first negligible off-diagonal at or after `from` (or n - 1): the end of its block.
+    let block_end = |d: &[f64], e2: &[f64], from: usize| {
+        let mut m = from;
+        while m + 1 < n {
+            let s = d[m].abs() + d[m + 1].abs();
+            if e2[m] <= eps2 * s * s {
                 break;
             }
-            end += 1;
+            m += 1;
         }
+        m
+    };
+    let mut start = 0;
+    while start < n {
+        let end = block_end(d, e2, start);
         if end > start && d[end].abs() < d[start].abs() {
             d[start..=end].reverse();
             e2[start..end].reverse();
@@ -511,15 +516,7 @@ fn ql_root_free(d: &mut [f64], e2: &mut [f64]) -> std::result::Result<(), usize>
     for l in 0..n {
         let mut sweeps = 0;
         loop {
-            // The first negligible off-diagonal at or after l splits the matrix.
-            let mut m = l;
-            while m + 1 < n {
-                let s = d[m].abs() + d[m + 1].abs();
-                if e2[m] <= eps2 * s * s {
-                    break;
-                }
-                m += 1;
-            }
+            let m = block_end(d, e2, l);
             if m == l {
                 break;
             }
