@@ -295,14 +295,7 @@ impl Renderer {
             add_deflection(l, &x, &y, &mut base_ax, &mut base_ay);
         }
         let psf_taps = match psf {
-            Some(PsfSpec::Gaussian { fwhm, truncation }) => {
-                let sigma = fwhm_to_sigma(fwhm) / grid.pixel_scale;
-                if sigma > 1e-15 {
-                    gaussian_kernel_1d(sigma, truncation)
-                } else {
-                    Vec::new()
-                }
-            }
+            Some(PsfSpec::Gaussian { fwhm, truncation }) => psf_taps(fwhm_to_sigma(fwhm) / grid.pixel_scale, truncation)?,
             None => Vec::new(),
         };
         Ok(Self { grid, x, y, base_ax, base_ay, psf_taps })
@@ -423,16 +416,31 @@ pub fn gaussian_kernel_1d(sigma: f64, truncation: f64) -> Vec<f64> {
     w.into_iter().map(|v| v / sum).collect()
 }
 
+/// The separable Gaussian taps for a blur of `sigma` pixels (none when `sigma <= 1e-15`: no
+/// blur). Errors name a non-finite or negative `sigma` / `truncation`.
+fn psf_taps(sigma: f64, truncation: f64) -> Result<Vec<f64>> {
+    if !(sigma.is_finite() && sigma >= 0.0) {
+        return Err(LensDataError::invalid("psf sigma (pixels)", sigma, "must be finite and >= 0"));
+    }
+    if !(truncation.is_finite() && truncation >= 0.0) {
+        return Err(LensDataError::invalid("psf truncation", truncation, "must be finite and >= 0"));
+    }
+    Ok(if sigma > 1e-15 { gaussian_kernel_1d(sigma, truncation) } else { Vec::new() })
+}
+
 /// `scipy.ndimage.gaussian_filter(img, sigma, mode="nearest", truncate=truncation)` in place:
-/// axis 0 (rows) first, then axis 1.
-pub fn gaussian_filter_nearest(img: &mut Array2<f64>, sigma: f64, truncation: f64) {
-    if sigma <= 1e-15 {
-        return;
+/// axis 0 (rows) first, then axis 1. A `sigma` of (almost) zero leaves `img` unchanged; a
+/// non-finite or negative `sigma` or `truncation` is an error (the image is not touched).
+pub fn gaussian_filter_nearest(img: &mut Array2<f64>, sigma: f64, truncation: f64) -> Result<()> {
+    let taps = psf_taps(sigma, truncation)?;
+    if taps.is_empty() {
+        return Ok(());
     }
     let (h, w) = img.dim();
     let mut data = img.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-    gaussian_filter_taps(&mut data, h, w, &gaussian_kernel_1d(sigma, truncation), &mut Vec::new());
+    gaussian_filter_taps(&mut data, h, w, &taps, &mut Vec::new());
     *img = Array2::from_shape_vec((h, w), data).expect("shape");
+    Ok(())
 }
 
 /// Separable correlation with symmetric `taps` (odd length), edge-replicate ("nearest")
@@ -495,6 +503,18 @@ mod tests {
         point_mass_kernel(0.003, 0.2, -0.4, &x, &y, &mut a1, &mut b1);
         point_mass_dispatch(0.003, 0.2, -0.4, &x, &y, &mut a2, &mut b2);
         assert_eq!((a1, b1), (a2, b2));
+    }
+
+    #[test]
+    fn gaussian_filter_rejects_nan_and_negative_sigma() {
+        let mut img = Array2::from_elem((4, 4), 1.0);
+        assert!(matches!(gaussian_filter_nearest(&mut img, f64::NAN, 4.0), Err(LensDataError::InvalidValue { .. })));
+        assert!(matches!(gaussian_filter_nearest(&mut img, -1.0, 4.0), Err(LensDataError::InvalidValue { .. })));
+        assert!(matches!(gaussian_filter_nearest(&mut img, 1.0, f64::INFINITY), Err(LensDataError::InvalidValue { .. })));
+        assert!(img.iter().all(|&v| v == 1.0), "untouched on error");
+        gaussian_filter_nearest(&mut img, 0.0, 4.0).unwrap();
+        gaussian_filter_nearest(&mut img, 1.3, 4.0).unwrap();
+        assert!(img.iter().all(|&v| (v - 1.0).abs() < 1e-15), "a constant image stays constant");
     }
 
     #[test]
