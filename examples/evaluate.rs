@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use clap::Parser;
 use gen_metrics::{evaluate_features, EvalConfig, FeatureExtractor, FidInfinityConfig, GaussianStats, KidConfig};
 use indicatif::{ProgressBar, ProgressStyle};
+use lensing_diffusion::extractor::{extractor_source, ExtractorSource};
 use ndarray::Array2;
 
 #[derive(Parser, Debug)]
@@ -109,12 +110,8 @@ fn features_from_images(a: &Args) -> Result<(Array2<f64>, Array2<f64>), Box<dyn 
         None => {
             let recipe = gen_metrics::ExtractorRecipe { image_size: a.image_size, ..Default::default() };
             let cache = PathBuf::from("target/extractor");
-            let shipped = lensing_diffusion::extractor::shipped_extractor_path();
-            if recipe != gen_metrics::ExtractorRecipe::default() || !shipped.is_file() {
-                let path = lensing_diffusion::extractor::cached_extractor_path(&cache, &recipe);
-                if !path.exists() {
-                    eprintln!("no cached extractor at {}: training one on simulated data (once) ...", path.display());
-                }
+            if let ExtractorSource::Train(path) = extractor_source(&recipe, &cache) {
+                eprintln!("no cached extractor at {}: training one on simulated data (once) ...", path.display());
             }
             let pb = bar(0, "train");
             let (ex, path) = lensing_diffusion::extractor::obtain_extractor::<Autodiff<Flex>>(&recipe, &cache, &device, |s, t, _| {
