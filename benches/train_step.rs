@@ -5,6 +5,7 @@
 //! cargo bench --bench train_step                      # both presets
 //! cargo bench --bench train_step -- pipeline          # only the pipeline preset
 //! TRAIN_STEP_QUICK=3 cargo bench --bench train_step -- deeplense   # 3 timed steps, no criterion
+//! TRAIN_STEP_FORWARD_BATCH=1 TRAIN_STEP_QUICK=3 cargo bench --bench train_step -- deeplense   # forward batch 1 per worker
 //! ```
 //! A DeepLense training step takes tens of seconds on two cores, so criterion's minimum of 10
 //! samples takes minutes; `TRAIN_STEP_QUICK=N` instead times N repetitions of each case after
@@ -39,6 +40,10 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
+    // `TRAIN_STEP_FORWARD_BATCH=N` overrides both cases' forward batch (per worker in `fwd-par`).
+    let fwd = |default: usize| {
+        std::env::var("TRAIN_STEP_FORWARD_BATCH").ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0).unwrap_or(default)
+    };
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
     // What the `train` command uses on the CPU (two data-parallel shards).
@@ -48,13 +53,13 @@ fn cases() -> Vec<Case> {
             name: "pipeline",
             config: TrainConfig::small(),
             train_batch: 16,
-            forward_batch: 100,
+            forward_batch: fwd(100),
         },
         Case {
             name: "deeplense",
             config: deeplense,
             train_batch: 4,
-            forward_batch: 4,
+            forward_batch: fwd(4),
         },
     ]
 }
