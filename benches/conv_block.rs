@@ -30,6 +30,7 @@ fn inputs<B: Backend>(device: &B::Device) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
 }
 
 fn bench(c: &mut Criterion) {
+    lensing_diffusion::alloc::tune_allocator();
     let mut g = c.benchmark_group("conv_block_4x3x3_c64_64x64_b8");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
 

@@ -10,6 +10,7 @@ use unet::UnetConfig;
 type B = Flex;
 
 fn sampler_steps(c: &mut Criterion) {
+    lensing_diffusion::alloc::tune_allocator();
     let d = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
     let device = Default::default();
     // The trivial denoiser costs one scaled copy, so the time is the sampler's own arithmetic.
@@ -32,6 +33,7 @@ fn sampler_steps(c: &mut Criterion) {
 }
 
 fn ddim_tiny_unet(c: &mut Criterion) {
+    lensing_diffusion::alloc::tune_allocator();
     let d = GaussianDiffusion::new(DiffusionConfig::default()).unwrap();
     let device = Default::default();
     let model = UnetConfig::new(8, vec![1, 2], 1).init::<B>(&device).unwrap();

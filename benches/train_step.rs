@@ -146,6 +146,7 @@ fn quick(reps: usize) {
 }
 
 fn train_step(c: &mut Criterion) {
+    lensing_diffusion::alloc::tune_allocator();
     if let Some(reps) = std::env::var("TRAIN_STEP_QUICK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

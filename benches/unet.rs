@@ -51,6 +51,7 @@ fn bench_forward<B: Backend>(
 }
 
 fn unet_forward(c: &mut Criterion) {
+    lensing_diffusion::alloc::tune_allocator();
     bench_forward::<Flex>(
         c,
         "unet_forward_small",

@@ -90,6 +90,7 @@ struct Args {
 }
 
 fn main() {
+    lensing_diffusion::alloc::tune_allocator();
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(1);

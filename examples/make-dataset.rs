@@ -105,6 +105,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    lensing_diffusion::alloc::tune_allocator();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,6 +94,7 @@ struct Args {
 }
 
 fn main() {
+    lensing_diffusion::alloc::tune_allocator();
     let args = Args::parse();
     let result = match args.backend {
         BackendKind::Flex => pipeline::<Autodiff<burn::backend::Flex>>(Default::default(), &args),

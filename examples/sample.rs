@@ -99,6 +99,7 @@ struct Args {
 }
 
 fn main() {
+    lensing_diffusion::alloc::tune_allocator();
     let args = Args::parse();
     if let Err(e) = with_backend!(args.backend, sample_with(&args)) {
         eprintln!("error: {e}");

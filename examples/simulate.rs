@@ -48,6 +48,7 @@ fn run(args: &Args) -> lens_data::Result<()> {
 }
 
 fn main() -> ExitCode {
+    lensing_diffusion::alloc::tune_allocator();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

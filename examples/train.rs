@@ -142,6 +142,7 @@ struct Args {
 }
 
 fn main() {
+    lensing_diffusion::alloc::tune_allocator();
     let args = Args::parse();
     if let Err(e) = main_inner(args) {
         eprintln!("error: {e}");

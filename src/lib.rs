@@ -21,6 +21,7 @@ pub use gen_metrics;
 pub use lens_data;
 pub use unet;
 
+pub mod alloc;
 pub mod backend;
 pub mod data;
 pub mod extractor;
