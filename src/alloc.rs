@@ -19,12 +19,13 @@ pub const TRIM_THRESHOLD: usize = 1 << 30;
 /// `GLIBC_TUNABLES`, or when `LENSING_DIFFUSION_DEFAULT_MALLOC` is set). Call it first thing in
 /// `main`. Returns whether the settings were applied.
 pub fn tune_allocator() -> bool {
-    if std::env::var_os("LENSING_DIFFUSION_DEFAULT_MALLOC").is_some()
+    !opted_out() && imp()
+}
+
+/// Whether the environment asks for glibc's own malloc settings.
+fn opted_out() -> bool {
+    std::env::var_os("LENSING_DIFFUSION_DEFAULT_MALLOC").is_some()
         || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."))
-    {
-        return false;
-    }
-    imp()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -44,10 +45,8 @@ fn imp() -> bool {
 mod tests {
     #[test]
     fn settings_apply_on_glibc() {
-        let opted_out = std::env::var_os("LENSING_DIFFUSION_DEFAULT_MALLOC").is_some()
-            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
         let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
-        assert_eq!(super::tune_allocator(), glibc && !opted_out);
+        assert_eq!(super::tune_allocator(), glibc && !super::opted_out());
         // Large allocations still work and are usable afterwards.
         let v = vec![1u8; 64 << 20];
         assert_eq!(v.iter().map(|&b| b as usize).sum::<usize>(), 64 << 20);

@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::features::{centered, check_same_dim, row_sq_norms, validate, validate_bandwidths};
-use crate::linalg::{a_bt_into, singular_values, sym_eigenvalues};
+use crate::linalg::{a_bt_into, singular_values};
+use crate::symeig::sym_eigenvalues;
 
 /// Rows per tile of the streamed Gram matrix (a tile pair holds `TILE^2` doubles).
 pub const TILE: usize = 512;

@@ -104,11 +104,6 @@ pub(crate) fn a_bt_into(out: &mut [f64], a: MatRef<'_, f64>, b: MatRef<'_, f64>,
     faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), 1.0, par);
 }
 
-/// Eigenvalues of a symmetric matrix (lower triangle read), ascending (crate::symeig's solver).
-pub(crate) fn sym_eigenvalues(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
-    crate::symeig::sym_eigenvalues(m, what)
-}
-
 /// Singular values, descending.
 pub(crate) fn singular_values(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
     m.singular_values().map_err(|e| MetricsError::Linalg(format!("{what}: {e:?}")))

@@ -203,8 +203,6 @@ fn tridiagonalize_impl(mut a: MatMut<'_, f64>) -> (Vec<f64>, Vec<f64>) {
     let mut w_store = AlignedBuf::zeros(w_ld * NB);
     let w_ptr = w_store.as_mut_slice().as_mut_ptr();
     let mut partial = vec![0.0f64; SYMV_CHUNKS * n];
-    let mut t1 = [0.0f64; NB];
-    let mut t2 = [0.0f64; NB];
 
     let mut i0 = 0;
     while i0 < n - 1 {
@@ -257,13 +255,7 @@ fn tridiagonalize_impl(mut a: MatMut<'_, f64>) -> (Vec<f64>, Vec<f64>) {
                 for q in 0..j {
                     let vq = cols.col(i0 + q, g + 1);
                     let wq = wc.col(q, j + 1);
-                    t1[q] = dot(wq, v);
-                    t2[q] = dot(vq, v);
-                }
-                for q in 0..j {
-                    let vq = cols.col(i0 + q, g + 1);
-                    let wq = wc.col(q, j + 1);
-                    let (a1, a2) = (t1[q], t2[q]);
+                    let (a1, a2) = (dot(wq, v), dot(vq, v));
                     for ((o, &vv), &ww) in wj.iter_mut().zip(vq).zip(wq) {
                         *o -= vv * a1 + ww * a2;
                     }
