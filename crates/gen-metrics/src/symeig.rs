@@ -593,6 +593,18 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_entries_are_a_typed_error() {
+        for bad in [f64::NAN, f64::INFINITY] {
+            let mut a = random_symmetric(50, 31);
+            a[(37, 12)] = bad;
+            match sym_eigenvalues(a.as_ref(), "the test matrix") {
+                Err(MetricsError::Linalg(m)) => assert!(m.contains("the test matrix") && m.contains("non-finite"), "{m}"),
+                other => panic!("expected a Linalg error for {bad}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn graded_spectrum_keeps_tiny_eigenvalues() {
         // Q diag(lambda) Q^T with lambda from 1e-14 to 10 (what the Fréchet distance meets:
         // features with nearly degenerate directions), Q a random orthogonal matrix. The sum of
