@@ -6,12 +6,22 @@
 //! cargo bench --bench train_step -- pipeline          # only the pipeline preset
 //! TRAIN_STEP_QUICK=3 cargo bench --bench train_step -- deeplense   # 3 timed steps, no criterion
 //! TRAIN_STEP_FORWARD_BATCH=1 TRAIN_STEP_QUICK=3 cargo bench --bench train_step -- deeplense   # forward batch 1 per worker
+//! # on a GPU: the DeepLense preset's batch 24, in f32 / f16 / bf16 (scripts/gpu_train_step.sh)
+//! CUDARC_CUDA_VERSION=13000 cargo bench --features cuda --bench train_step --no-run
+//! TRAIN_STEP_BACKEND=cuda TRAIN_STEP_DTYPE=bf16 TRAIN_STEP_TRAIN_BATCH=24 TRAIN_STEP_FORWARD_BATCH=24 \
+//!     TRAIN_STEP_QUICK=10 target/release/deps/train_step-* deeplense
 //! ```
 //! A DeepLense training step takes tens of seconds on two cores, so criterion's minimum of 10
 //! samples takes minutes; `TRAIN_STEP_QUICK=N` instead times N repetitions of each case after
 //! one warm-up and prints the mean, min and max (the filter argument still selects cases).
 //! `fwd-par` (quick mode only) is the forward as the `pipeline` and `sample` commands use it on
 //! the CPU: one batch per core, on separate threads, images/s over all of them.
+//! `TRAIN_STEP_BACKEND` (quick mode only) picks `flex` (default), `ndarray` or, in a build with
+//! the `cuda` feature, `cuda`, whose float type `TRAIN_STEP_DTYPE` picks: `f32` (default), `f16`
+//! or `bf16` (the whole step in that type: weights, activations, gradients and AdamW moments; no
+//! f32 master weights, unlike PyTorch's autocast). `TRAIN_STEP_TRAIN_BATCH` overrides the
+//! training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
+//! is `TRAIN_STEP_WARMUP` repetitions (default 1; cubecl autotunes its kernels on first use).
 //! Cases (the same in the Python script):
 //! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `examples/pipeline.rs` trains); training
 //!   step at batch 16, forward (sampling) at batch 100.
@@ -25,12 +35,11 @@
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lensing_diffusion::train::{TrainConfig, Trainer};
 use lensing_diffusion::unet::Unet;
-
-type Ad = Autodiff<Flex>;
 
 struct Case {
     name: &'static str,
@@ -41,9 +50,8 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     // `TRAIN_STEP_FORWARD_BATCH=N` overrides both cases' forward batch (per worker in `fwd-par`).
-    let fwd = |default: usize| {
-        std::env::var("TRAIN_STEP_FORWARD_BATCH").ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0).unwrap_or(default)
-    };
+    let fwd = |default: usize| env_usize("TRAIN_STEP_FORWARD_BATCH").unwrap_or(default);
+    let train = |default: usize| env_usize("TRAIN_STEP_TRAIN_BATCH").unwrap_or(default);
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
     // What the `train` command uses on the CPU (two data-parallel shards).
@@ -52,75 +60,108 @@ fn cases() -> Vec<Case> {
         Case {
             name: "pipeline",
             config: TrainConfig::small(),
-            train_batch: 16,
+            train_batch: train(16),
             forward_batch: fwd(100),
         },
         Case {
             name: "deeplense",
             config: deeplense,
-            train_batch: 4,
+            train_batch: train(4),
             forward_batch: fwd(4),
         },
     ]
 }
 
+/// A positive integer from the environment variable `name`, if set.
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&b| b > 0)
+}
+
 /// What both modes time for one case: a trainer with its batch, and the EMA network with a
 /// forward input at t = 500.
-struct Setup {
-    trainer: Trainer<Ad>,
-    images: Tensor<Ad, 4>,
-    model: Unet<Flex>,
-    x: Tensor<Flex, 4>,
-    t: Tensor<Flex, 1>,
+struct Setup<B: Backend> {
+    trainer: Trainer<Autodiff<B>>,
+    images: Tensor<Autodiff<B>, 4>,
+    model: Unet<B>,
+    x: Tensor<B, 4>,
+    t: Tensor<B, 1>,
     size: usize,
 }
 
-fn setup(case: &Case) -> Setup {
-    let device: burn::backend::flex::FlexDevice = Default::default();
+fn setup<B: Backend>(case: &Case, device: &B::Device, shards: usize) -> Setup<B> {
     let mut config = case.config.clone();
     config.batch_size = case.train_batch;
+    config.data_parallel = shards;
     let (size, channels) = (config.image_size, config.unet.channels);
-    let trainer = Trainer::<Ad>::new(config, &device).expect("valid preset");
-    let images = Tensor::<Ad, 4>::random([case.train_batch, channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
+    let trainer = Trainer::<Autodiff<B>>::new(config, device).expect("valid preset");
+    let images = Tensor::<Autodiff<B>, 4>::random([case.train_batch, channels, size, size], Distribution::Uniform(0.0, 1.0), device);
     let model = trainer.ema().clone();
     let n = case.forward_batch;
-    let x = Tensor::<Flex, 4>::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let t = Tensor::<Flex, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
+    let x = Tensor::<B, 4>::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device);
+    let t = Tensor::<B, 1>::from_floats(vec![500.0f32; n].as_slice(), device);
     Setup { trainer, images, model, x, t, size }
 }
 
-/// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion.
+/// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion, on the
+/// backend `TRAIN_STEP_BACKEND` names.
 fn quick(reps: usize) {
+    let backend = std::env::var("TRAIN_STEP_BACKEND").unwrap_or_else(|_| "flex".into());
+    let dtype = std::env::var("TRAIN_STEP_DTYPE").unwrap_or_else(|_| "f32".into());
+    match (backend.as_str(), dtype.as_str()) {
+        ("flex", "f32") => quick_on::<Flex>(reps, &Default::default(), "flex", true),
+        ("ndarray", "f32") => quick_on::<burn::backend::NdArray>(reps, &Default::default(), "ndarray", true),
+        #[cfg(feature = "cuda")]
+        ("cuda", "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), "cuda f32", false),
+        #[cfg(feature = "cuda")]
+        ("cuda", "f16") => quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), "cuda f16", false),
+        #[cfg(feature = "cuda")]
+        ("cuda", "bf16") => quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), "cuda bf16", false),
+        (b, d) => panic!(
+            "TRAIN_STEP_BACKEND={b} TRAIN_STEP_DTYPE={d} is not available in this build \
+             (flex/ndarray take f32; cuda, built with --features cuda, takes f32, f16 or bf16)"
+        ),
+    }
+}
+
+fn quick_on<B: Backend>(reps: usize, device: &B::Device, label: &str, cpu: bool) {
     let filter = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
+    let warmup = env_usize("TRAIN_STEP_WARMUP").unwrap_or(1);
+    println!("backend {label} ({}), {warmup} warm-up + {reps} timed repetitions", B::name(device));
     for case in cases()
         .into_iter()
         .filter(|c| c.name.contains(filter.as_str()))
     {
-        let Setup { mut trainer, images, model, x, t, .. } = setup(&case);
+        // The CPU keeps the case's data-parallel shards (what `train` uses there); one device
+        // takes the whole batch at once.
+        let shards = if cpu { case.config.data_parallel } else { 1 };
+        let Setup { mut trainer, images, model, x, t, .. } = setup::<B>(&case, device, shards);
         let report = |kind: &str, batch: usize, f: &mut dyn FnMut()| {
-            f();
-            let times: Vec<f64> = (0..reps)
-                .map(|_| {
-                    let t0 = std::time::Instant::now();
-                    f();
-                    t0.elapsed().as_secs_f64()
-                })
-                .collect();
+            let timed = |f: &mut dyn FnMut()| {
+                let t0 = std::time::Instant::now();
+                f();
+                B::sync(device).expect("device sync");
+                t0.elapsed().as_secs_f64()
+            };
+            let warm: Vec<f64> = (0..warmup).map(|_| timed(f)).collect();
+            let times: Vec<f64> = (0..reps).map(|_| timed(f)).collect();
             let mean = times.iter().sum::<f64>() / reps as f64;
             let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
             let max = times.iter().cloned().fold(0.0, f64::max);
             println!(
-                "{:9} {kind:7} batch {batch:3}: mean {mean:8.3} s [{min:.3}, {max:.3}] {:7.2} images/s",
+                "{:9} {kind:7} batch {batch:3}: mean {mean:8.4} s [{min:.4}, {max:.4}] {:8.2} images/s  (warm-up {})",
                 case.name,
-                batch as f64 / mean
+                batch as f64 / mean,
+                warm.iter().map(|w| format!("{w:.2} s")).collect::<Vec<_>>().join(", ")
             );
         };
+        let mut last_loss = f32::NAN;
         report("train", case.train_batch, &mut || {
-            std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss"));
+            last_loss = std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")).loss;
         });
+        println!("{:9} last training loss {last_loss:.5}", case.name);
         let n = case.forward_batch;
         report("forward", n, &mut || {
             std::hint::black_box(model.forward(x.clone(), t.clone()).into_data());
@@ -128,7 +169,7 @@ fn quick(reps: usize) {
         // How the `pipeline` and `sample` commands sample on the CPU: one batch per core, each
         // on its own thread with its own copy of the weights (lensing_diffusion::parallel).
         let workers = lensing_diffusion::parallel::available_workers();
-        if workers > 1 {
+        if cpu && workers > 1 {
             report("fwd-par", n * workers, &mut || {
                 lensing_diffusion::parallel::map_in_threads(
                     workers,
@@ -155,7 +196,8 @@ fn train_step(c: &mut Criterion) {
         return;
     }
     for case in cases() {
-        let Setup { mut trainer, images, model, x, t, size } = setup(&case);
+        let device = Default::default();
+        let Setup { mut trainer, images, model, x, t, size } = setup::<Flex>(&case, &device, case.config.data_parallel);
         let mut g = c.benchmark_group(format!("train_step_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
