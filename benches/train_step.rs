@@ -145,7 +145,14 @@ fn quick_on<B: Backend>(reps: usize, device: &B::Device, label: &str, cpu: bool)
                 B::sync(device).expect("device sync");
                 t0.elapsed().as_secs_f64()
             };
-            let warm: Vec<f64> = (0..warmup).map(|_| timed(f)).collect();
+            // Printed as they finish: on the GPU the first ones compile (and autotune) kernels.
+            let warm: Vec<f64> = (0..warmup)
+                .map(|i| {
+                    let w = timed(f);
+                    println!("{:9} {kind:7} warm-up {}: {w:.3} s", case.name, i + 1);
+                    w
+                })
+                .collect();
             let times: Vec<f64> = (0..reps).map(|_| timed(f)).collect();
             let mean = times.iter().sum::<f64>() / reps as f64;
             let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
