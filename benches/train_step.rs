@@ -35,7 +35,7 @@
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
+use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lensing_diffusion::train::{TrainConfig, Trainer};
@@ -79,7 +79,7 @@ fn env_usize(name: &str) -> Option<usize> {
 
 /// What both modes time for one case: a trainer with its batch, and the EMA network with a
 /// forward input at t = 500.
-struct Setup<B: Backend> {
+struct Setup<B: UnetBackend> {
     trainer: Trainer<Autodiff<B>>,
     images: Tensor<Autodiff<B>, 4>,
     model: Unet<B>,
@@ -88,7 +88,7 @@ struct Setup<B: Backend> {
     size: usize,
 }
 
-fn setup<B: Backend>(case: &Case, device: &B::Device, shards: usize) -> Setup<B> {
+fn setup<B: UnetBackend>(case: &Case, device: &B::Device, shards: usize) -> Setup<B> {
     let mut config = case.config.clone();
     config.batch_size = case.train_batch;
     config.data_parallel = shards;
@@ -123,7 +123,7 @@ fn quick(reps: usize) {
     }
 }
 
-fn quick_on<B: Backend>(reps: usize, device: &B::Device, label: &str, cpu: bool) {
+fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, label: &str, cpu: bool) {
     let filter = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

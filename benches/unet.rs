@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use burn::backend::{Flex, NdArray};
-use burn::tensor::backend::Backend;
+use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use unet::{Unet, UnetConfig};
 
-fn bench_forward<B: Backend>(
+fn bench_forward<B: UnetBackend>(
     c: &mut Criterion,
     group: &str,
     backend: &str,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
+use lensing_diffusion::unet::UnetAutodiffBackend;
 use clap::Parser;
 use diffusion_core::{DiffusionRng, Sampler};
 use gen_metrics::train::ExtractorRecipe;
@@ -126,7 +127,7 @@ impl Timings {
     }
 }
 
-fn pipeline<B: AutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
+fn pipeline<B: UnetAutodiffBackend>(device: B::Device, args: &Args) -> Res<()> {
     let start = Instant::now();
     let out = PathBuf::from("runs").join(&args.name);
     std::fs::create_dir_all(&out)?;
@@ -295,7 +296,7 @@ fn to_size(images: &Array3<f32>, size: usize) -> Array3<f32> {
     out
 }
 
-fn generate<B: AutodiffBackend>(
+fn generate<B: UnetAutodiffBackend>(
     trainer: &Trainer<B>,
     sampler: Sampler,
     n: usize,

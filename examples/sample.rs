@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
 use diffusion_core::{BetaSchedule, DiffusionConfig, DiffusionRng, GaussianDiffusion, Objective, Sampler};
@@ -116,7 +116,7 @@ fn sampler_of(args: &Args) -> Result<Sampler, String> {
     }
 }
 
-fn sample_with<B: Backend>(device: B::Device, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let is_burnpack = args.checkpoint.extension().is_some_and(|e| e == "bpk");
     let weights: Weights = match &args.weights {
         Some(w) => w.parse()?,

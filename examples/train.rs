@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use burn::tensor::backend::AutodiffBackend;
+use lensing_diffusion::unet::UnetAutodiffBackend;
 use clap::Parser;
 use diffusion_core::{BetaSchedule, Objective};
 use lens_data::simulate::LensClass;
@@ -215,7 +215,7 @@ fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     with_autodiff_backend!(args.backend, train_with(&args, &interrupt))
 }
 
-fn train_with<B: AutodiffBackend>(device: B::Device, args: &Args, interrupt: &AtomicBool) -> Result<(), Box<dyn std::error::Error>> {
+fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt: &AtomicBool) -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = match &args.resume {
         Some(path) => {
             let ckpt = if path.join("state.json").is_file() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::AutodiffBackend;
+use unet::UnetAutodiffBackend;
 use diffusion_core::Sampler;
 use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::dataset::ImageSet;
@@ -73,7 +73,7 @@ pub fn read_loss_log(path: &Path) -> Vec<(usize, f32)> {
 }
 
 /// Write a sample grid from the EMA weights with a fixed seed (the run's seed).
-pub fn write_sample_grid<B: AutodiffBackend>(trainer: &Trainer<B>, path: &Path) -> Result<(), TrainError> {
+pub fn write_sample_grid<B: UnetAutodiffBackend>(trainer: &Trainer<B>, path: &Path) -> Result<(), TrainError> {
     let c = trainer.config();
     let n = c.sample_count.max(1);
     let s = c.image_size;
@@ -91,7 +91,7 @@ pub fn write_sample_grid<B: AutodiffBackend>(trainer: &Trainer<B>, path: &Path) 
 /// Train until `total_steps`, the time budget or an interrupt. Writes `config.json`, appends to
 /// `loss.csv`, redraws `loss.png`, writes checkpoints every `checkpoint_every` steps and at the
 /// end, and sample grids every `sample_every` steps.
-pub fn run<B: AutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, opts: &RunOptions) -> Result<RunSummary, TrainError> {
     let out = opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
     let config_path = out.join("config.json");

@@ -19,7 +19,7 @@ use diffusion_core::{DiffusionConfig, DiffusionError, DiffusionRng, GaussianDiff
 use lens_data::dataset::{BatchConfig, ImageSet};
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
-use unet::{Unet, UnetConfig, UnetError};
+use unet::{Unet, UnetAutodiffBackend, UnetConfig, UnetError};
 
 /// Errors of the training loop. Each names the file or value at fault.
 #[derive(Debug, thiserror::Error)]
@@ -323,7 +323,7 @@ pub struct StepStats {
 type Optim<B> = OptimizerAdaptor<AdamW, Unet<B>, B>;
 
 /// A training run in memory: the online model, its optimizer state and the EMA model.
-pub struct Trainer<B: AutodiffBackend> {
+pub struct Trainer<B: UnetAutodiffBackend> {
     config: TrainConfig,
     diffusion: GaussianDiffusion,
     model: Unet<B>,
@@ -344,7 +344,7 @@ struct CheckpointState {
     config: TrainConfig,
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: UnetAutodiffBackend> Trainer<B> {
     /// A fresh run: random weights from `config.seed`.
     pub fn new(config: TrainConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
+use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, LossWeighting, Objective, Sampler};
 use ndarray::ArrayD;
@@ -29,7 +30,7 @@ fn model<B: Backend>(device: &B::Device) -> Unet<B> {
     load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, Some(&UnetConfig::new(8, vec![1, 2], 1)), device).unwrap()
 }
 
-fn losses_match<B: Backend>() {
+fn losses_match<B: UnetBackend>() {
     let device = Default::default();
     let unet = model::<B>(&device);
     let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
@@ -65,7 +66,7 @@ fn eighteen_losses_match_reference_on_ndarray() {
     losses_match::<NdArray>();
 }
 
-fn ddim_matches<B: Backend>() {
+fn ddim_matches<B: UnetBackend>() {
     let device = Default::default();
     let unet = model::<B>(&device);
     let d = GaussianDiffusion::new(DiffusionConfig::default()).unwrap(); // T 1000, sigmoid, pred_v

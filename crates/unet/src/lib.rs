@@ -30,12 +30,14 @@
 //! workspace's `cuda` feature).
 #![warn(missing_docs)]
 
+pub mod backend;
 mod checkpoint;
 mod config;
 mod denoiser;
 mod error;
 pub mod keys;
 pub mod model;
+pub mod same_conv;
 
 pub use checkpoint::{
     infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,
@@ -43,4 +45,5 @@ pub use checkpoint::{
 };
 pub use config::{UnetConfig, NUM_MEM_KV};
 pub use error::{ShapeMismatch, UnetError};
+pub use backend::{UnetAutodiffBackend, UnetBackend};
 pub use model::Unet;

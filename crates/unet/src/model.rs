@@ -9,9 +9,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::backend::{conv2d_same, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -59,21 +59,14 @@ fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// contiguous `[N, C, 1]` operand: burn's generic conv2d bias gradient reshapes a strided
 /// tensor, which Flex copies element by element; the broadcast add's gradient is a plain
 /// reduction over the trailing axes. Same arithmetic. Without gradients (inference) the conv's
-/// own fused bias is used.
-fn conv_same<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [cout, _cin, k, _] = conv.weight.dims();
-    let p = k / 2;
-    let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+/// own fused bias is used. Goes through [`UnetBackend::conv2d_same`] (Flex: our own kernel).
+fn conv_same<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let cout = conv.weight.dims()[0];
     if !conv.weight.val().is_require_grad() {
         // Inference: the fused bias of the conv kernel saves a pass.
-        return burn::tensor::module::conv2d(
-            x,
-            conv.weight.val(),
-            conv.bias.as_ref().map(|b| b.val()),
-            options,
-        );
+        return conv2d_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
     }
-    let y = burn::tensor::module::conv2d(x, conv.weight.val(), None, options);
+    let y = conv2d_same(x, conv.weight.val(), None);
     match &conv.bias {
         Some(b) => {
             let [n, _, h, w] = y.dims();
@@ -142,7 +135,9 @@ impl<B: Backend> Block<B> {
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
+}
 
+impl<B: UnetBackend> Block<B> {
     /// `x: [N, C_in, H, W]`, `scale_shift`: two `[N, C_out, 1, 1]` tensors.
     pub fn forward(
         &self,
@@ -181,7 +176,9 @@ impl<B: Backend> ResnetBlock<B> {
             res_conv: (dim != dim_out).then(|| conv(dim, dim_out, 1, true, device)),
         }
     }
+}
 
+impl<B: UnetBackend> ResnetBlock<B> {
     /// `x: [N, C_in, H, W]`; `t_act`: the time embedding *after* SiLU, `[N, time_dim]` (the SiLU
     /// of `mlp` is hoisted out and computed once per forward pass).
     pub fn forward(&self, x: Tensor<B, 4>, t_act: &Tensor<B, 2>) -> Tensor<B, 4> {
@@ -404,7 +401,7 @@ pub enum Resample<B: Backend> {
     Same(Conv2d<B>),
 }
 
-impl<B: Backend> Resample<B> {
+impl<B: UnetBackend> Resample<B> {
     /// Applies the resampling.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
@@ -619,6 +616,9 @@ impl<B: Backend> Unet<B> {
         Ok(())
     }
 
+}
+
+impl<B: UnetBackend> Unet<B> {
     /// Like [`Unet::forward`] but returns an error instead of panicking on a bad shape.
     pub fn try_forward(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Result<Tensor<B, 4>, UnetError> {
         self.check_input(x.dims())?;

@@ -47,7 +47,7 @@ fn max_abs_diff<B: Backend>(y: Tensor<B, 4>, want: &ArrayD<f32>) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check<B: Backend>(model: &Unet<B>, out: &str, device: &B::Device) {
+fn check<B: unet::UnetBackend>(model: &Unet<B>, out: &str, device: &B::Device) {
     let (x, t) = inputs::<B>(device);
     let want = expected(out);
     let d = max_abs_diff(model.forward(x, t), &want);
