@@ -169,6 +169,108 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     out
 }
 
+/// The gradient of [`forward`] with respect to its input: `grad` `[n, cout, h, w]` convolved
+/// with the weights transposed and flipped (`[cin, cout, k, k]`, same padding): `[n, cin, h, w]`.
+pub fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    let k = g.k;
+    let mut flipped = vec![0f32; weight.len()];
+    for co in 0..g.cout {
+        for c in 0..g.cin {
+            for dy in 0..k {
+                for dx in 0..k {
+                    flipped[((c * g.cout + co) * k + dy) * k + dx] =
+                        weight[((co * g.cin + c) * k + (k - 1 - dy)) * k + (k - 1 - dx)];
+                }
+            }
+        }
+    }
+    let transposed = Geometry { cin: g.cout, cout: g.cin, ..*g };
+    forward(&transposed, grad, &flipped, None)
+}
+
+/// The gradient of [`forward`] with respect to its weights, `[cout, cin, k, k]`:
+/// `dW[co][c][dy][dx] = sum over images and pixels of grad[co][y][x] * xpad[c][y + dy][x + dx]`.
+///
+/// Per image and kernel row `dy`, one GEMM `grad_wide [C_out, H * Wp] x window^T` (the window
+/// of [`forward`], zero columns of `grad_wide` where the window reads across the padding). The
+/// images' contributions are added in image order, whatever the thread count.
+pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
+    assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");
+    assert_eq!(grad.len(), g.n * g.cout * g.h * g.w, "same_conv: gradient length");
+    let (k, h, w, wp, s, cout, cin) = (g.k, g.h, g.w, g.wp(), g.plane(), g.cout, g.cin);
+    let kk = k * cin;
+    let (img_in, img_out) = (cin * h * w, cout * h * w);
+    let mut dw = vec![0f32; cout * cin * k * k];
+    if img_in == 0 || img_out == 0 {
+        return dw;
+    }
+    let one = |xi: &[f32], gi: &[f32], par: gemm::Parallelism| -> Vec<f32> {
+        let x3 = replicate_shifted(g, xi);
+        let mut gw = vec![0f32; cout * h * wp];
+        for row in 0..cout * h {
+            gw[row * wp..row * wp + w].copy_from_slice(&gi[row * w..(row + 1) * w]);
+        }
+        let mut dwr = vec![0f32; k * cout * kk];
+        for dy in 0..k {
+            // SAFETY: dst is `cout x kk` row-major in block dy of `dwr`; lhs is `cout x (h*wp)`
+            // row-major in `gw`; rhs is `(h*wp) x kk` with element (j, r) at
+            // `x3[r * s + dy * wp + j]`, in bounds as in `forward_image`.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    kk,
+                    h * wp,
+                    dwr.as_mut_ptr().add(dy * cout * kk),
+                    1,
+                    kk as isize,
+                    false,
+                    gw.as_ptr(),
+                    1,
+                    (h * wp) as isize,
+                    x3.as_ptr().add(dy * wp),
+                    s as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+        dwr
+    };
+    let parts: Vec<Vec<f32>> = if g.n >= rayon::current_num_threads() {
+        x.par_chunks(img_in)
+            .zip(grad.par_chunks(img_out))
+            .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::None))
+            .collect()
+    } else {
+        x.chunks(img_in)
+            .zip(grad.chunks(img_out))
+            .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::Rayon(0)))
+            .collect()
+    };
+    let mut dwr = parts[0].clone();
+    for p in &parts[1..] {
+        for (a, b) in dwr.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    for co in 0..cout {
+        for c in 0..cin {
+            for dy in 0..k {
+                for dx in 0..k {
+                    dw[((co * cin + c) * k + dy) * k + dx] = dwr[(dy * cout + co) * kk + dx * cin + c];
+                }
+            }
+        }
+    }
+    dw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +337,55 @@ mod tests {
                 let want = direct(g, &x, &wt, bias);
                 for (j, (a, e)) in got.iter().zip(&want).enumerate() {
                     assert!((*a as f64 - e).abs() < 1e-5, "{g:?} bias {} at {j}: {a} vs {e}", bias.is_some());
+                }
+            }
+        }
+    }
+
+    /// Both gradients against the direct sums of their definitions, in f64.
+    #[test]
+    fn gradients_match_the_direct_sums() {
+        for (i, g) in [
+            Geometry { n: 2, cin: 3, h: 5, w: 4, cout: 2, k: 3 },
+            Geometry { n: 1, cin: 1, h: 8, w: 9, cout: 3, k: 7 },
+            Geometry { n: 3, cin: 2, h: 1, w: 2, cout: 4, k: 3 },
+            Geometry { n: 2, cin: 2, h: 3, w: 3, cout: 2, k: 1 },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 7);
+            let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 70);
+            let gr = values(g.n * g.cout * g.h * g.w, i as u64 + 700);
+            let p = g.pad() as isize;
+            let (mut gx, mut gw) = (vec![0f64; x.len()], vec![0f64; wt.len()]);
+            for n in 0..g.n {
+                for co in 0..g.cout {
+                    for y in 0..g.h {
+                        for xx in 0..g.w {
+                            let go = gr[((n * g.cout + co) * g.h + y) * g.w + xx] as f64;
+                            for c in 0..g.cin {
+                                for dy in 0..g.k {
+                                    for dx in 0..g.k {
+                                        let (iy, ix) = (y as isize + dy as isize - p, xx as isize + dx as isize - p);
+                                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                            continue;
+                                        }
+                                        let xi = ((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize;
+                                        let wi = ((co * g.cin + c) * g.k + dy) * g.k + dx;
+                                        gx[xi] += go * wt[wi] as f64;
+                                        gw[wi] += go * x[xi] as f64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (name, got, want) in [("input", input_grad(g, &wt, &gr), gx), ("weight", weight_grad(g, &x, &gr), gw)] {
+                assert_eq!(got.len(), want.len());
+                for (j, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((*a as f64 - e).abs() < 1e-5, "{g:?} {name} gradient at {j}: {a} vs {e}");
                 }
             }
         }
