@@ -13,6 +13,10 @@
 //! * Our own checkpoints in burn's burnpack format ([`Unet::save`], [`Unet::load`]) and
 //!   safetensors export with the PyTorch key names and layouts ([`Unet::export_safetensors`]),
 //!   which `Unet.load_state_dict(..., strict=True)` accepts.
+//! * [`UnetBackend`]: the backend extension the forward pass needs (the network's `k x k`
+//!   convolution as a backend operation). Flex (f32) runs it, and its gradients under
+//!   `Autodiff<Flex>`, on this crate's own GEMM kernels ([`same_conv`]); NdArray and CUDA use
+//!   burn's `conv2d`. Training code names [`UnetAutodiffBackend`].
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -26,8 +30,9 @@
 //! ```
 //!
 //! ## Feature flags
-//! None of its own; the backend is chosen by the caller (Flex, NdArray, or CUDA through the
-//! workspace's `cuda` feature).
+//! - `cuda`: implements [`UnetBackend`] for burn's CUDA backend (`Cuda<f32>`, `Cuda<f16>`,
+//!   `Cuda<bf16>`; enabled by the workspace's `cuda` feature). The backend itself is chosen by
+//!   the caller (Flex, NdArray, CUDA).
 #![warn(missing_docs)]
 
 pub mod backend;
