@@ -1,10 +1,11 @@
 //! The U-Net's backend extension: its `k x k` "same" convolution (stride 1, padding `k / 2`,
 //! no dilation, one group) as a backend operation, so that a backend can bring a faster kernel.
 //!
-//! Every backend gets burn's own `conv2d` by default. burn Flex (f32) overrides the forward with
-//! [`crate::same_conv`]'s shifted-GEMM kernel (2.4-9x faster than Flex's `conv2d` at this
-//! network's shapes; docs/PERFORMANCE.md, issue 7). `Autodiff<B>` keeps burn's `conv2d` and its
-//! backward, so training and gradients are unchanged.
+//! Every backend gets burn's own `conv2d` and its backward by default. burn Flex (f32) overrides
+//! the forward and both gradients with [`crate::same_conv`]'s shifted-GEMM kernels (the forward
+//! 1.1-9x faster than Flex's `conv2d` at this network's shapes; docs/PERFORMANCE.md, issue 7).
+//! `Autodiff<B>` makes the bias-free call one tracked operation whose backward runs the inner
+//! backend's gradient operations, so `Autodiff<Flex>` trains on our kernels too.
 //!
 //! burn has no run-time registry of operations: a model that wants an operation of its own
 //! names a trait that extends `Backend` (the backend-extension mechanism), and every backend it
@@ -18,7 +19,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 /// A burn backend the U-Net runs on: `Backend` plus the network's convolution.
@@ -40,8 +41,7 @@ pub trait UnetBackend: Backend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let options = same_options(&weight);
-        Self::conv2d_x_backward(x, weight, output_grad, options)
+        burn_conv2d_same_x_backward::<Self>(x, weight, output_grad)
     }
 
     /// The gradient of [`UnetBackend::conv2d_same`] with respect to `weight`, given the gradient
@@ -51,8 +51,7 @@ pub trait UnetBackend: Backend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let options = same_options(&weight);
-        Self::conv2d_weight_backward(x, weight, output_grad, options)
+        burn_conv2d_same_weight_backward::<Self>(x, weight, output_grad)
     }
 }
 
@@ -83,6 +82,26 @@ fn burn_conv2d_same<B: Backend>(
     B::conv2d(x, weight, bias, options)
 }
 
+/// burn's own input gradient of [`burn_conv2d_same`].
+fn burn_conv2d_same_x_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let options = same_options(&weight);
+    B::conv2d_x_backward(x, weight, output_grad, options)
+}
+
+/// burn's own weight gradient of [`burn_conv2d_same`].
+fn burn_conv2d_same_weight_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let options = same_options(&weight);
+    B::conv2d_weight_backward(x, weight, output_grad, options)
+}
+
 /// [`UnetBackend::conv2d_same`] on tensors.
 pub fn conv2d_same<B: UnetBackend>(
     x: Tensor<B, 4>,
@@ -96,12 +115,21 @@ pub fn conv2d_same<B: UnetBackend>(
     )))
 }
 
-/// The kernel's geometry when `x` and `weight` (and `extra`, a bias or an output gradient) are
-/// f32 tensors of shapes it takes; `None` sends the call to burn's own kernels.
+/// The third operand of a Flex call, checked along with `x` and `weight`.
+enum Operand<'a> {
+    None,
+    /// A bias, `[C_out]`.
+    Bias(&'a burn_flex::FlexTensor),
+    /// The output's gradient, `[N, C_out, H, W]`.
+    OutputGrad(&'a burn_flex::FlexTensor),
+}
+
+/// The kernel's geometry when `x`, `weight` and `extra` are f32 tensors of shapes it takes;
+/// `None` sends the call to burn's own kernels.
 fn flex_geometry(
     x: &burn_flex::FlexTensor,
     weight: &burn_flex::FlexTensor,
-    extra: Option<(&burn_flex::FlexTensor, bool)>,
+    extra: Operand<'_>,
 ) -> Option<crate::same_conv::Geometry> {
     let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     let (xs, ws) = (x.shape().to_vec(), weight.shape().to_vec());
@@ -109,13 +137,12 @@ fn flex_geometry(
         return None;
     }
     let g = crate::same_conv::Geometry { n: xs[0], cin: xs[1], h: xs[2], w: xs[3], cout: ws[0], k: ws[2] };
-    match extra {
-        None => Some(g),
-        // A bias `[C_out]`.
-        Some((b, false)) => (b.dtype() == DType::F32 && b.shape().num_elements() == g.cout).then_some(g),
-        // An output gradient `[N, C_out, H, W]`.
-        Some((o, true)) => (o.dtype() == DType::F32 && o.shape().to_vec() == [g.n, g.cout, g.h, g.w]).then_some(g),
-    }
+    let fits = match extra {
+        Operand::None => true,
+        Operand::Bias(b) => b.dtype() == DType::F32 && b.shape().num_elements() == g.cout,
+        Operand::OutputGrad(o) => o.dtype() == DType::F32 && o.shape().to_vec() == [g.n, g.cout, g.h, g.w],
+    };
+    fits.then_some(g)
 }
 
 fn f32s(t: &burn_flex::FlexTensor) -> &[f32] {
@@ -132,7 +159,7 @@ impl UnetBackend for burn::backend::Flex {
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let Some(g) = flex_geometry(&x, &weight, bias.as_ref().map(|b| (b, false))) else {
+        let Some(g) = flex_geometry(&x, &weight, bias.as_ref().map_or(Operand::None, Operand::Bias)) else {
             return burn_conv2d_same::<Self>(x, weight, bias);
         };
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
@@ -145,9 +172,8 @@ impl UnetBackend for burn::backend::Flex {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let Some(g) = flex_geometry(&x, &weight, Some((&output_grad, true))) else {
-            let options = same_options(&weight);
-            return Self::conv2d_x_backward(x, weight, output_grad, options);
+        let Some(g) = flex_geometry(&x, &weight, Operand::OutputGrad(&output_grad)) else {
+            return burn_conv2d_same_x_backward::<Self>(x, weight, output_grad);
         };
         let (weight, output_grad) = (contiguous(weight), contiguous(output_grad));
         let dx = crate::same_conv::input_grad(&g, f32s(&weight), f32s(&output_grad));
@@ -159,9 +185,8 @@ impl UnetBackend for burn::backend::Flex {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let Some(g) = flex_geometry(&x, &weight, Some((&output_grad, true))) else {
-            let options = same_options(&weight);
-            return Self::conv2d_weight_backward(x, weight, output_grad, options);
+        let Some(g) = flex_geometry(&x, &weight, Operand::OutputGrad(&output_grad)) else {
+            return burn_conv2d_same_weight_backward::<Self>(x, weight, output_grad);
         };
         let (x, output_grad) = (contiguous(x), contiguous(output_grad));
         let dw = crate::same_conv::weight_grad(&g, f32s(&x), f32s(&output_grad));
@@ -268,8 +293,12 @@ mod tests {
             let got = conv2d_same(x.clone(), wt.clone(), b.clone());
             assert_eq!(got.dims(), [n, cout, h, w]);
             got.into_data().assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-5));
-            // A non-contiguous input (a transposed view) gives the same result.
-            let xt = x.swap_dims(2, 3).swap_dims(2, 3);
+            // A non-contiguous input (a transposed view of transposed data) gives the same result.
+            let xt = Tensor::<F, 4>::from_data(x.clone().swap_dims(2, 3).into_data(), &dev).swap_dims(2, 3);
+            xt.to_data().assert_eq(&x.to_data(), true);
+            if h > 1 && w > 1 {
+                assert!(!xt.clone().into_primitive().tensor().is_contiguous());
+            }
             let got = conv2d_same(xt, wt, b);
             got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
         }

@@ -615,7 +615,6 @@ impl<B: Backend> Unet<B> {
         }
         Ok(())
     }
-
 }
 
 impl<B: UnetBackend> Unet<B> {

@@ -136,11 +136,16 @@ fn forward_image(g: &Geometry, wr: &[f32], xi: &[f32], bias: Option<&[f32]>, out
     }
 }
 
+/// Whether a call's `n` images run in parallel, one single-threaded GEMM each (at least as many
+/// images as rayon threads), rather than one after the other with a multi-threaded GEMM.
+fn images_in_parallel(n: usize) -> bool {
+    n >= rayon::current_num_threads()
+}
+
 /// The convolution of `x` `[n, cin, h, w]` with `weight` `[cout, cin, k, k]` plus `bias`
 /// `[cout]`, stride 1, zero padding `k / 2`: `[n, cout, h, w]`, row-major.
 ///
-/// Images run in parallel (one single-threaded GEMM each) when there are at least as many as
-/// rayon threads; fewer images run one after the other with a multi-threaded GEMM.
+/// Images run in parallel or one after the other as [`images_in_parallel`] decides.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
     assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");
@@ -157,7 +162,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         }
         return out;
     }
-    if g.n >= rayon::current_num_threads() {
+    if images_in_parallel(g.n) {
         out.par_chunks_mut(img_out).zip(x.par_chunks(img_in)).for_each(|(o, xi)| {
             forward_image(g, &wr, xi, bias, o, gemm::Parallelism::None)
         });
@@ -202,7 +207,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let kk = k * cin;
     let (img_in, img_out) = (cin * h * w, cout * h * w);
     let mut dw = vec![0f32; cout * cin * k * k];
-    if img_in == 0 || img_out == 0 {
+    if g.n == 0 || img_in == 0 || img_out == 0 {
         return dw;
     }
     let one = |xi: &[f32], gi: &[f32], par: gemm::Parallelism| -> Vec<f32> {
@@ -242,7 +247,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         }
         dwr
     };
-    let parts: Vec<Vec<f32>> = if g.n >= rayon::current_num_threads() {
+    let parts: Vec<Vec<f32>> = if images_in_parallel(g.n) {
         x.par_chunks(img_in)
             .zip(grad.par_chunks(img_out))
             .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::None))
@@ -253,9 +258,10 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::Rayon(0)))
             .collect()
     };
-    let mut dwr = parts[0].clone();
-    for p in &parts[1..] {
-        for (a, b) in dwr.iter_mut().zip(p) {
+    let mut parts = parts.into_iter();
+    let mut dwr = parts.next().expect("n > 0 images");
+    for p in parts {
+        for (a, b) in dwr.iter_mut().zip(&p) {
             *a += b;
         }
     }
@@ -275,15 +281,17 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// The textbook sum, in f64.
-    fn direct(g: &Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+    /// Every `(output, input, weight)` index triple of the textbook sum: output pixel `(n, co,
+    /// y, x)` takes input pixel `(n, c, y + dy - p, x + dx - p)` times weight `(co, c, dy, dx)`
+    /// wherever that input pixel lies inside the image.
+    fn taps(g: &Geometry) -> Vec<(usize, usize, usize)> {
         let p = g.pad() as isize;
-        let mut out = vec![0f64; g.n * g.cout * g.h * g.w];
+        let mut taps = Vec::new();
         for n in 0..g.n {
             for co in 0..g.cout {
                 for y in 0..g.h {
                     for xx in 0..g.w {
-                        let mut acc = bias.map_or(0.0, |b| b[co] as f64);
+                        let o = ((n * g.cout + co) * g.h + y) * g.w + xx;
                         for c in 0..g.cin {
                             for dy in 0..g.k {
                                 for dx in 0..g.k {
@@ -291,15 +299,24 @@ mod tests {
                                     if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                         continue;
                                     }
-                                    acc += x[((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize] as f64
-                                        * wt[((co * g.cin + c) * g.k + dy) * g.k + dx] as f64;
+                                    let i = ((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize;
+                                    taps.push((o, i, ((co * g.cin + c) * g.k + dy) * g.k + dx));
                                 }
                             }
                         }
-                        out[((n * g.cout + co) * g.h + y) * g.w + xx] = acc;
                     }
                 }
             }
+        }
+        taps
+    }
+
+    /// The textbook sum, in f64.
+    fn direct(g: &Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+        let plane = g.h * g.w;
+        let mut out: Vec<f64> = (0..g.n * g.cout * plane).map(|o| bias.map_or(0.0, |b| b[(o / plane) % g.cout] as f64)).collect();
+        for (o, i, w) in taps(g) {
+            out[o] += x[i] as f64 * wt[w] as f64;
         }
         out
     }
@@ -357,30 +374,10 @@ mod tests {
             let x = values(g.n * g.cin * g.h * g.w, i as u64 + 7);
             let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 70);
             let gr = values(g.n * g.cout * g.h * g.w, i as u64 + 700);
-            let p = g.pad() as isize;
             let (mut gx, mut gw) = (vec![0f64; x.len()], vec![0f64; wt.len()]);
-            for n in 0..g.n {
-                for co in 0..g.cout {
-                    for y in 0..g.h {
-                        for xx in 0..g.w {
-                            let go = gr[((n * g.cout + co) * g.h + y) * g.w + xx] as f64;
-                            for c in 0..g.cin {
-                                for dy in 0..g.k {
-                                    for dx in 0..g.k {
-                                        let (iy, ix) = (y as isize + dy as isize - p, xx as isize + dx as isize - p);
-                                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                            continue;
-                                        }
-                                        let xi = ((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize;
-                                        let wi = ((co * g.cin + c) * g.k + dy) * g.k + dx;
-                                        gx[xi] += go * wt[wi] as f64;
-                                        gw[wi] += go * x[xi] as f64;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+            for (o, xi, wi) in taps(g) {
+                gx[xi] += gr[o] as f64 * wt[wi] as f64;
+                gw[wi] += gr[o] as f64 * x[xi] as f64;
             }
             for (name, got, want) in [("input", input_grad(g, &wt, &gr), gx), ("weight", weight_grad(g, &x, &gr), gw)] {
                 assert_eq!(got.len(), want.len());
@@ -395,6 +392,8 @@ mod tests {
     fn empty_batches_and_channels() {
         let g = Geometry { n: 0, cin: 2, h: 3, w: 3, cout: 2, k: 3 };
         assert!(forward(&g, &[], &values(36, 1), None).is_empty());
+        assert!(input_grad(&g, &values(36, 1), &[]).is_empty());
+        assert_eq!(weight_grad(&g, &[], &[]), vec![0.0; 36]);
         let g = Geometry { n: 2, cin: 0, h: 2, w: 2, cout: 2, k: 3 };
         assert_eq!(forward(&g, &[], &[], Some(&[1.0, -2.0])), vec![1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, 1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0]);
     }
