@@ -38,6 +38,7 @@ use burn::backend::{Autodiff, Flex};
 use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lensing_diffusion::backend::BackendKind;
 use lensing_diffusion::train::{TrainConfig, Trainer};
 use lensing_diffusion::unet::Unet;
 
@@ -54,8 +55,6 @@ fn cases() -> Vec<Case> {
     let train = |default: usize| env_usize("TRAIN_STEP_TRAIN_BATCH").unwrap_or(default);
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
-    // What the `train` command uses on the CPU (two data-parallel shards).
-    deeplense.data_parallel = 2;
     vec![
         Case {
             name: "pipeline",
@@ -106,37 +105,34 @@ fn setup<B: UnetBackend>(case: &Case, device: &B::Device, shards: usize) -> Setu
 /// backend `TRAIN_STEP_BACKEND` names.
 fn quick(reps: usize) {
     let backend = std::env::var("TRAIN_STEP_BACKEND").unwrap_or_else(|_| "flex".into());
+    let kind: BackendKind = backend.parse().unwrap_or_else(|e| panic!("TRAIN_STEP_BACKEND: {e}"));
     let dtype = std::env::var("TRAIN_STEP_DTYPE").unwrap_or_else(|_| "f32".into());
-    match (backend.as_str(), dtype.as_str()) {
-        ("flex", "f32") => quick_on::<Flex>(reps, &Default::default(), "flex", true),
-        ("ndarray", "f32") => quick_on::<burn::backend::NdArray>(reps, &Default::default(), "ndarray", true),
+    match (kind, dtype.as_str()) {
+        (BackendKind::Flex, "f32") => quick_on::<Flex>(reps, &Default::default(), kind, &dtype),
+        (BackendKind::NdArray, "f32") => quick_on::<burn::backend::NdArray>(reps, &Default::default(), kind, &dtype),
         #[cfg(feature = "cuda")]
-        ("cuda", "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), "cuda f32", false),
+        (BackendKind::Cuda, "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), kind, &dtype),
         #[cfg(feature = "cuda")]
-        ("cuda", "f16") => quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), "cuda f16", false),
+        (BackendKind::Cuda, "f16") => quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, &dtype),
         #[cfg(feature = "cuda")]
-        ("cuda", "bf16") => quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), "cuda bf16", false),
-        (b, d) => panic!(
-            "TRAIN_STEP_BACKEND={b} TRAIN_STEP_DTYPE={d} is not available in this build \
-             (flex/ndarray take f32; cuda, built with --features cuda, takes f32, f16 or bf16)"
-        ),
+        (BackendKind::Cuda, "bf16") => quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, &dtype),
+        (_, d) => panic!("TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda takes f32, f16 or bf16)"),
     }
 }
 
-fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, label: &str, cpu: bool) {
+fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, dtype: &str) {
     let filter = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
     let warmup = env_usize("TRAIN_STEP_WARMUP").unwrap_or(1);
-    println!("backend {label} ({}), {warmup} warm-up + {reps} timed repetitions", B::name(device));
+    println!("backend {kind} {dtype} ({}), {warmup} warm-up + {reps} timed repetitions", B::name(device));
     for case in cases()
         .into_iter()
         .filter(|c| c.name.contains(filter.as_str()))
     {
-        // The CPU keeps the case's data-parallel shards (what `train` uses there); one device
-        // takes the whole batch at once.
-        let shards = if cpu { case.config.data_parallel } else { 1 };
+        // The data-parallel shards the `train` command uses on this backend.
+        let shards = kind.training_shards(case.config.data_parallel);
         let Setup { mut trainer, images, model, x, t, .. } = setup::<B>(&case, device, shards);
         let report = |kind: &str, batch: usize, f: &mut dyn FnMut()| {
             let timed = |f: &mut dyn FnMut()| {
@@ -175,8 +171,8 @@ fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, label: &str, cpu: b
         });
         // How the `pipeline` and `sample` commands sample on the CPU: one batch per core, each
         // on its own thread with its own copy of the weights (lensing_diffusion::parallel).
-        let workers = lensing_diffusion::parallel::available_workers();
-        if cpu && workers > 1 {
+        let workers = kind.sample_workers(None);
+        if workers > 1 {
             report("fwd-par", n * workers, &mut || {
                 lensing_diffusion::parallel::map_in_threads(
                     workers,
@@ -204,7 +200,8 @@ fn train_step(c: &mut Criterion) {
     }
     for case in cases() {
         let device = Default::default();
-        let Setup { mut trainer, images, model, x, t, size } = setup::<Flex>(&case, &device, case.config.data_parallel);
+        let shards = BackendKind::Flex.training_shards(case.config.data_parallel);
+        let Setup { mut trainer, images, model, x, t, size } = setup::<Flex>(&case, &device, shards);
         let mut g = c.benchmark_group(format!("train_step_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
