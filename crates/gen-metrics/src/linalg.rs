@@ -1,7 +1,7 @@
 //! Thin bridges between `ndarray` (storage, I/O) and `faer` (dense kernels).
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{MetricsError, Result};
@@ -107,12 +107,6 @@ pub(crate) fn a_bt_into(out: &mut [f64], a: MatRef<'_, f64>, b: MatRef<'_, f64>,
 /// Singular values, descending.
 pub(crate) fn singular_values(m: MatRef<'_, f64>, what: &str) -> Result<Vec<f64>> {
     m.singular_values().map_err(|e| MetricsError::Linalg(format!("{what}: {e:?}")))
-}
-
-/// Copies an ndarray matrix into an owned faer matrix.
-#[allow(dead_code)]
-pub(crate) fn to_faer(a: ArrayView2<'_, f64>) -> Mat<f64> {
-    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
 }
 
 #[cfg(test)]
