@@ -2,7 +2,7 @@
 //! no dilation, one group) as a backend operation, so that a backend can bring a faster kernel.
 //!
 //! Every backend gets burn's own `conv2d` and its backward by default. burn Flex (f32) overrides
-//! the forward and both gradients with [`crate::same_conv`]'s shifted-GEMM kernels (the forward
+//! the forward and both gradients with the shifted-GEMM kernels of `same_conv.rs` (the forward
 //! 1.1-9x faster than Flex's `conv2d` at this network's shapes; docs/PERFORMANCE.md, issue 7).
 //! `Autodiff<B>` makes the bias-free call one tracked operation whose backward runs the inner
 //! backend's gradient operations, so `Autodiff<Flex>` trains on our kernels too.
@@ -302,6 +302,32 @@ mod tests {
             let got = conv2d_same(xt, wt, b);
             got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
         }
+    }
+
+    /// What the Flex kernel does not take goes to burn's own kernels, with burn's result: an
+    /// even kernel (its "same" padding is not symmetric), and f64 tensors.
+    #[test]
+    fn flex_falls_back_to_burn_outside_the_kernel() {
+        let dev = Default::default();
+        let x = Tensor::<F, 4>::random([2, 3, 6, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let burns = |x: Tensor<F, 4>, w: Tensor<F, 4>| {
+            Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(burn_conv2d_same::<F>(
+                x.into_primitive().tensor(),
+                w.into_primitive().tensor(),
+                None,
+            )))
+        };
+        let even = Tensor::<F, 4>::random([4, 3, 2, 2], Distribution::Normal(0.0, 0.3), &dev);
+        assert!(flex_geometry(&x.clone().into_primitive().tensor(), &even.clone().into_primitive().tensor(), Operand::None).is_none());
+        let got = conv2d_same(x.clone(), even.clone(), None);
+        assert_eq!(got.dims(), [2, 4, 7, 6]);
+        got.into_data().assert_eq(&burns(x.clone(), even).into_data(), true);
+
+        let (x64, w64) = (x.cast(DType::F64), Tensor::<F, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.3), &dev).cast(DType::F64));
+        assert!(flex_geometry(&x64.clone().into_primitive().tensor(), &w64.clone().into_primitive().tensor(), Operand::None).is_none());
+        let got = conv2d_same(x64.clone(), w64.clone(), None);
+        assert_eq!(got.dtype(), DType::F64);
+        got.into_data().assert_eq(&burns(x64, w64).into_data(), true);
     }
 
     /// Gradients of the tracked operation against burn's autodiff `conv2d`: equal on NdArray

@@ -15,7 +15,7 @@
 //!   which `Unet.load_state_dict(..., strict=True)` accepts.
 //! * [`UnetBackend`]: the backend extension the forward pass needs (the network's `k x k`
 //!   convolution as a backend operation). Flex (f32) runs it, and its gradients under
-//!   `Autodiff<Flex>`, on this crate's own GEMM kernels ([`same_conv`]); NdArray and CUDA use
+//!   `Autodiff<Flex>`, on this crate's own GEMM kernels (`same_conv.rs`); NdArray and CUDA use
 //!   burn's `conv2d`. Training code names [`UnetAutodiffBackend`].
 //!
 //! ```no_run
@@ -42,7 +42,7 @@ mod denoiser;
 mod error;
 pub mod keys;
 pub mod model;
-pub mod same_conv;
+mod same_conv;
 
 pub use checkpoint::{
     infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,
