@@ -42,6 +42,7 @@ mod denoiser;
 mod error;
 pub mod keys;
 pub mod model;
+mod norm_act;
 mod same_conv;
 
 pub use checkpoint::{

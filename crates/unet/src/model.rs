@@ -11,7 +11,7 @@ use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::{conv2d_same, UnetBackend};
+use crate::backend::{conv2d_same, rms_norm_act, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -92,27 +92,18 @@ impl<B: Backend> RmsNorm<B> {
         }
     }
 
-    /// Normalises `[N, C, H, W]` over `C`.
-    ///
-    /// Written so that no step broadcasts along a middle axis (on burn Flex such a broadcast,
-    /// and its backward, walk the tensor element by element through a strided iterator, several
-    /// times slower than the contiguous SIMD path): the channel sum of squares is a matmul with
-    /// a row of ones, the norm is materialised at full size with `repeat_dim` (a chunked
-    /// memcpy), and the gain is repeated over the batch so that it broadcasts only along the
-    /// trailing pixel axis. Same arithmetic as `x / max(||x||, eps) * g * sqrt(C)` up to float
-    /// rounding (summation order).
+    /// `g * sqrt(C)` as a `[C]` vector (the gain [`UnetBackend::rms_norm_act`] takes).
+    pub fn gain(&self) -> Tensor<B, 1> {
+        let c = self.g.dims()[1];
+        self.g.val().mul_scalar((c as f64).sqrt()).reshape([c])
+    }
+}
+
+impl<B: UnetBackend> RmsNorm<B> {
+    /// Normalises `[N, C, H, W]` over `C` ([`UnetBackend::rms_norm_act`] without modulation or
+    /// SiLU).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let x = x.reshape([n, c, h * w]);
-        let ones = Tensor::<B, 3>::ones([1, 1, c], &x.device());
-        let sq = x.clone().powi_scalar(2);
-        let norm = ones.matmul(sq).sqrt().clamp_min(1e-12).repeat_dim(1, c);
-        x.div(norm)
-            .mul(per_sample_channels(
-                self.g.val().mul_scalar((c as f64).sqrt()),
-                n,
-            ))
-            .reshape([n, c, h, w])
+        rms_norm_act(x, self.gain(), None, false)
     }
 }
 
@@ -138,18 +129,12 @@ impl<B: Backend> Block<B> {
 }
 
 impl<B: UnetBackend> Block<B> {
-    /// `x: [N, C_in, H, W]`, `scale_shift`: two `[N, C_out, 1, 1]` tensors.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 4>,
-        scale_shift: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-    ) -> Tensor<B, 4> {
-        let x = self.norm.forward(conv_same(&self.proj, x));
-        let x = match scale_shift {
-            Some((scale, shift)) => x.mul(scale.add_scalar(1.0)).add(shift),
-            None => x,
-        };
-        self.dropout.forward(silu(x))
+    /// `x: [N, C_in, H, W]`, `scale_shift`: two `[N, C_out]` tensors, applied after the norm as
+    /// `x * (scale + 1) + shift`. Norm, modulation and SiLU are one
+    /// [`UnetBackend::rms_norm_act`].
+    pub fn forward(&self, x: Tensor<B, 4>, scale_shift: Option<(Tensor<B, 2>, Tensor<B, 2>)>) -> Tensor<B, 4> {
+        let x = conv_same(&self.proj, x);
+        self.dropout.forward(rms_norm_act(x, self.norm.gain(), scale_shift, true))
     }
 }
 
@@ -182,7 +167,6 @@ impl<B: UnetBackend> ResnetBlock<B> {
     /// `x: [N, C_in, H, W]`; `t_act`: the time embedding *after* SiLU, `[N, time_dim]` (the SiLU
     /// of `mlp` is hoisted out and computed once per forward pass).
     pub fn forward(&self, x: Tensor<B, 4>, t_act: &Tensor<B, 2>) -> Tensor<B, 4> {
-        let n = t_act.dims()[0];
         let c = self.mlp.weight.dims()[1] / 2;
         // `mlp(t).chunk(2, dim=1)`, computed as two matmuls on the halves of the weight so that
         // scale and shift come out contiguous (a chunk is a strided view, which Flex's
@@ -190,11 +174,10 @@ impl<B: UnetBackend> ResnetBlock<B> {
         let half = |i: usize| {
             let w = self.mlp.weight.val().narrow(1, i * c, c);
             let y = t_act.clone().matmul(w);
-            let y = match &self.mlp.bias {
+            match &self.mlp.bias {
                 Some(b) => y.add(b.val().narrow(0, i * c, c).reshape([1, c])),
                 None => y,
-            };
-            y.reshape([n, c, 1, 1])
+            }
         };
         let scale = half(0);
         let shift = half(1);
@@ -245,7 +228,9 @@ impl<B: Backend> LinearAttention<B> {
             dim_head,
         }
     }
+}
 
+impl<B: UnetBackend> LinearAttention<B> {
     /// `[N, C, H, W] -> [N, C, H, W]` (without the residual).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, _c, h, w] = x.dims();
@@ -327,7 +312,9 @@ impl<B: Backend> FullAttention<B> {
             dim_head,
         }
     }
+}
 
+impl<B: UnetBackend> FullAttention<B> {
     /// `[N, C, H, W] -> [N, C, H, W]` (without the residual).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, _c, h, w] = x.dims();
@@ -380,7 +367,9 @@ impl<B: Backend> StageAttention<B> {
             Self::Linear(LinearAttention::new(dim, heads, dim_head, device))
         }
     }
+}
 
+impl<B: UnetBackend> StageAttention<B> {
     /// Runs the layer (without the residual).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
