@@ -83,6 +83,46 @@ pub trait UnetBackend: Backend {
     ) -> NormActGrads<Self> {
         burn_rms_norm_act_backward::<Self>(x, gain, modulation, silu, output_grad)
     }
+
+    /// Softmax over the last axis of `x` (any rank): `exp(x - max) / sum(exp(x - max))` per
+    /// row. By default burn's `softmax`; Flex (f32) runs a vectorised kernel (`softmax.rs`).
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_softmax_last::<Self>(x)
+    }
+
+    /// The gradient of [`UnetBackend::softmax_last`] given its output `y` and the output's
+    /// gradient: `y * (grad - sum(grad * y))` per row. By default in burn's tensor operations;
+    /// Flex (f32) runs one fused pass per row.
+    fn softmax_last_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_softmax_last_backward::<Self>(y, output_grad)
+    }
+}
+
+/// `x` viewed as `[rows, last]` (the shape to restore afterwards).
+fn as_rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, burn::tensor::Shape) {
+    let shape = x.shape();
+    let last = shape.to_vec().last().copied().unwrap_or(1);
+    let rows = shape.num_elements() / last.max(1);
+    (float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, last]))), shape)
+}
+
+/// [`UnetBackend::softmax_last`] with burn's `softmax`.
+fn burn_softmax_last<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let (x, shape) = as_rows::<B>(x);
+    B::float_reshape(burn::tensor::activation::softmax(x, 1).into_primitive().tensor(), shape)
+}
+
+/// [`UnetBackend::softmax_last_backward`] in burn's tensor operations.
+fn burn_softmax_last_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
+    let (y, shape) = as_rows::<B>(y);
+    let (g, _) = as_rows::<B>(output_grad);
+    let dot = g.clone().mul(y.clone()).sum_dim(1);
+    B::float_reshape(y.mul(g.sub(dot)).into_primitive().tensor(), shape)
+}
+
+/// [`UnetBackend::softmax_last`] on tensors: softmax over the last axis.
+pub fn softmax_last<B: UnetBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    float(B::softmax_last(x.into_primitive().tensor()))
 }
 
 /// What [`UnetBackend::rms_norm_act_backward`] returns.
@@ -408,6 +448,28 @@ impl UnetBackend for burn::backend::Flex {
             modulation: grads.modulation.map(|(s, b)| (vector(s, vec![g.n, g.c]), vector(b, vec![g.n, g.c]))),
         }
     }
+
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let last = shape.to_vec().last().copied().unwrap_or(0);
+        if x.dtype() != DType::F32 || last == 0 {
+            return burn_softmax_last::<Self>(x);
+        }
+        let x = contiguous(x);
+        let y = crate::softmax::forward(f32s(&x), last);
+        burn_flex::FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn softmax_last_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = y.shape();
+        let last = shape.to_vec().last().copied().unwrap_or(0);
+        if y.dtype() != DType::F32 || output_grad.dtype() != DType::F32 || output_grad.shape() != shape || last == 0 {
+            return burn_softmax_last_backward::<Self>(y, output_grad);
+        }
+        let (y, output_grad) = (contiguous(y), contiguous(output_grad));
+        let dx = crate::softmax::backward(f32s(&y), f32s(&output_grad), last);
+        burn_flex::FlexTensor::from_data(TensorData::new(dx, shape))
+    }
 }
 
 /// `t` itself when its f32 data is one contiguous run, else a contiguous copy.
@@ -526,6 +588,30 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
                 OpsKind::Tracked(prep) => prep.finish(state, output),
                 OpsKind::UnTracked(prep) => prep.finish(output),
             },
+        }
+    }
+
+    /// One tracked operation whose backward is the inner backend's
+    /// [`UnetBackend::softmax_last_backward`] on the saved output.
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SoftmaxBackward;
+
+        impl<B: UnetBackend> Backward<B, 1> for SoftmaxBackward {
+            type State = FloatTensor<B>;
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(node)] = ops.parents {
+                    grads.register::<B>(node.id, B::softmax_last_backward(ops.state, grad));
+                }
+            }
+        }
+
+        let y = B::softmax_last(x.primitive.clone());
+        match SoftmaxBackward.prepare::<C>([x.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 }
@@ -763,5 +849,38 @@ mod tests {
     #[test]
     fn rms_norm_act_gradients_match_autodiff_on_ndarray() {
         norm_gradients_match_autodiff::<burn::backend::NdArray>();
+    }
+
+    /// Softmax over the last axis against burn's `softmax`, values and gradients (through the
+    /// tracked operation), for rows shorter and longer than a SIMD register, one-element rows,
+    /// large logits (the max shift) and a strided input.
+    fn softmax_matches_burn<B: UnetBackend>() {
+        type A<B> = Autodiff<B>;
+        let dev = Default::default();
+        let tol = Tolerance::absolute(1e-6).set_relative(1e-5);
+        for dims in [[2usize, 3, 5, 7], [1, 2, 4, 33], [3, 1, 2, 1], [2, 2, 3, 1030]] {
+            for std in [1.0, 30.0] {
+                let x = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, std), &dev).require_grad();
+                let weights = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+                let y = softmax_last(x.clone());
+                let g = y.clone().mul(weights.clone()).sum().backward();
+                let y2 = burn::tensor::activation::softmax(x.clone(), 3);
+                let g2 = y2.clone().mul(weights).sum().backward();
+                y.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+                x.grad(&g).unwrap().into_data().assert_approx_eq::<f32>(&x.grad(&g2).unwrap().into_data(), Tolerance::absolute(1e-5).set_relative(1e-4));
+            }
+        }
+        let x = Tensor::<B, 3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2);
+        softmax_last(x.clone()).into_data().assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, 2).into_data(), tol);
+    }
+
+    #[test]
+    fn softmax_matches_burn_on_flex() {
+        softmax_matches_burn::<F>();
+    }
+
+    #[test]
+    fn softmax_matches_burn_on_ndarray() {
+        softmax_matches_burn::<burn::backend::NdArray>();
     }
 }

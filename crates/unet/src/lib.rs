@@ -44,6 +44,7 @@ pub mod keys;
 pub mod model;
 mod norm_act;
 mod same_conv;
+mod softmax;
 
 pub use checkpoint::{
     infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,

@@ -7,11 +7,11 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::{conv2d_same, rms_norm_act, UnetBackend};
+use crate::backend::{conv2d_same, rms_norm_act, softmax_last, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -265,10 +265,10 @@ impl<B: UnetBackend> LinearAttention<B> {
             .expand([b, heads, dh, NUM_MEM_KV]);
         let k = Tensor::cat(vec![mk, k], 3);
         let v = Tensor::cat(vec![mv, v], 3);
-        let q = softmax(q_t.reshape([b, n, heads, dh]), 3)
+        let q = softmax_last(q_t.reshape([b, n, heads, dh]))
             .mul_scalar((dh as f64).powf(-0.5))
             .permute([0, 2, 3, 1]);
-        let k = softmax(k, 3);
+        let k = softmax_last(k);
         // context[d, e] = sum_n k[d, n] v[e, n]
         let context = k.matmul(v.swap_dims(2, 3));
         // out[e, n] = sum_d context[d, e] q[d, n]
@@ -344,7 +344,7 @@ impl<B: UnetBackend> FullAttention<B> {
         // at these sizes, and under autodiff it decomposes into the same three steps anyway.
         let scale = (dh as f64).powf(-0.5);
         let sim = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        let out = softmax(sim, 3).matmul(v);
+        let out = softmax_last(sim).matmul(v);
         let out = out.swap_dims(2, 3).reshape([b, heads * dh, h, w]);
         conv1x1(&self.to_out, out)
     }
