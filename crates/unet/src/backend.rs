@@ -1,11 +1,18 @@
-//! The U-Net's backend extension: its `k x k` "same" convolution (stride 1, padding `k / 2`,
-//! no dilation, one group) as a backend operation, so that a backend can bring a faster kernel.
+//! The U-Net's backend extension: the operations the network wants faster than burn's generic
+//! ones, so that a backend can bring its own kernels:
 //!
-//! Every backend gets burn's own `conv2d` and its backward by default. burn Flex (f32) overrides
-//! the forward and both gradients with the shifted-GEMM kernels of `same_conv.rs` (the forward
-//! 1.1-9x faster than Flex's `conv2d` at this network's shapes; docs/PERFORMANCE.md, issue 7).
-//! `Autodiff<B>` makes the bias-free call one tracked operation whose backward runs the inner
-//! backend's gradient operations, so `Autodiff<Flex>` trains on our kernels too.
+//! - its `k x k` "same" convolution (stride 1, padding `k / 2`, no dilation, one group);
+//! - `RMSNorm` over channels, optionally followed by the time modulation and SiLU
+//!   ([`UnetBackend::rms_norm_act`]);
+//! - softmax over the last axis ([`UnetBackend::softmax_last`]).
+//!
+//! Every backend gets burn's own operations by default (for the norm, exactly the composition the
+//! network used before). burn Flex (f32) overrides the convolution and both its gradients with the
+//! shifted-GEMM kernels of `same_conv.rs` (the forward 1.1-9x faster than Flex's `conv2d` at this
+//! network's shapes), and the norm and softmax with single-pass SIMD kernels (`norm_act.rs`,
+//! `softmax.rs`); docs/PERFORMANCE.md, issue 7. Under `Autodiff<B>` each operation is one tracked
+//! node whose backward runs the inner backend's gradient operations, so `Autodiff<Flex>` trains
+//! on our kernels too.
 //!
 //! burn has no run-time registry of operations: a model that wants an operation of its own
 //! names a trait that extends `Backend` (the backend-extension mechanism), and every backend it

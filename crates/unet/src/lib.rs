@@ -14,9 +14,10 @@
 //!   safetensors export with the PyTorch key names and layouts ([`Unet::export_safetensors`]),
 //!   which `Unet.load_state_dict(..., strict=True)` accepts.
 //! * [`UnetBackend`]: the backend extension the forward pass needs (the network's `k x k`
-//!   convolution as a backend operation). Flex (f32) runs it, and its gradients under
-//!   `Autodiff<Flex>`, on this crate's own GEMM kernels (`same_conv.rs`); NdArray and CUDA use
-//!   burn's `conv2d`. Training code names [`UnetAutodiffBackend`].
+//!   convolution, its fused `RMSNorm -> modulation -> SiLU` and its last-axis softmax as backend
+//!   operations). Flex (f32) runs them, and their gradients under `Autodiff<Flex>`, on this
+//!   crate's own kernels (`same_conv.rs`, `norm_act.rs`, `softmax.rs`); NdArray and CUDA use
+//!   burn's operations. Training code names [`UnetAutodiffBackend`].
 //!
 //! ```no_run
 //! use burn::backend::Flex;
