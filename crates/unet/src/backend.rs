@@ -147,6 +147,15 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+/// A per-channel vector (`[C]`, `[1, C]` or `[1, C, 1, 1]`) as a contiguous `[N, C, 1]`
+/// tensor, so that multiplying or adding it to `[N, C, P]` takes burn Flex's "one scalar per
+/// row" SIMD path instead of its strided fallback (a `[1, C, 1]` operand broadcast over both
+/// `N` and `P` is not one of Flex's accelerated patterns).
+pub(crate) fn per_sample_channels<B: Backend, const D: usize>(v: Tensor<B, D>, n: usize) -> Tensor<B, 3> {
+    let c = v.shape().num_elements();
+    v.reshape([1, c, 1]).repeat_dim(0, n)
+}
+
 /// [`UnetBackend::rms_norm_act`] in burn's tensor operations.
 ///
 /// Written so that no step broadcasts along a middle axis (on burn Flex such a broadcast, and
@@ -168,7 +177,7 @@ fn burn_rms_norm_act<B: Backend>(
     let norm = ones.matmul(sq).sqrt().clamp_min(crate::norm_act::EPS as f64).repeat_dim(1, c);
     let y = x
         .div(norm)
-        .mul(float::<B, 1>(gain).reshape([1, c, 1]).repeat_dim(0, n))
+        .mul(per_sample_channels(float::<B, 1>(gain), n))
         .reshape([n, c, h, w]);
     let y = match modulation {
         Some((scale, shift)) => {
@@ -335,7 +344,7 @@ fn f32s(t: &burn_flex::FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
-fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> burn_flex::FlexTensor {
+fn flex_tensor(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> burn_flex::FlexTensor {
     burn_flex::FlexTensor::from_data(TensorData::new(values, shape))
 }
 
@@ -349,7 +358,7 @@ fn flex_norm_geometry(
     let xs = x.shape().to_vec();
     let [n, c, h, w] = <[usize; 4]>::try_from(xs).ok()?;
     let f32_of = |t: &burn_flex::FlexTensor, len: usize| t.dtype() == DType::F32 && t.shape().num_elements() == len;
-    let fits = f32_of(x, n * c * h * w)
+    let fits = x.dtype() == DType::F32
         && f32_of(gain, c)
         && modulation.is_none_or(|(scale, shift)| f32_of(scale, n * c) && f32_of(shift, n * c));
     fits.then_some((crate::norm_act::Geometry { n, c, p: h * w }, [n, c, h, w]))
@@ -448,11 +457,10 @@ impl UnetBackend for burn::backend::Flex {
         let ops = FlexNormOperands::new(x, gain, modulation);
         let output_grad = contiguous(output_grad);
         let grads = crate::norm_act::backward(&g, f32s(&ops.x), &ops.params(silu), f32s(&output_grad));
-        let vector = |v: Vec<f32>, shape: Vec<usize>| burn_flex::FlexTensor::from_data(TensorData::new(v, shape));
         NormActGrads {
             x: flex_tensor(grads.x, shape),
-            gain: vector(grads.gain, vec![g.c]),
-            modulation: grads.modulation.map(|(s, b)| (vector(s, vec![g.n, g.c]), vector(b, vec![g.n, g.c]))),
+            gain: flex_tensor(grads.gain, [g.c]),
+            modulation: grads.modulation.map(|(s, b)| (flex_tensor(s, [g.n, g.c]), flex_tensor(b, [g.n, g.c]))),
         }
     }
 
@@ -463,8 +471,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_softmax_last::<Self>(x);
         }
         let x = contiguous(x);
-        let y = crate::softmax::forward(f32s(&x), last);
-        burn_flex::FlexTensor::from_data(TensorData::new(y, shape))
+        flex_tensor(crate::softmax::forward(f32s(&x), last), shape)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -474,8 +481,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_softmax_last_backward::<Self>(y, output_grad);
         }
         let (y, output_grad) = (contiguous(y), contiguous(output_grad));
-        let dx = crate::softmax::backward(f32s(&y), f32s(&output_grad), last);
-        burn_flex::FlexTensor::from_data(TensorData::new(dx, shape))
+        flex_tensor(crate::softmax::backward(f32s(&y), f32s(&output_grad), last), shape)
     }
 }
 
@@ -574,27 +580,27 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
             }
         }
 
-        let inner = |x: &FloatTensor<Self>, gain: &FloatTensor<Self>, modulation: &Option<(FloatTensor<Self>, FloatTensor<Self>)>| {
-            (
-                x.primitive.clone(),
-                gain.primitive.clone(),
-                modulation.as_ref().map(|(s, b)| (s.primitive.clone(), b.primitive.clone())),
-            )
-        };
-        let (xi, gi, mi) = inner(&x, &gain, &modulation);
-        let output = B::rms_norm_act(xi.clone(), gi.clone(), mi.clone(), silu);
-        let state = (xi, gi, mi, silu);
-        match modulation {
-            Some((scale, shift)) => {
-                match NormActBackward.prepare::<C>([x.node, gain.node, scale.node, shift.node]).compute_bound().stateful() {
-                    OpsKind::Tracked(prep) => prep.finish(state, output),
-                    OpsKind::UnTracked(prep) => prep.finish(output),
-                }
-            }
-            None => match NormActBackward.prepare::<C>([x.node, gain.node]).compute_bound().stateful() {
+        /// Records the node (tracked) or just wraps the output, for either number of parents.
+        fn finish<B: UnetBackend, C: CheckpointStrategy, const N: usize>(
+            kind: OpsKind<NormActBackward, B, State<B>, C, N>,
+            state: State<B>,
+            output: FloatTensor<B>,
+        ) -> FloatTensor<Autodiff<B, C>> {
+            match kind {
                 OpsKind::Tracked(prep) => prep.finish(state, output),
                 OpsKind::UnTracked(prep) => prep.finish(output),
-            },
+            }
+        }
+
+        let inner_modulation = modulation.as_ref().map(|(s, b)| (s.primitive.clone(), b.primitive.clone()));
+        let output = B::rms_norm_act(x.primitive.clone(), gain.primitive.clone(), inner_modulation.clone(), silu);
+        let state = (x.primitive, gain.primitive, inner_modulation, silu);
+        match modulation {
+            Some((scale, shift)) => {
+                let kind = NormActBackward.prepare::<C>([x.node, gain.node, scale.node, shift.node]).compute_bound().stateful();
+                finish(kind, state, output)
+            }
+            None => finish(NormActBackward.prepare::<C>([x.node, gain.node]).compute_bound().stateful(), state, output),
         }
     }
 

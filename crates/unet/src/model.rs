@@ -11,7 +11,7 @@ use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::{conv2d_same, rms_norm_act, softmax_last, UnetBackend};
+use crate::backend::{conv2d_same, per_sample_channels, rms_norm_act, softmax_last, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -27,15 +27,6 @@ fn conv<B: Backend>(
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(bias)
         .init(device)
-}
-
-/// A per-channel vector (`[C]`, `[1, C]` or `[1, C, 1, 1]`) as a contiguous `[N, C, 1]`
-/// tensor, so that multiplying or adding it to `[N, C, P]` takes burn Flex's "one scalar per
-/// row" SIMD path instead of its strided fallback (a `[1, C, 1]` operand broadcast over both
-/// `N` and `P` is not one of Flex's accelerated patterns).
-fn per_sample_channels<B: Backend, const D: usize>(v: Tensor<B, D>, n: usize) -> Tensor<B, 3> {
-    let c = v.shape().num_elements();
-    v.reshape([1, c, 1]).repeat_dim(0, n)
 }
 
 /// A 1x1 convolution computed as a batched matmul `W [1, C_out, C_in] x [N, C_in, H*W]` on

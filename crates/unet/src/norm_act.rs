@@ -103,8 +103,8 @@ fn tasks(g: &Geometry) -> Vec<(usize, usize, usize)> {
 
 /// `max(sqrt(sum_c x[c][j]^2), EPS)` for the `len` pixels from `j0` of image `xi` `[c, p]`.
 #[inline(always)]
-fn norms(g: &Geometry, xi: &[f32], j0: usize, len: usize, d: &mut [f32]) {
-    d.fill(0.0);
+fn norms(g: &Geometry, xi: &[f32], j0: usize, len: usize) -> Vec<f32> {
+    let mut d = vec![0f32; len];
     for c in 0..g.c {
         let row = &xi[c * g.p + j0..c * g.p + j0 + len];
         for (s, v) in d.iter_mut().zip(row) {
@@ -114,6 +114,7 @@ fn norms(g: &Geometry, xi: &[f32], j0: usize, len: usize, d: &mut [f32]) {
     for s in d.iter_mut() {
         *s = s.sqrt().max(EPS);
     }
+    d
 }
 
 /// Channel `c`'s multiplier and offset for image `i`: `z = u * gain * (scale + 1) + shift` is
@@ -142,8 +143,7 @@ impl pulp::WithSimd for ForwardTask<'_> {
     fn with_simd<S: pulp::Simd>(self, _: S) {
         let Self { g, x, params, dst, task: (i, j0, len) } = self;
         let xi = &x[i * g.c * g.p..(i + 1) * g.c * g.p];
-        let mut d = vec![0f32; len];
-        norms(g, xi, j0, len, &mut d);
+        let d = norms(g, xi, j0, len);
         for c in 0..g.c {
             let (m, b) = modulation(params, g, i, c);
             let a = params.gain[c];
@@ -236,8 +236,7 @@ impl pulp::WithSimd for BackwardTask<'_> {
         let Self { g, x, params, grad, dst, task: (i, j0, len) } = self;
         let at = |c: usize| (i * g.c + c) * g.p + j0;
         let mut sums = vec![0f32; 3 * g.c];
-        let mut d = vec![0f32; len];
-        norms(g, &x[i * g.c * g.p..(i + 1) * g.c * g.p], j0, len, &mut d);
+        let d = norms(g, &x[i * g.c * g.p..(i + 1) * g.c * g.p], j0, len);
         // gu (kept in the output buffer), and `dot` = sum_c gu * u per pixel.
         let mut dot = vec![0f32; len];
         for c in 0..g.c {
