@@ -218,11 +218,12 @@ pub fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
 /// Whether [`weight_grad`] hands the gemm crate the output gradient transposed to pixel-major
 /// rows ([`transpose_grad`]). With image rows (row-major) as its left operand, the gemm crate
 /// packs it with scalar gathers, which made the 64-channel weight gradient at 128 x 128 twice
-/// as slow as oneDNN's (27 vs 13 ms; 14 ms transposed). On small images (`h * R` below ~1,000
-/// pixels: the 16 x 16 stages) the transposed form is slower instead (512 channels: 22 vs 16 ms),
-/// as the window, then read unpacked, is walked once per 64 output channels.
+/// as slow as oneDNN's (27 vs 13 ms at batch 4; 14 ms transposed). With many output channels on
+/// small images (the 16 x 16 stages of the DeepLense preset, 256 and 512 channels) the
+/// transposed form is slower instead (512 channels: 32 vs 15 ms), as the window, then read
+/// unpacked, is walked once per 64 output channels over a short reduction.
 fn pixel_major_grad(g: &Geometry) -> bool {
-    g.h * g.row() >= 1024
+    g.cout <= 128 || g.h * g.row() >= 1024
 }
 
 /// One image's output gradient `gi` `[cout, h, w]` transposed to the wide pixel layout of
@@ -444,9 +445,12 @@ mod tests {
             Geometry { n: 2, cin: 2, h: 3, w: 3, cout: 2, k: 1 },
             Geometry { n: 2, cin: 4, h: 9, w: 20, cout: 66, k: 3 },
             Geometry { n: 1, cin: 3, h: 11, w: 12, cout: 50, k: 3 },
-            // Images of more than 1,024 wide pixels: the pixel-major weight-gradient path.
+            // Images of more than 1,024 wide pixels.
             Geometry { n: 2, cin: 2, h: 32, w: 33, cout: 3, k: 3 },
             Geometry { n: 1, cin: 2, h: 20, w: 60, cout: 20, k: 5 },
+            // More than 128 output channels on a small image: the row-major weight-gradient path.
+            Geometry { n: 2, cin: 2, h: 3, w: 4, cout: 130, k: 3 },
+            Geometry { n: 1, cin: 3, h: 5, w: 2, cout: 140, k: 5 },
         ]
         .iter()
         .enumerate()
