@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::backend::{conv2d_same, per_sample_channels, rms_norm_act, softmax_last, UnetBackend};
+use crate::backend::{conv2d_same, per_sample_channels, rms_norm_act, softmax_cols, softmax_last, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -232,10 +232,11 @@ impl<B: UnetBackend> LinearAttention<B> {
         let c = x.dims()[1];
         let hidden = heads * dh;
         let x = self.norm.forward(x).reshape([b, c, n]);
-        // `to_qkv` then `chunk(3)`, as three matmuls on row blocks of the weight. q is computed
-        // transposed, `[b, n, heads, dh]`, so that its softmax over the feature axis runs on the
-        // last axis: on burn Flex a softmax (and its autodiff decomposition) over a middle axis
-        // goes through strided element-by-element copies and broadcasts.
+        // `to_qkv` then `chunk(3)`, as three matmuls on row blocks of the weight, each
+        // `[b, heads, dh, n]`. q's softmax over the feature axis (`dim=-2`) is the backend's
+        // `softmax_cols`: on burn Flex a softmax (and its autodiff decomposition) over a middle
+        // axis goes through strided element-by-element copies, and computing q transposed for a
+        // last-axis softmax left permuted copies in the forward and backward instead.
         let rows = |i: usize| {
             self.to_qkv
                 .weight
@@ -243,7 +244,7 @@ impl<B: UnetBackend> LinearAttention<B> {
                 .narrow(0, i * hidden, hidden)
                 .reshape([1, hidden, c])
         };
-        let q_t = x.clone().swap_dims(1, 2).matmul(rows(0).swap_dims(1, 2));
+        let q = rows(0).matmul(x.clone()).reshape([b, heads, dh, n]);
         let k = rows(1).matmul(x.clone()).reshape([b, heads, dh, n]);
         let v = rows(2).matmul(x).reshape([b, heads, dh, n]);
         let mem = self.mem_kv.val();
@@ -258,9 +259,7 @@ impl<B: UnetBackend> LinearAttention<B> {
             .expand([b, heads, dh, NUM_MEM_KV]);
         let k = Tensor::cat(vec![mk, k], 3);
         let v = Tensor::cat(vec![mv, v], 3);
-        let q = softmax_last(q_t.reshape([b, n, heads, dh]))
-            .mul_scalar((dh as f64).powf(-0.5))
-            .permute([0, 2, 3, 1]);
+        let q = softmax_cols(q).mul_scalar((dh as f64).powf(-0.5));
         let k = softmax_last(k);
         // context[d, e] = sum_n k[d, n] v[e, n]
         let context = k.matmul(v.swap_dims(2, 3));

@@ -1,5 +1,7 @@
 //! Softmax over the last axis of a contiguous f32 slice, and its gradient (the CPU kernels behind
-//! [`crate::backend::UnetBackend::softmax_last`] on burn Flex).
+//! [`crate::backend::UnetBackend::softmax_last`] on burn Flex); and over the second-to-last axis
+//! ([`forward_cols`], [`backward_cols`], behind [`crate::backend::UnetBackend::softmax_cols`]),
+//! vectorised across the last axis.
 //!
 //! Per row of length `L`: `y = exp(x - max) / sum(exp(x - max))`, the formula burn's `softmax`
 //! composes, with the polynomial [`crate::norm_act::exp`] (vectorised through `pulp`'s run-time
@@ -101,5 +103,151 @@ pub fn backward(y: &[f32], grad: &[f32], len: usize) -> Vec<f32> {
     dx.par_chunks_mut(chunk)
         .zip(y.par_chunks(chunk).zip(grad.par_chunks(chunk)))
         .for_each(|(dx, (y, grad))| arch.dispatch(Backward { y, grad, dx, len }));
+    dx
+}
+
+/// Columns per task of [`forward_cols`] / [`backward_cols`]: a task's `len` rows of this many
+/// values stay in the L1 cache between its passes.
+const COLS: usize = 256;
+
+/// The (group, first column, columns) tasks over `groups` matrices of `inner` columns.
+fn col_tasks(groups: usize, inner: usize) -> Vec<(usize, usize, usize)> {
+    (0..groups)
+        .flat_map(|g| (0..inner.div_ceil(COLS)).map(move |t| (g, t * COLS, COLS.min(inner - t * COLS))))
+        .collect()
+}
+
+/// A raw pointer that tasks writing disjoint columns of one buffer can share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its columns of its group).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+struct ForwardCols<'a> {
+    /// One group `[len, inner]`.
+    x: &'a [f32],
+    /// The same group of the output.
+    y: SharedMut,
+    len: usize,
+    inner: usize,
+    /// First column and number of columns.
+    cols: (usize, usize),
+}
+
+impl pulp::WithSimd for ForwardCols<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let (j0, cols) = self.cols;
+        let row = |r: usize| &self.x[r * self.inner + j0..r * self.inner + j0 + cols];
+        // SAFETY: this task alone writes columns `j0..j0 + cols` of its group's rows.
+        let out = |r: usize| unsafe { std::slice::from_raw_parts_mut(self.y.0.add(r * self.inner + j0), cols) };
+        let mut max = row(0).to_vec();
+        for r in 1..self.len {
+            for (m, &v) in max.iter_mut().zip(row(r)) {
+                *m = m.max(v);
+            }
+        }
+        let mut sum = vec![0f32; cols];
+        for r in 0..self.len {
+            for (((y, &v), &m), s) in out(r).iter_mut().zip(row(r)).zip(&max).zip(sum.iter_mut()) {
+                *y = crate::norm_act::exp(v - m);
+                *s += *y;
+            }
+        }
+        for r in 0..self.len {
+            for (y, &s) in out(r).iter_mut().zip(&sum) {
+                *y /= s;
+            }
+        }
+    }
+}
+
+struct BackwardCols<'a> {
+    y: &'a [f32],
+    grad: &'a [f32],
+    dx: SharedMut,
+    len: usize,
+    inner: usize,
+    cols: (usize, usize),
+}
+
+impl pulp::WithSimd for BackwardCols<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let (j0, cols) = self.cols;
+        let at = |r: usize| r * self.inner + j0..r * self.inner + j0 + cols;
+        let mut dot = vec![0f32; cols];
+        for r in 0..self.len {
+            let (y, g) = (&self.y[at(r)], &self.grad[at(r)]);
+            for ((d, &y), &g) in dot.iter_mut().zip(y).zip(g) {
+                *d += g * y;
+            }
+        }
+        for r in 0..self.len {
+            let (y, g) = (&self.y[at(r)], &self.grad[at(r)]);
+            // SAFETY: this task alone writes columns `j0..j0 + cols` of its group's rows.
+            let dx = unsafe { std::slice::from_raw_parts_mut(self.dx.0.add(r * self.inner + j0), cols) };
+            for (((o, &y), &g), &d) in dx.iter_mut().zip(y).zip(g).zip(&dot) {
+                *o = y * (g - d);
+            }
+        }
+    }
+}
+
+/// Softmax over the second-to-last axis: `x` is `groups` matrices `[len, inner]` (row-major),
+/// and every column of each is normalised. `x.len()` must be a multiple of `len * inner`.
+pub fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    let group = len * inner;
+    assert!(group > 0 && x.len() % group == 0, "softmax: {} values are not [{len}, {inner}] matrices", x.len());
+    let mut y = Vec::<f32>::with_capacity(x.len());
+    let dst = SharedMut(y.as_mut_ptr());
+    let arch = pulp::Arch::new();
+    col_tasks(x.len() / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
+        let dst = dst;
+        let task = ForwardCols {
+            x: &x[g * group..(g + 1) * group],
+            // SAFETY: in bounds: group `g` of the output.
+            y: SharedMut(unsafe { dst.0.add(g * group) }),
+            len,
+            inner,
+            cols: (j0, cols),
+        };
+        arch.dispatch(task)
+    });
+    // SAFETY: the tasks cover every column of every group, and each writes all rows of its
+    // columns.
+    unsafe { y.set_len(x.len()) };
+    y
+}
+
+/// The gradient of [`forward_cols`] given its output `y` and the output's gradient `grad`:
+/// `y * (grad - sum over the column of grad * y)`.
+pub fn backward_cols(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    let group = len * inner;
+    assert!(group > 0 && y.len() % group == 0, "softmax: {} values are not [{len}, {inner}] matrices", y.len());
+    assert_eq!(y.len(), grad.len(), "softmax: gradient length");
+    let mut dx = Vec::<f32>::with_capacity(y.len());
+    let dst = SharedMut(dx.as_mut_ptr());
+    let arch = pulp::Arch::new();
+    col_tasks(y.len() / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
+        let dst = dst;
+        let task = BackwardCols {
+            y: &y[g * group..(g + 1) * group],
+            grad: &grad[g * group..(g + 1) * group],
+            // SAFETY: in bounds: group `g` of the output.
+            dx: SharedMut(unsafe { dst.0.add(g * group) }),
+            len,
+            inner,
+            cols: (j0, cols),
+        };
+        arch.dispatch(task)
+    });
+    // SAFETY: as in `forward_cols`.
+    unsafe { dx.set_len(y.len()) };
     dx
 }
