@@ -9,9 +9,10 @@
 //!
 //! Every backend gets burn's own operations by default (for the norm, exactly the composition the
 //! network used before). burn Flex (f32) overrides the convolution and both its gradients with the
-//! shifted-GEMM kernels of `same_conv.rs` (the forward 1.1-9x faster than Flex's `conv2d` at this
-//! network's shapes), and the norm and softmax with single-pass SIMD kernels (`norm_act.rs`,
-//! `softmax.rs`); docs/PERFORMANCE.md, issue 7. Under `Autodiff<B>` each operation is one tracked
+//! kernels of `same_conv.rs` (a direct AVX-512 kernel for the forward and the input gradient,
+//! shifted GEMMs for the rest; the forward 1.1-9x faster than Flex's `conv2d` at this network's
+//! shapes already as GEMMs), and the norm and softmaxes with single-pass SIMD kernels
+//! (`norm_act.rs`, `softmax.rs`); docs/PERFORMANCE.md, issue 7. Under `Autodiff<B>` each operation is one tracked
 //! node whose backward runs the inner backend's gradient operations, so `Autodiff<Flex>` trains
 //! on our kernels too.
 //!

@@ -11,6 +11,11 @@
 //! columns per row that read across the padding; they are dropped when the result is written
 //! out as `[C_out, H, W]` with the bias added.
 //!
+//! On x86-64 CPUs with AVX-512F, when the output channels come in blocks of 8, the forward and
+//! the input gradient skip the GEMMs: the [`direct`] kernel reads one padded plane per channel
+//! at each tap's offset and accumulates tiles of 48 wide pixels x 8 output channels in
+//! registers, without the gemm crate's packed copy of the window (crates/unet/ARCHITECTURE.md).
+//!
 //! Why not burn Flex's `conv2d`: it spends about a third of its time scattering its NHWC GEMM
 //! result back to NCHW element by element and a tenth in a single-threaded input transpose
 //! (docs/PERFORMANCE.md). Here the GEMM writes NCHW rows directly.
