@@ -110,11 +110,11 @@ fn quick(reps: usize) {
     match (kind, dtype.as_str()) {
         (BackendKind::Flex, "f32") => quick_on::<Flex>(reps, &Default::default(), kind, &dtype),
         (BackendKind::NdArray, "f32") => quick_on::<burn::backend::NdArray>(reps, &Default::default(), kind, &dtype),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), kind, &dtype),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "f16") => quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, &dtype),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "bf16") => quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, &dtype),
         (_, d) => panic!("TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda takes f32, f16 or bf16)"),
     }

@@ -100,9 +100,9 @@ fn main() {
     let result = match args.backend {
         BackendKind::Flex => pipeline::<Autodiff<burn::backend::Flex>>(Default::default(), &args),
         BackendKind::NdArray => pipeline::<Autodiff<burn::backend::NdArray>>(Default::default(), &args),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         BackendKind::Cuda => pipeline::<Autodiff<burn::backend::Cuda>>(Default::default(), &args),
-        #[cfg(not(feature = "cuda"))]
+        #[cfg(not(feature = "cuda-untuned"))]
         BackendKind::Cuda => unreachable!("rejected when parsing"),
     };
     if let Err(e) = result {

@@ -5,6 +5,7 @@
 # same GPU, f32 and autocast bf16 / f16). Results: docs/PERFORMANCE.md, "GPU".
 #
 #   bash scripts/gpu_train_step.sh                  # builds the bench with --features cuda
+#   FEATURES=cuda-untuned bash scripts/gpu_train_step.sh   # without burn's kernel autotuning
 #   TRAIN_STEP_BIN=path/to/train_step-HASH bash scripts/gpu_train_step.sh   # a prebuilt bench
 #
 # Needs an NVIDIA GPU with its driver, and python3 with torch and denoising-diffusion-pytorch
@@ -12,7 +13,7 @@
 #   CUDARC_CUDA_VERSION=13000 cargo bench --features cuda --bench train_step --no-run
 # (CUDARC_CUDA_VERSION: the CUDA version of the target machine's driver, here 13.0; without it
 # cudarc assumes the newest it knows when no CUDA toolkit is installed at build time).
-# Variables: BATCH (24), RUNS (10 timed repetitions), WARMUP (3), DTYPES ("f32 bf16 f16"),
+# Variables: FEATURES (cuda; or cuda-untuned), BATCH (24), RUNS (10 timed repetitions), WARMUP (3), DTYPES ("f32 bf16 f16"),
 # RUST_TIMEOUT / PY_TIMEOUT (seconds per run), LOG_DIR (target/gpu-bench).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ mkdir -p "$LOG_DIR"
 
 BIN=${TRAIN_STEP_BIN:-}
 if [ -z "$BIN" ]; then
-    cargo bench --features cuda --bench train_step --no-run || exit 1
+    cargo bench --features "${FEATURES:-cuda}" --bench train_step --no-run || exit 1
     BIN=$(ls -t target/release/deps/train_step-* | grep -v '\.d$' | head -1)
 fi
 

@@ -43,7 +43,7 @@ impl FromStr for BackendKind {
             "flex" => Ok(Self::Flex),
             "ndarray" => Ok(Self::NdArray),
             "cuda" => {
-                if cfg!(feature = "cuda") {
+                if cfg!(feature = "cuda-untuned") {
                     Ok(Self::Cuda)
                 } else {
                     Err("this build has no CUDA backend: rebuild with `--features cuda`".into())
@@ -75,9 +75,9 @@ macro_rules! with_autodiff_backend {
         match $kind {
             $crate::backend::BackendKind::Flex => $f::<Autodiff<::burn::backend::Flex>>(Default::default(), $($arg),*),
             $crate::backend::BackendKind::NdArray => $f::<Autodiff<::burn::backend::NdArray>>(Default::default(), $($arg),*),
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-untuned")]
             $crate::backend::BackendKind::Cuda => $f::<Autodiff<::burn::backend::Cuda>>(Default::default(), $($arg),*),
-            #[cfg(not(feature = "cuda"))]
+            #[cfg(not(feature = "cuda-untuned"))]
             $crate::backend::BackendKind::Cuda => unreachable!("parsing rejects cuda without the feature"),
         }
     }};
@@ -90,9 +90,9 @@ macro_rules! with_backend {
         match $kind {
             $crate::backend::BackendKind::Flex => $f::<::burn::backend::Flex>(Default::default(), $($arg),*),
             $crate::backend::BackendKind::NdArray => $f::<::burn::backend::NdArray>(Default::default(), $($arg),*),
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-untuned")]
             $crate::backend::BackendKind::Cuda => $f::<::burn::backend::Cuda>(Default::default(), $($arg),*),
-            #[cfg(not(feature = "cuda"))]
+            #[cfg(not(feature = "cuda-untuned"))]
             $crate::backend::BackendKind::Cuda => unreachable!("parsing rejects cuda without the feature"),
         }
     }};

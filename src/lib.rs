@@ -12,6 +12,8 @@
 //!
 //! ## Feature flags
 //! - `cuda`: burn's CUDA backend (with `fusion` and `autotune`), selectable with `--backend cuda`.
+//! - `cuda-untuned`: the same backend without `autotune` (one kernel compiled per operation and
+//!   shape, none timed); the CUDA code paths are under this feature, which `cuda` implies.
 //! - `x86-v4` (default): Flex's AVX-512 gemm kernels, selected at run time when the CPU has
 //!   AVX-512F (the AVX2/FMA kernels otherwise).
 #![warn(missing_docs)]
