@@ -717,6 +717,9 @@ mod tests {
             // Input channels in blocks of 8: the input gradient through the direct kernel.
             Geometry { n: 2, cin: 8, h: 7, w: 9, cout: 5, k: 3 },
             Geometry { n: 1, cin: 16, h: 10, w: 50, cout: 3, k: 5 },
+            // Both channel counts in blocks of 8 on 1,024+ wide pixels, one and two images.
+            Geometry { n: 2, cin: 8, h: 32, w: 33, cout: 8, k: 3 },
+            Geometry { n: 1, cin: 16, h: 40, w: 30, cout: 16, k: 3 },
         ]
         .iter()
         .enumerate()
