@@ -680,49 +680,55 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
     /// One tracked operation whose backward is the inner backend's
     /// [`UnetBackend::softmax_last_backward`] on the saved output.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SoftmaxBackward;
-
-        impl<B: UnetBackend> Backward<B, 1> for SoftmaxBackward {
-            type State = FloatTensor<B>;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                if let [Some(node)] = ops.parents {
-                    grads.register::<B>(node.id, B::softmax_last_backward(ops.state, grad));
-                }
-            }
-        }
-
-        let y = B::softmax_last(x.primitive.clone());
-        match SoftmaxBackward.prepare::<C>([x.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        tracked_softmax::<B, C>(x, SoftmaxAxis::Last)
     }
 
     /// One tracked operation whose backward is the inner backend's
     /// [`UnetBackend::softmax_cols_backward`] on the saved output.
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SoftmaxColsBackward;
+        tracked_softmax::<B, C>(x, SoftmaxAxis::Cols)
+    }
+}
 
-        impl<B: UnetBackend> Backward<B, 1> for SoftmaxColsBackward {
-            type State = FloatTensor<B>;
+/// Which of the backend's softmaxes a tracked softmax node runs.
+#[derive(Debug, Clone, Copy)]
+enum SoftmaxAxis {
+    /// [`UnetBackend::softmax_last`].
+    Last,
+    /// [`UnetBackend::softmax_cols`].
+    Cols,
+}
 
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                if let [Some(node)] = ops.parents {
-                    grads.register::<B>(node.id, B::softmax_cols_backward(ops.state, grad));
-                }
+/// A softmax of the inner backend as one tracked node that saves its output for the backward.
+fn tracked_softmax<B: UnetBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    axis: SoftmaxAxis,
+) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct SoftmaxBackward(SoftmaxAxis);
+
+    impl<B: UnetBackend> Backward<B, 1> for SoftmaxBackward {
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<B>(&ops.node);
+            if let [Some(node)] = ops.parents {
+                let dx = match self.0 {
+                    SoftmaxAxis::Last => B::softmax_last_backward(ops.state, grad),
+                    SoftmaxAxis::Cols => B::softmax_cols_backward(ops.state, grad),
+                };
+                grads.register::<B>(node.id, dx);
             }
         }
+    }
 
-        let y = B::softmax_cols(x.primitive.clone());
-        match SoftmaxColsBackward.prepare::<C>([x.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+    let y = match axis {
+        SoftmaxAxis::Last => B::softmax_last(x.primitive.clone()),
+        SoftmaxAxis::Cols => B::softmax_cols(x.primitive.clone()),
+    };
+    match SoftmaxBackward(axis).prepare::<C>([x.node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 

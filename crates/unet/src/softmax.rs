@@ -199,55 +199,44 @@ impl pulp::WithSimd for BackwardCols<'_> {
     }
 }
 
-/// Softmax over the second-to-last axis: `x` is `groups` matrices `[len, inner]` (row-major),
-/// and every column of each is normalised. `x.len()` must be a multiple of `len * inner`.
-pub fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+/// Runs `task(group, first column, columns, output group)` over every group of `len * inner`
+/// values and chunk of columns in parallel, each task writing all rows of its columns of a
+/// fresh output of `total` values, and returns that output.
+fn by_columns<F>(total: usize, len: usize, inner: usize, task: F) -> Vec<f32>
+where
+    F: Fn(usize, (usize, usize), SharedMut) + Sync,
+{
     let group = len * inner;
-    assert!(group > 0 && x.len() % group == 0, "softmax: {} values are not [{len}, {inner}] matrices", x.len());
-    let mut y = Vec::<f32>::with_capacity(x.len());
-    let dst = SharedMut(y.as_mut_ptr());
-    let arch = pulp::Arch::new();
-    col_tasks(x.len() / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
+    assert!(group > 0 && total % group == 0, "softmax: {total} values are not [{len}, {inner}] matrices");
+    let mut out = Vec::<f32>::with_capacity(total);
+    let dst = SharedMut(out.as_mut_ptr());
+    col_tasks(total / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
         let dst = dst;
-        let task = ForwardCols {
-            x: &x[g * group..(g + 1) * group],
-            // SAFETY: in bounds: group `g` of the output.
-            y: SharedMut(unsafe { dst.0.add(g * group) }),
-            len,
-            inner,
-            cols: (j0, cols),
-        };
-        arch.dispatch(task)
+        // SAFETY: in bounds: group `g` of the output.
+        task(g, (j0, cols), SharedMut(unsafe { dst.0.add(g * group) }))
     });
     // SAFETY: the tasks cover every column of every group, and each writes all rows of its
     // columns.
-    unsafe { y.set_len(x.len()) };
-    y
+    unsafe { out.set_len(total) };
+    out
+}
+
+/// Softmax over the second-to-last axis: `x` is `groups` matrices `[len, inner]` (row-major),
+/// and every column of each is normalised. `x.len()` must be a multiple of `len * inner`.
+pub fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    let (group, arch) = (len * inner, pulp::Arch::new());
+    by_columns(x.len(), len, inner, |g, cols, y| {
+        arch.dispatch(ForwardCols { x: &x[g * group..(g + 1) * group], y, len, inner, cols })
+    })
 }
 
 /// The gradient of [`forward_cols`] given its output `y` and the output's gradient `grad`:
 /// `y * (grad - sum over the column of grad * y)`.
 pub fn backward_cols(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
-    let group = len * inner;
-    assert!(group > 0 && y.len() % group == 0, "softmax: {} values are not [{len}, {inner}] matrices", y.len());
     assert_eq!(y.len(), grad.len(), "softmax: gradient length");
-    let mut dx = Vec::<f32>::with_capacity(y.len());
-    let dst = SharedMut(dx.as_mut_ptr());
-    let arch = pulp::Arch::new();
-    col_tasks(y.len() / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
-        let dst = dst;
-        let task = BackwardCols {
-            y: &y[g * group..(g + 1) * group],
-            grad: &grad[g * group..(g + 1) * group],
-            // SAFETY: in bounds: group `g` of the output.
-            dx: SharedMut(unsafe { dst.0.add(g * group) }),
-            len,
-            inner,
-            cols: (j0, cols),
-        };
-        arch.dispatch(task)
-    });
-    // SAFETY: as in `forward_cols`.
-    unsafe { dx.set_len(y.len()) };
-    dx
+    let (group, arch) = (len * inner, pulp::Arch::new());
+    by_columns(y.len(), len, inner, |g, cols, dx| {
+        let (y, grad) = (&y[g * group..(g + 1) * group], &grad[g * group..(g + 1) * group]);
+        arch.dispatch(BackwardCols { y, grad, dx, len, inner, cols })
+    })
 }
