@@ -96,59 +96,70 @@ pub trait UnetBackend: Backend {
     /// Softmax over the last axis of `x` (any rank): `exp(x - max) / sum(exp(x - max))` per
     /// row. By default burn's `softmax`; Flex (f32) runs a vectorised kernel (`softmax.rs`).
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        burn_softmax_last::<Self>(x)
+        burn_softmax::<Self>(x, SoftmaxAxis::Last)
     }
 
     /// The gradient of [`UnetBackend::softmax_last`] given its output `y` and the output's
     /// gradient: `y * (grad - sum(grad * y))` per row. By default in burn's tensor operations;
     /// Flex (f32) runs one fused pass per row.
     fn softmax_last_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        burn_softmax_last_backward::<Self>(y, output_grad)
+        burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Last)
     }
 
     /// Softmax over the second-to-last axis of `x` (at least 2-D): every column of the last two
     /// axes sums to one. By default burn's `softmax`; Flex (f32) runs a kernel vectorised across
     /// the columns (`softmax.rs`), where burn would go through strided copies.
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        burn_softmax_cols::<Self>(x)
+        burn_softmax::<Self>(x, SoftmaxAxis::Cols)
     }
 
     /// The gradient of [`UnetBackend::softmax_cols`] given its output `y` and the output's
     /// gradient: `y * (grad - sum(grad * y))` per column. By default in burn's tensor operations;
     /// Flex (f32) runs one fused pass.
     fn softmax_cols_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        burn_softmax_cols_backward::<Self>(y, output_grad)
+        burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Cols)
     }
 }
 
-/// `x` viewed as `[groups, len, inner]` over its last two axes (the shape to restore
+/// Which axis a softmax runs over.
+#[derive(Debug, Clone, Copy)]
+enum SoftmaxAxis {
+    /// The last ([`UnetBackend::softmax_last`]).
+    Last,
+    /// The second-to-last ([`UnetBackend::softmax_cols`]).
+    Cols,
+}
+
+/// The lengths `(len, inner)` of a softmax over `axis` of `shape`: the softmax axis and the
+/// axes after it (a missing axis counts as 1).
+fn softmax_geometry(shape: &burn::tensor::Shape, axis: SoftmaxAxis) -> (usize, usize) {
+    match (axis, shape.to_vec().as_slice()) {
+        (SoftmaxAxis::Last, [.., last]) => (*last, 1),
+        (SoftmaxAxis::Cols, [.., len, inner]) => (*len, *inner),
+        (SoftmaxAxis::Cols, [inner]) => (1, *inner),
+        (_, []) => (1, 1),
+    }
+}
+
+/// `x` viewed as `[groups, len, inner]` for a softmax over `axis` (the shape to restore
 /// afterwards).
-fn as_matrices<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 3>, burn::tensor::Shape) {
+fn softmax_view<B: Backend>(x: FloatTensor<B>, axis: SoftmaxAxis) -> (Tensor<B, 3>, burn::tensor::Shape) {
     let shape = x.shape();
-    let (len, inner) = cols_geometry(&shape);
+    let (len, inner) = softmax_geometry(&shape, axis);
     let groups = shape.num_elements() / (len * inner).max(1);
     (float::<B, 3>(B::float_reshape(x, burn::tensor::Shape::new([groups, len, inner]))), shape)
 }
 
-/// The lengths of the last two axes (a missing one counts as 1).
-fn cols_geometry(shape: &burn::tensor::Shape) -> (usize, usize) {
-    match shape.to_vec().as_slice() {
-        [.., len, inner] => (*len, *inner),
-        [inner] => (1, *inner),
-        [] => (1, 1),
-    }
-}
-
-/// [`UnetBackend::softmax_cols`] with burn's `softmax`.
-fn burn_softmax_cols<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    let (x, shape) = as_matrices::<B>(x);
+/// [`UnetBackend::softmax_last`] / [`UnetBackend::softmax_cols`] with burn's `softmax`.
+fn burn_softmax<B: Backend>(x: FloatTensor<B>, axis: SoftmaxAxis) -> FloatTensor<B> {
+    let (x, shape) = softmax_view::<B>(x, axis);
     B::float_reshape(burn::tensor::activation::softmax(x, 1).into_primitive().tensor(), shape)
 }
 
-/// [`UnetBackend::softmax_cols_backward`] in burn's tensor operations.
-fn burn_softmax_cols_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
-    let (y, shape) = as_matrices::<B>(y);
-    let (g, _) = as_matrices::<B>(output_grad);
+/// The softmax's gradient `y * (grad - sum(grad * y))` over `axis`, in burn's tensor operations.
+fn burn_softmax_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatTensor<B>, axis: SoftmaxAxis) -> FloatTensor<B> {
+    let (y, shape) = softmax_view::<B>(y, axis);
+    let (g, _) = softmax_view::<B>(output_grad, axis);
     let dot = g.clone().mul(y.clone()).sum_dim(1);
     B::float_reshape(y.mul(g.sub(dot)).into_primitive().tensor(), shape)
 }
@@ -156,28 +167,6 @@ fn burn_softmax_cols_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatT
 /// [`UnetBackend::softmax_cols`] on tensors: softmax over the second-to-last axis.
 pub fn softmax_cols<B: UnetBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::softmax_cols(x.into_primitive().tensor()))
-}
-
-/// `x` viewed as `[rows, last]` (the shape to restore afterwards).
-fn as_rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, burn::tensor::Shape) {
-    let shape = x.shape();
-    let last = shape.to_vec().last().copied().unwrap_or(1);
-    let rows = shape.num_elements() / last.max(1);
-    (float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, last]))), shape)
-}
-
-/// [`UnetBackend::softmax_last`] with burn's `softmax`.
-fn burn_softmax_last<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    let (x, shape) = as_rows::<B>(x);
-    B::float_reshape(burn::tensor::activation::softmax(x, 1).into_primitive().tensor(), shape)
-}
-
-/// [`UnetBackend::softmax_last_backward`] in burn's tensor operations.
-fn burn_softmax_last_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatTensor<B>) -> FloatTensor<B> {
-    let (y, shape) = as_rows::<B>(y);
-    let (g, _) = as_rows::<B>(output_grad);
-    let dot = g.clone().mul(y.clone()).sum_dim(1);
-    B::float_reshape(y.mul(g.sub(dot)).into_primitive().tensor(), shape)
 }
 
 /// [`UnetBackend::softmax_last`] on tensors: softmax over the last axis.
@@ -521,7 +510,7 @@ impl UnetBackend for burn::backend::Flex {
         let shape = x.shape();
         let last = shape.to_vec().last().copied().unwrap_or(0);
         if x.dtype() != DType::F32 || last == 0 {
-            return burn_softmax_last::<Self>(x);
+            return burn_softmax::<Self>(x, SoftmaxAxis::Last);
         }
         let x = contiguous(x);
         flex_tensor(crate::softmax::forward(f32s(&x), last), shape)
@@ -531,7 +520,7 @@ impl UnetBackend for burn::backend::Flex {
         let shape = y.shape();
         let last = shape.to_vec().last().copied().unwrap_or(0);
         if y.dtype() != DType::F32 || output_grad.dtype() != DType::F32 || output_grad.shape() != shape || last == 0 {
-            return burn_softmax_last_backward::<Self>(y, output_grad);
+            return burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Last);
         }
         let (y, output_grad) = (contiguous(y), contiguous(output_grad));
         flex_tensor(crate::softmax::backward(f32s(&y), f32s(&output_grad), last), shape)
@@ -539,9 +528,9 @@ impl UnetBackend for burn::backend::Flex {
 
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = x.shape();
-        let (len, inner) = cols_geometry(&shape);
+        let (len, inner) = softmax_geometry(&shape, SoftmaxAxis::Cols);
         if x.dtype() != DType::F32 || shape.num_elements() == 0 {
-            return burn_softmax_cols::<Self>(x);
+            return burn_softmax::<Self>(x, SoftmaxAxis::Cols);
         }
         let x = contiguous(x);
         flex_tensor(crate::softmax::forward_cols(f32s(&x), len, inner), shape)
@@ -549,9 +538,9 @@ impl UnetBackend for burn::backend::Flex {
 
     fn softmax_cols_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = y.shape();
-        let (len, inner) = cols_geometry(&shape);
+        let (len, inner) = softmax_geometry(&shape, SoftmaxAxis::Cols);
         if y.dtype() != DType::F32 || output_grad.dtype() != DType::F32 || output_grad.shape() != shape || shape.num_elements() == 0 {
-            return burn_softmax_cols_backward::<Self>(y, output_grad);
+            return burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Cols);
         }
         let (y, output_grad) = (contiguous(y), contiguous(output_grad));
         flex_tensor(crate::softmax::backward_cols(f32s(&y), f32s(&output_grad), len, inner), shape)
@@ -688,15 +677,6 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
         tracked_softmax::<B, C>(x, SoftmaxAxis::Cols)
     }
-}
-
-/// Which of the backend's softmaxes a tracked softmax node runs.
-#[derive(Debug, Clone, Copy)]
-enum SoftmaxAxis {
-    /// [`UnetBackend::softmax_last`].
-    Last,
-    /// [`UnetBackend::softmax_cols`].
-    Cols,
 }
 
 /// A softmax of the inner backend as one tracked node that saves its output for the backward.
