@@ -507,44 +507,48 @@ impl UnetBackend for burn::backend::Flex {
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = x.shape();
-        let last = shape.to_vec().last().copied().unwrap_or(0);
-        if x.dtype() != DType::F32 || last == 0 {
-            return burn_softmax::<Self>(x, SoftmaxAxis::Last);
-        }
-        let x = contiguous(x);
-        flex_tensor(crate::softmax::forward(f32s(&x), last), shape)
+        flex_softmax(x, SoftmaxAxis::Last)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = y.shape();
-        let last = shape.to_vec().last().copied().unwrap_or(0);
-        if y.dtype() != DType::F32 || output_grad.dtype() != DType::F32 || output_grad.shape() != shape || last == 0 {
-            return burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Last);
-        }
-        let (y, output_grad) = (contiguous(y), contiguous(output_grad));
-        flex_tensor(crate::softmax::backward(f32s(&y), f32s(&output_grad), last), shape)
+        flex_softmax_backward(y, output_grad, SoftmaxAxis::Last)
     }
 
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = x.shape();
-        let (len, inner) = softmax_geometry(&shape, SoftmaxAxis::Cols);
-        if x.dtype() != DType::F32 || shape.num_elements() == 0 {
-            return burn_softmax::<Self>(x, SoftmaxAxis::Cols);
-        }
-        let x = contiguous(x);
-        flex_tensor(crate::softmax::forward_cols(f32s(&x), len, inner), shape)
+        flex_softmax(x, SoftmaxAxis::Cols)
     }
 
     fn softmax_cols_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = y.shape();
-        let (len, inner) = softmax_geometry(&shape, SoftmaxAxis::Cols);
-        if y.dtype() != DType::F32 || output_grad.dtype() != DType::F32 || output_grad.shape() != shape || shape.num_elements() == 0 {
-            return burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Cols);
-        }
-        let (y, output_grad) = (contiguous(y), contiguous(output_grad));
-        flex_tensor(crate::softmax::backward_cols(f32s(&y), f32s(&output_grad), len, inner), shape)
+        flex_softmax_backward(y, output_grad, SoftmaxAxis::Cols)
     }
+}
+
+/// A softmax over `axis` on Flex: the `softmax.rs` kernel for non-empty f32 tensors, burn's
+/// operations otherwise.
+fn flex_softmax(x: burn_flex::FlexTensor, axis: SoftmaxAxis) -> burn_flex::FlexTensor {
+    let shape = x.shape();
+    if x.dtype() != DType::F32 || shape.num_elements() == 0 {
+        return burn_softmax::<burn::backend::Flex>(x, axis);
+    }
+    let (len, inner) = softmax_geometry(&shape, axis);
+    let x = contiguous(x);
+    flex_tensor(crate::softmax::forward(f32s(&x), len, inner), shape)
+}
+
+/// The gradient of [`flex_softmax`] given its output `y` and the output's gradient.
+fn flex_softmax_backward(
+    y: burn_flex::FlexTensor,
+    output_grad: burn_flex::FlexTensor,
+    axis: SoftmaxAxis,
+) -> burn_flex::FlexTensor {
+    let shape = y.shape();
+    let fits = y.dtype() == DType::F32 && output_grad.dtype() == DType::F32 && output_grad.shape() == shape;
+    if !fits || shape.num_elements() == 0 {
+        return burn_softmax_backward::<burn::backend::Flex>(y, output_grad, axis);
+    }
+    let (len, inner) = softmax_geometry(&shape, axis);
+    let (y, output_grad) = (contiguous(y), contiguous(output_grad));
+    flex_tensor(crate::softmax::backward(f32s(&y), f32s(&output_grad), len, inner), shape)
 }
 
 /// `t` itself when its f32 data is one contiguous run, else a contiguous copy.
@@ -947,57 +951,37 @@ mod tests {
         norm_gradients_match_autodiff::<burn::backend::NdArray>();
     }
 
-    /// Softmax over the last axis against burn's `softmax`, values and gradients (through the
-    /// tracked operation), for rows shorter and longer than a SIMD register, one-element rows,
-    /// large logits (the max shift) and a strided input.
-    fn softmax_matches_burn<B: UnetBackend>() {
-        type A<B> = Autodiff<B>;
-        let dev = Default::default();
-        let tol = Tolerance::absolute(1e-6).set_relative(1e-5);
-        for dims in [[2usize, 3, 5, 7], [1, 2, 4, 33], [3, 1, 2, 1], [2, 2, 3, 1030]] {
-            for std in [1.0, 30.0] {
-                let x = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, std), &dev).require_grad();
-                let weights = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
-                let y = softmax_last(x.clone());
-                let g = y.clone().mul(weights.clone()).sum().backward();
-                let y2 = burn::tensor::activation::softmax(x.clone(), 3);
-                let g2 = y2.clone().mul(weights).sum().backward();
-                y.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
-                x.grad(&g).unwrap().into_data().assert_approx_eq::<f32>(&x.grad(&g2).unwrap().into_data(), Tolerance::absolute(1e-5).set_relative(1e-4));
-            }
+    /// The backend's softmax over `axis` on tensors.
+    fn softmax_on<B: UnetBackend, const D: usize>(x: Tensor<B, D>, axis: SoftmaxAxis) -> Tensor<B, D> {
+        match axis {
+            SoftmaxAxis::Last => softmax_last(x),
+            SoftmaxAxis::Cols => softmax_cols(x),
         }
-        let x = Tensor::<B, 3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2);
-        softmax_last(x.clone()).into_data().assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, 2).into_data(), tol);
     }
 
-    #[test]
-    fn softmax_matches_burn_on_flex() {
-        softmax_matches_burn::<F>();
-    }
-
-    #[test]
-    fn softmax_matches_burn_on_ndarray() {
-        softmax_matches_burn::<burn::backend::NdArray>();
-    }
-
-    /// Softmax over the second-to-last axis against burn's `softmax` (values) and against the
-    /// gradient `y * (w - sum(w * y))` computed in f64 from the inputs (through the tracked
-    /// operation; burn's own autodiff of its softmax is off by up to ~2e-4 relative on large
-    /// logits, ours within 1e-5): columns of one to 40 values, rows shorter and longer than a
-    /// SIMD register and than a task's 256 columns, large logits, a strided input.
-    fn softmax_cols_matches_burn<B: UnetBackend>() {
+    /// The softmax over `axis` against burn's `softmax` (values) and against the gradient
+    /// `y * (w - sum(w * y))` computed in f64 from the inputs (through the tracked operation;
+    /// burn's own autodiff of its softmax is off by up to ~2e-4 relative on large logits, ours
+    /// within 1e-5). Last axis: rows shorter and longer than a SIMD register, one-element rows.
+    /// Second-to-last: columns of one to 40 values, rows shorter and longer than a SIMD register
+    /// and than a task's 256 columns. Both: large logits (the max shift), a strided input.
+    fn softmax_matches<B: UnetBackend>(axis: SoftmaxAxis) {
         type A<B> = Autodiff<B>;
         let dev = Default::default();
         let tol = Tolerance::absolute(1e-6).set_relative(1e-5);
-        for dims in [[2usize, 3, 5, 7], [1, 2, 32, 300], [3, 1, 1, 5], [2, 2, 40, 17], [1, 1, 3, 1]] {
+        let (shapes, dim): (&[[usize; 4]], usize) = match axis {
+            SoftmaxAxis::Last => (&[[2, 3, 5, 7], [1, 2, 4, 33], [3, 1, 2, 1], [2, 2, 3, 1030]], 3),
+            SoftmaxAxis::Cols => (&[[2, 3, 5, 7], [1, 2, 32, 300], [3, 1, 1, 5], [2, 2, 40, 17], [1, 1, 3, 1]], 2),
+        };
+        for &dims in shapes {
             for std in [1.0, 30.0] {
                 let x = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, std), &dev).require_grad();
                 let weights = Tensor::<A<B>, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
-                let y = softmax_cols(x.clone());
+                let y = softmax_on(x.clone(), axis);
                 let g = y.clone().mul(weights.clone()).sum().backward();
-                let y2 = burn::tensor::activation::softmax(x.clone(), 2);
+                let y2 = burn::tensor::activation::softmax(x.clone(), dim);
                 y.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
-                let (len, inner) = (dims[2], dims[3]);
+                let (len, inner) = softmax_geometry(&burn::tensor::Shape::new(dims), axis);
                 let xs: Vec<f64> = x.to_data().iter::<f32>().map(f64::from).collect();
                 let ws: Vec<f64> = weights.into_data().iter::<f32>().map(f64::from).collect();
                 let mut want = vec![0f64; xs.len()];
@@ -1015,21 +999,31 @@ mod tests {
                 }
                 let got: Vec<f32> = x.grad(&g).unwrap().into_data().iter::<f32>().collect();
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                    assert!((*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{dims:?} std {std}: gradient at {i}: {a} vs {e}");
+                    assert!((*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{axis:?} {dims:?} std {std}: gradient at {i}: {a} vs {e}");
                 }
             }
         }
         let x = Tensor::<B, 3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2);
-        softmax_cols(x.clone()).into_data().assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, 1).into_data(), tol);
+        softmax_on(x.clone(), axis).into_data().assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, dim - 1).into_data(), tol);
+    }
+
+    #[test]
+    fn softmax_matches_burn_on_flex() {
+        softmax_matches::<F>(SoftmaxAxis::Last);
+    }
+
+    #[test]
+    fn softmax_matches_burn_on_ndarray() {
+        softmax_matches::<burn::backend::NdArray>(SoftmaxAxis::Last);
     }
 
     #[test]
     fn softmax_cols_matches_burn_on_flex() {
-        softmax_cols_matches_burn::<F>();
+        softmax_matches::<F>(SoftmaxAxis::Cols);
     }
 
     #[test]
     fn softmax_cols_matches_burn_on_ndarray() {
-        softmax_cols_matches_burn::<burn::backend::NdArray>();
+        softmax_matches::<burn::backend::NdArray>(SoftmaxAxis::Cols);
     }
 }

@@ -41,6 +41,7 @@ mod checkpoint;
 mod config;
 mod denoiser;
 mod error;
+mod fill;
 pub mod keys;
 pub mod model;
 mod norm_act;

@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use crate::fill::SharedMut;
+
 /// The norm's `eps` (`F.normalize`'s default).
 pub const EPS: f32 = 1e-12;
 
@@ -85,13 +87,6 @@ fn silu_grad(z: f32) -> f32 {
     let s = 1.0 / (1.0 + exp(-z));
     s * (1.0 + z * (1.0 - s))
 }
-
-/// A raw pointer that tasks writing disjoint parts of one buffer can share.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (one chunk of pixels of one image).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 /// The (image, first pixel, pixels) tasks of a call.
 fn tasks(g: &Geometry) -> Vec<(usize, usize, usize)> {

@@ -24,6 +24,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::fill::{filled_by, SharedMut};
+
 /// Shapes of one call: input `[n, cin, h, w]`, weight `[cout, cin, k, k]` (odd `k`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -42,13 +44,13 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub(crate) fn pad(&self) -> usize {
+    fn pad(&self) -> usize {
         self.k / 2
     }
     /// Row stride `R = W + p` of the padded plane and of the wide output: each image row is
     /// followed by `p` zeros, which serve as the right padding of that row and the left padding
     /// of the next one.
-    pub(crate) fn row(&self) -> usize {
+    fn row(&self) -> usize {
         self.w + self.pad()
     }
     /// Length of a padded plane (a row of `x3`): `p` zero rows above and `p` below the image, so
@@ -84,7 +86,7 @@ fn replicate_shifted(g: &Geometry, xi: &[f32]) -> Vec<f32> {
 /// `shifts` copies of every channel's padded plane (see [`replicate_shifted`]), copy `dx`
 /// shifted left by `dx`, each `plane` long (at least `(h + p) * R + p`). Every element is
 /// written once, in order (no zero-fill pass before the copies).
-pub(crate) fn padded_planes(g: &Geometry, xi: &[f32], shifts: usize, plane: usize) -> Vec<f32> {
+fn padded_planes(g: &Geometry, xi: &[f32], shifts: usize, plane: usize) -> Vec<f32> {
     let (p, r, w) = (g.pad(), g.row(), g.w);
     let mut x3 = Vec::with_capacity(shifts * g.cin * plane);
     for dx in 0..shifts {
@@ -208,14 +210,14 @@ mod direct {
         out: &mut [MaybeUninit<f32>],
         parallel: bool,
     ) {
-        let (h, w, r) = (g.h, g.w, g.row());
+        let r = g.row();
         let (m, plane) = (wide_len(g), plane_len(g));
         let xpad = padded_planes(g, xi, 1, plane);
         let block_weights = g.cin * g.k * g.k * CO;
         let blocks = g.cout / CO;
         let group = group_tiles(g);
         let fill = |wide: *mut f32| {
-            let shared = Shared(wide);
+            let shared = SharedMut(wide);
             // One group of tiles: every block of output channels over the group's tiles, so
             // that the group's input rows are read from the L2 cache by all blocks.
             let one = |first: usize| {
@@ -246,29 +248,15 @@ mod direct {
                 }
             };
             if parallel {
-                (0..m / PX).step_by(group).collect::<Vec<_>>().into_par_iter().for_each(one);
+                (0..m / PX).into_par_iter().step_by(group).for_each(one);
             } else {
                 (0..m / PX).step_by(group).for_each(one);
             }
         };
         // SAFETY: the blocks together write all `cout * m` elements (whole tiles of every row).
         let wide = unsafe { filled_by(g.cout * m, fill) };
-        for (co, (src, dst)) in wide.chunks_exact(m).zip(out.chunks_exact_mut(h * w)).enumerate() {
-            let b = bias.map_or(0.0, |b| b[co]);
-            for (src, dst) in src.chunks(r).zip(dst.chunks_exact_mut(w)) {
-                for (d, v) in dst.iter_mut().zip(src) {
-                    d.write(v + b);
-                }
-            }
-        }
+        write_out(g, &wide, m, bias, out);
     }
-
-    /// A pointer into the wide output that the blocks, writing disjoint rows, share.
-    #[derive(Clone, Copy)]
-    struct Shared(*mut f32);
-    // SAFETY: every block writes its own rows only.
-    unsafe impl Send for Shared {}
-    unsafe impl Sync for Shared {}
 
     /// One tile: `dst[o * dst_stride + j] = sum over c, dy, dx of w[c][dy * k + dx][o] *
     /// x[c * plane + dy * r + dx + j]` for `o < CO`, `j < PX`.
@@ -310,18 +298,6 @@ mod direct {
     }
 }
 
-/// A vector of `len` elements that `fill` initialises through a raw pointer.
-///
-/// # Safety
-/// `fill` must write every one of the `len` elements before returning.
-pub(crate) unsafe fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    fill(v.as_mut_ptr());
-    // SAFETY: the caller's `fill` has initialised `len` elements within the capacity.
-    unsafe { v.set_len(len) };
-    v
-}
-
 /// Convolve one image `xi` `[cin, h, w]` into `out` `[cout, h, w]`.
 fn forward_image(
     g: &Geometry,
@@ -331,7 +307,7 @@ fn forward_image(
     out: &mut [MaybeUninit<f32>],
     par: gemm::Parallelism,
 ) {
-    let (k, h, w, r, s, cout) = (g.k, g.h, g.w, g.row(), g.plane(), g.cout);
+    let (k, h, r, s, cout) = (g.k, g.h, g.row(), g.plane(), g.cout);
     let kk = k * g.cin;
     let x3 = replicate_shifted(g, xi);
     // SAFETY: the first GEMM (dy = 0, read_dst false) writes all of the `cout x (h*r)` elements.
@@ -366,9 +342,16 @@ fn forward_image(
             }
         })
     };
-    for (co, (src, dst)) in wide.chunks_exact(h * r).zip(out.chunks_exact_mut(h * w)).enumerate() {
+    write_out(g, &wide, h * r, bias, out);
+}
+
+/// `out` `[cout, h, w]` from the wide result (`cout` rows of `row_len >= h * R` values, image row
+/// `y` at `y * R`), the gap columns dropped and the bias added.
+fn write_out(g: &Geometry, wide: &[f32], row_len: usize, bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+    let (w, r) = (g.w, g.row());
+    for (co, (src, dst)) in wide.chunks_exact(row_len).zip(out.chunks_exact_mut(g.h * w)).enumerate() {
         let b = bias.map_or(0.0, |b| b[co]);
-        for (src, dst) in src.chunks_exact(r).zip(dst.chunks_exact_mut(w)) {
+        for (src, dst) in src.chunks(r).zip(dst.chunks_exact_mut(w)) {
             for (d, v) in dst.iter_mut().zip(src) {
                 d.write(v + b);
             }
@@ -403,34 +386,33 @@ fn convolve(g: &Geometry, x: &[f32], weights: Weights<'_>, bias: Option<&[f32]>)
             _ => vec![0f32; g.n * img_out],
         };
     }
+    // The weights in the layout of the kernel that runs: packed per block of output channels
+    // for the direct kernel, regrouped per kernel row for the GEMMs.
+    let direct = direct::available(g);
+    let packed = if direct {
+        direct::pack_weights(g, weights)
+    } else {
+        match weights {
+            Weights::AsGiven(w) => regroup_weights(g, w),
+            Weights::Adjoint(w) => regroup_weights(g, &adjoint(g, w)),
+        }
+    };
+    // One image; `parallel`: the image's own work spread over the rayon threads.
+    let image = |xi: &[f32], o: &mut [MaybeUninit<f32>], parallel: bool| {
+        if direct {
+            direct::forward_image(g, &packed, xi, bias, o, parallel)
+        } else {
+            let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+            forward_image(g, &packed, xi, bias, o, par)
+        }
+    };
     let mut out = Vec::with_capacity(g.n * img_out);
     let slots = &mut out.spare_capacity_mut()[..g.n * img_out];
-    if direct::available(g) {
-        let wp = direct::pack_weights(g, weights);
-        if images_in_parallel(g.n) {
-            slots.par_chunks_mut(img_out).zip(x.par_chunks(img_in)).for_each(|(o, xi)| {
-                direct::forward_image(g, &wp, xi, bias, o, false)
-            });
-        } else {
-            for (o, xi) in slots.chunks_mut(img_out).zip(x.chunks(img_in)) {
-                direct::forward_image(g, &wp, xi, bias, o, true);
-            }
-        }
-        // SAFETY: every image's `forward_image` wrote all `img_out` elements of its chunk.
-        unsafe { out.set_len(g.n * img_out) };
-        return out;
-    }
-    let wr = match weights {
-        Weights::AsGiven(w) => regroup_weights(g, w),
-        Weights::Adjoint(w) => regroup_weights(g, &adjoint(g, w)),
-    };
     if images_in_parallel(g.n) {
-        slots.par_chunks_mut(img_out).zip(x.par_chunks(img_in)).for_each(|(o, xi)| {
-            forward_image(g, &wr, xi, bias, o, gemm::Parallelism::None)
-        });
+        slots.par_chunks_mut(img_out).zip(x.par_chunks(img_in)).for_each(|(o, xi)| image(xi, o, false));
     } else {
         for (o, xi) in slots.chunks_mut(img_out).zip(x.chunks(img_in)) {
-            forward_image(g, &wr, xi, bias, o, gemm::Parallelism::Rayon(0));
+            image(xi, o, true);
         }
     }
     // SAFETY: every image's `forward_image` wrote all `img_out` elements of its chunk.
@@ -507,7 +489,8 @@ fn transpose_grad(g: &Geometry, gi: &[f32]) -> Vec<f32> {
 ///
 /// Per image and kernel row `dy`, one GEMM `grad_wide [C_out, H * R] x window^T` (the window of
 /// [`forward`]; `grad_wide` is zero where the window reads across the padding, and laid out as
-/// [`pixel_major_grad`] decides). /// The images' contributions are added in image order, whatever the thread count.
+/// [`pixel_major_grad`] decides). The images' contributions are added in image order, whatever
+/// the thread count.
 pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
     assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");

@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::fill::{filled_by, SharedMut};
+
 /// Elements per parallel task (whole rows, at least one).
 const TASK: usize = 16 * 1024;
 
@@ -81,8 +83,21 @@ fn lane_sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + v[main..].iter().sum::<f32>()
 }
 
+/// Softmax over `len` values of `x` viewed as `[groups, len, inner]` (`x.len()` a multiple of
+/// `len * inner`): over rows when `inner` is 1 (the last axis), else over the columns of each
+/// `[len, inner]` matrix, vectorised across them.
+pub fn forward(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    if inner == 1 { forward_rows(x, len) } else { forward_cols(x, len, inner) }
+}
+
+/// The gradient of [`forward`] given its output `y` and the output's gradient `grad`:
+/// `y * (grad - sum(grad * y))` over the same `len` values.
+pub fn backward(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    if inner == 1 { backward_rows(y, grad, len) } else { backward_cols(y, grad, len, inner) }
+}
+
 /// Softmax over rows of length `len` of `x` (`x.len()` a multiple of `len`).
-pub fn forward(x: &[f32], len: usize) -> Vec<f32> {
+fn forward_rows(x: &[f32], len: usize) -> Vec<f32> {
     assert!(len > 0 && x.len() % len == 0, "softmax: {} values are not rows of {len}", x.len());
     let mut y = vec![0f32; x.len()];
     let chunk = rows_per_task(len) * len;
@@ -93,8 +108,8 @@ pub fn forward(x: &[f32], len: usize) -> Vec<f32> {
     y
 }
 
-/// The gradient of [`forward`] given its output `y` and the output's gradient `grad`.
-pub fn backward(y: &[f32], grad: &[f32], len: usize) -> Vec<f32> {
+/// The gradient of [`forward_rows`] given its output `y` and the output's gradient `grad`.
+fn backward_rows(y: &[f32], grad: &[f32], len: usize) -> Vec<f32> {
     assert!(len > 0 && y.len() % len == 0, "softmax: {} values are not rows of {len}", y.len());
     assert_eq!(y.len(), grad.len(), "softmax: gradient length");
     let mut dx = vec![0f32; y.len()];
@@ -116,13 +131,6 @@ fn col_tasks(groups: usize, inner: usize) -> Vec<(usize, usize, usize)> {
         .flat_map(|g| (0..inner.div_ceil(COLS)).map(move |t| (g, t * COLS, COLS.min(inner - t * COLS))))
         .collect()
 }
-
-/// A raw pointer that tasks writing disjoint columns of one buffer can share.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its columns of its group).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 struct ForwardCols<'a> {
     /// One group `[len, inner]`.
@@ -208,22 +216,22 @@ where
 {
     let group = len * inner;
     assert!(group > 0 && total % group == 0, "softmax: {total} values are not [{len}, {inner}] matrices");
-    let mut out = Vec::<f32>::with_capacity(total);
-    let dst = SharedMut(out.as_mut_ptr());
-    col_tasks(total / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
-        let dst = dst;
-        // SAFETY: in bounds: group `g` of the output.
-        task(g, (j0, cols), SharedMut(unsafe { dst.0.add(g * group) }))
-    });
+    let fill = |out: *mut f32| {
+        let dst = SharedMut(out);
+        col_tasks(total / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
+            let dst = dst;
+            // SAFETY: in bounds: group `g` of the output.
+            task(g, (j0, cols), SharedMut(unsafe { dst.0.add(g * group) }))
+        });
+    };
     // SAFETY: the tasks cover every column of every group, and each writes all rows of its
     // columns.
-    unsafe { out.set_len(total) };
-    out
+    unsafe { filled_by(total, fill) }
 }
 
 /// Softmax over the second-to-last axis: `x` is `groups` matrices `[len, inner]` (row-major),
 /// and every column of each is normalised. `x.len()` must be a multiple of `len * inner`.
-pub fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
     let (group, arch) = (len * inner, pulp::Arch::new());
     by_columns(x.len(), len, inner, |g, cols, y| {
         arch.dispatch(ForwardCols { x: &x[g * group..(g + 1) * group], y, len, inner, cols })
@@ -232,7 +240,7 @@ pub fn forward_cols(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
 
 /// The gradient of [`forward_cols`] given its output `y` and the output's gradient `grad`:
 /// `y * (grad - sum over the column of grad * y)`.
-pub fn backward_cols(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
+fn backward_cols(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
     assert_eq!(y.len(), grad.len(), "softmax: gradient length");
     let (group, arch) = (len * inner, pulp::Arch::new());
     by_columns(y.len(), len, inner, |g, cols, dx| {
