@@ -55,6 +55,16 @@ pub enum DiffusionError {
         /// The shape that was given.
         found: Vec<usize>,
     },
+    /// A name (objective, schedule, sampler) that is not one of the known ones.
+    #[error("unknown {what} `{value}` (expected {expected})")]
+    UnknownName {
+        /// What was being parsed.
+        what: &'static str,
+        /// The text given.
+        value: String,
+        /// The accepted forms.
+        expected: &'static str,
+    },
     /// The denoiser returned NaN or infinite values while sampling or computing the loss.
     #[error("the denoiser returned non-finite values at timestep t = {t} (sampling step {step} of {total})")]
     NonFiniteModelOutput {

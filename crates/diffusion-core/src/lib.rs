@@ -28,12 +28,14 @@
 mod denoiser;
 mod diffusion;
 mod error;
+mod names;
 mod sampler;
 pub mod schedule;
 
 pub use denoiser::Denoiser;
 pub use diffusion::{gaussian_noise, normalize, unnormalize, DiffusionConfig, GaussianDiffusion, LossWeighting};
 pub use error::{DiffusionError, Result};
+pub use names::SamplerKind;
 pub use sampler::{ddim_time_pairs, dpm_solver_timesteps, SampleProgress, Sampler};
 pub use schedule::{BetaSchedule, NoiseSchedule};
 
@@ -47,18 +49,6 @@ pub enum Objective {
     PredX0,
     /// The velocity `v = sqrt(a) eps - sqrt(1 - a) x_0` (Salimans & Ho 2022).
     PredV,
-}
-
-impl Objective {
-    /// Parse `pred_noise`, `pred_x0` or `pred_v`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "pred_noise" => Some(Self::PredNoise),
-            "pred_x0" => Some(Self::PredX0),
-            "pred_v" => Some(Self::PredV),
-            _ => None,
-        }
-    }
 }
 
 /// The random-number generator used for reproducible sampling and training noise.

@@ -39,16 +39,6 @@ impl BetaSchedule {
         Self::Sigmoid { start: -3.0, end: 3.0, tau: 1.0 }
     }
 
-    /// Parse `linear`, `cosine` or `sigmoid` (with default parameters).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "linear" => Some(Self::Linear),
-            "cosine" => Some(Self::cosine()),
-            "sigmoid" => Some(Self::sigmoid()),
-            _ => None,
-        }
-    }
-
     /// The betas `beta_1 .. beta_T` as `f64`.
     pub fn betas(&self, timesteps: usize) -> Result<Vec<f64>> {
         if timesteps == 0 {
