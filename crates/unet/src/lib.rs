@@ -49,7 +49,7 @@ mod same_conv;
 mod softmax;
 
 pub use checkpoint::{
-    infer_config, infer_config_from_shapes, load_checkpoint, read_state_dict, CheckpointFormat,
+    infer_config, infer_config_from_shapes, load_checkpoint, read_metadata, read_state_dict, CheckpointFormat,
     ShapedValues, StateDict, Weights, CONFIG_METADATA_KEY,
 };
 pub use config::{UnetConfig, NUM_MEM_KV};
