@@ -1,14 +1,91 @@
-//! Where the commands get their lensing feature extractor from.
+//! The lensing feature extractor: the recipe that trains gen-metrics' ResNet-18 on simulated
+//! DeepLense Model I images, where the shipped and cached extractors live, and the one place
+//! that decides which extractor a command uses.
+//!
+//! The training images come from [`crate::data::simulate_resized`], the same simulate-and-resize
+//! path the diffusion model trains on, so both always see the same field of view.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
-use gen_metrics::train::{ensure_extractor, ExtractorRecipe};
-use gen_metrics::FeatureExtractor;
+use gen_metrics::train::{train_classifier, TrainConfig, TrainReport};
+use gen_metrics::{ExtractorConfig, FeatureExtractor, MetricsError};
+use lens_data::simulate::LensClass;
+use serde::{Deserialize, Serialize};
+
+/// Recipe of an extractor: simulated training data and optimiser settings. The shipped one is
+/// [`ExtractorRecipe::default`]; any other is trained on first use and cached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtractorRecipe {
+    /// Training images (simulated, classes in turn).
+    pub n_train: usize,
+    /// Held-out images (another seed).
+    pub n_heldout: usize,
+    /// Simulation grid (pixels per side; the field of view stays 7.5 arcsec).
+    pub num_pix: usize,
+    /// Network input size.
+    pub image_size: usize,
+    /// Optimiser settings.
+    pub train: TrainConfig,
+}
+
+impl Default for ExtractorRecipe {
+    fn default() -> Self {
+        Self { n_train: 3000, n_heldout: 600, num_pix: 150, image_size: 64, train: TrainConfig::default() }
+    }
+}
+
+fn sim_err(e: lens_data::LensDataError) -> MetricsError {
+    MetricsError::InvalidParameter { name: "simulation", value: String::new(), reason: e.to_string() }
+}
+
+/// Simulates the recipe's data, trains the classifier and returns it with its report.
+/// `progress(step, total_steps, loss)` is called after every step.
+pub fn train_from_recipe<B: AutodiffBackend>(
+    recipe: &ExtractorRecipe,
+    device: &B::Device,
+    progress: impl FnMut(usize, usize, f64),
+) -> gen_metrics::Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
+    let sim = |n, seed| crate::data::simulate_resized(n, recipe.num_pix, recipe.image_size, &LensClass::ALL, seed).map_err(sim_err);
+    let tr = sim(recipe.n_train, recipe.train.seed)?;
+    let ho = sim(recipe.n_heldout, recipe.train.seed.wrapping_add(1_000_003))?;
+    let labels = |s: &lens_data::dataset::ImageSet| s.labels.clone().unwrap_or_default();
+    let cfg = ExtractorConfig { image_size: recipe.image_size, ..ExtractorConfig::default() };
+    train_classifier::<B>(tr.images.view(), &labels(&tr), ho.images.view(), &labels(&ho), cfg, &recipe.train, device, progress)
+}
+
+/// Loads the extractor cached at `path`, or trains one from `recipe` and caches it there
+/// (burnpack + `.json` sidecar with the training report).
+pub fn ensure_extractor<B: AutodiffBackend>(
+    path: &Path,
+    recipe: &ExtractorRecipe,
+    device: &B::Device,
+    progress: impl FnMut(usize, usize, f64),
+) -> gen_metrics::Result<FeatureExtractor<B::InnerBackend>> {
+    if path.exists() {
+        return FeatureExtractor::load(path, device);
+    }
+    let (ex, _) = train_from_recipe::<B>(recipe, device, progress)?;
+    ex.save(path)?;
+    Ok(ex)
+}
+
+/// The one cache folder of every command (trained extractors): `$LENSING_DIFFUSION_CACHE`, else
+/// `$XDG_CACHE_HOME/lensing-diffusion`, else `~/.cache/lensing-diffusion`, else
+/// `.lensing-diffusion-cache` in the working folder.
+pub fn cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("LENSING_DIFFUSION_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("lensing-diffusion")))
+        .or_else(|| var("HOME").map(|p| p.join(".cache/lensing-diffusion")))
+        .unwrap_or_else(|| PathBuf::from(".lensing-diffusion-cache"))
+}
 
 /// The extractor this project trained with [`ExtractorRecipe::default`], shipped in the
 /// repository (see `assets/extractor/README.md`).
 pub fn shipped_extractor_path() -> PathBuf {
+    // The source checkout (also for `cargo install --path .`, which builds from it): 45 MB is
+    // too much to embed in every build of this crate (docs/ARCHITECTURE.md, decisions).
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/extractor/resnet18-lensing-s64.bpk")
 }
 

@@ -161,10 +161,14 @@ impl<B: Backend> ResNet18<B> {
 
     /// Saves the weights (burnpack) to `path`, atomically.
     pub fn save_burnpack(&self, path: &Path) -> Result<()> {
-        let tmp = tmp_path(path);
-        let mut store = BurnpackStore::from_file(&tmp).auto_extension(false).overwrite(true);
-        self.save_into(&mut store).map_err(|e| MetricsError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
-        std::fs::rename(&tmp, path).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source })
+        atomic_file::write_with(path, |tmp| {
+            let mut store = BurnpackStore::from_file(tmp).auto_extension(false).overwrite(true);
+            self.save_into(&mut store).map_err(|e| e.to_string())
+        })
+        .map_err(|e| match e {
+            atomic_file::Error::Write(message) => MetricsError::Checkpoint { path: path.to_path_buf(), message },
+            atomic_file::Error::Io(source) => MetricsError::Io { path: path.to_path_buf(), source },
+        })
     }
 
     /// Loads weights written by [`save_burnpack`](Self::save_burnpack).
@@ -175,11 +179,6 @@ impl<B: Backend> ResNet18<B> {
         check_apply(path, &res, false)?;
         Ok(model)
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 fn check_apply(path: &Path, r: &burn_store::ApplyResult, ignore_batches_tracked: bool) -> Result<()> {

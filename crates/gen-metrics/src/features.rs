@@ -1,6 +1,6 @@
 //! Feature matrices: validation, `.npy` loading, and small helpers shared by the metrics.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use ndarray_npy::ReadNpyExt;
@@ -79,21 +79,10 @@ pub fn load_features_npy(path: impl AsRef<Path>) -> Result<Array2<f64>> {
     Ok(arr)
 }
 
-/// Writes bytes to `path` atomically: a temporary file in the same directory, then a rename,
-/// so a reader never sees a half-written file.
+/// Writes bytes to `path` atomically and durably (`atomic_file::write`): a reader never sees a
+/// half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| MetricsError::Io { path: path.to_path_buf(), source };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    atomic_file::write(path, bytes).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source })
 }
 
 /// Returns `x` with its column means subtracted (a new standard-layout array), and the means.

@@ -10,11 +10,14 @@
 //!   one streamed, tiled Gram pass), Monte-Carlo RKE, RRKE, Vendi.
 //! - [`kid`]: KID (unbiased MMD^2, cubic kernel, seeded subsets, mean and std).
 //! - [`prdc`]: precision / recall / density / coverage (prdc conventions).
-//! - [`report`]: [`evaluate_features`] computes everything `examples/evaluate.rs` reports
+//! - [`report`]: [`evaluate_features`] computes everything `lensing-diffusion evaluate` reports
 //!   (JSON keys `fid`, `rke_real`, `rke_generated`, `rrke`, `vendi_generated`, `kid`, ...)
 //!   and the real-vs-real noise floor ([`real_vs_real`]).
 //! - [`extractor`], [`train`]: [`ResNet18`] in burn (any `Backend`), torchvision state-dict
-//!   loading, our checkpoints, classifier training and [`ensure_extractor`] (train and cache).
+//!   loading, our checkpoints and classifier training on labelled images
+//!   ([`train_classifier`]). The lensing recipe that simulates its training images lives in the
+//!   `lensing-diffusion` crate (`lensing_diffusion::classifier`): this crate depends on no lensing
+//!   code.
 //!
 //! Bad input (NaN/inf, mismatched dimensions, too few rows, bandwidth <= 0, bad files) is a
 //! [`MetricsError`] naming the input at fault.
@@ -54,4 +57,4 @@ pub use report::{bandwidth_key, evaluate_features, real_vs_real, EvalConfig, Eva
 pub mod extractor;
 pub use extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
 pub mod train;
-pub use train::{ensure_extractor, simulate_images, train_classifier, train_from_recipe, ExtractorRecipe, TrainConfig, TrainReport};
+pub use train::{train_classifier, TrainConfig, TrainReport};

@@ -1,4 +1,4 @@
-//! The whole evaluation report on two feature sets (what `examples/evaluate.rs` prints and
+//! The whole evaluation report on two feature sets (what `lensing-diffusion evaluate` prints and
 //! writes), plus the real-vs-real noise floor.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
-//! Training the ResNet-18 as a 3-class lensing classifier (no_sub / cdm / axion), so its
-//! pooled features mean something for FID / RKE.
+//! Training the ResNet-18 as a classifier on labelled images, so its pooled features mean
+//! something for FID / RKE. Where the images come from (the lensing simulator, a folder) is the
+//! caller's business: this crate knows no lensing code.
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -149,76 +150,4 @@ pub fn train_classifier<B: AutodiffBackend>(
     };
     let info = serde_json::to_value(&report).ok();
     Ok((FeatureExtractor { model, config: extractor, info }, report))
-}
-
-/// Simulated labelled lensing images for training / held-out evaluation.
-#[derive(Clone, Debug)]
-pub struct SimulatedImages {
-    /// Images `[N, S, S]`, values in `[0, 1]`.
-    pub images: ndarray::Array3<f32>,
-    /// Label per image (index into [`ExtractorConfig::class_names`]: no_sub, cdm, axion).
-    pub labels: Vec<usize>,
-}
-
-/// Simulates `count` DeepLense Model I images (lens-data, all three classes in turn, PSF and
-/// noise, min-max normalised) on a `num_pix` grid and resizes them to `image_size` with the
-/// antialiased bilinear filter. Seeded: same arguments, same images.
-pub fn simulate_images(count: usize, num_pix: usize, image_size: usize, seed: u64) -> Result<SimulatedImages> {
-    use lens_data::{simulate_dataset, LensClass, ModelI};
-    let cfg = ModelI { num_pix, pixel_scale: 0.05 * 150.0 / num_pix as f64, ..ModelI::default() };
-    let classes = [LensClass::NoSub, LensClass::Cdm, LensClass::Axion];
-    let set = simulate_dataset(&cfg, &classes, count, seed).map_err(|e| MetricsError::InvalidParameter { name: "simulation", value: format!("count {count}, num_pix {num_pix}"), reason: e.to_string() })?;
-    let mut images = ndarray::Array3::<f32>::zeros((count, image_size, image_size));
-    for (i, mut dst) in images.outer_iter_mut().enumerate() {
-        let img = set.images.index_axis(ndarray::Axis(0), i);
-        if num_pix == image_size {
-            dst.assign(&img.mapv(|v| v as f32));
-        } else {
-            dst.assign(&lens_data::resize::resize_bilinear_aa(img, (image_size, image_size)));
-        }
-    }
-    Ok(SimulatedImages { images, labels: set.labels })
-}
-
-/// Recipe of the default extractor that [`ensure_extractor`] trains when no cached one exists.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ExtractorRecipe {
-    /// Training images (simulated, classes balanced).
-    pub n_train: usize,
-    /// Held-out images (different seed).
-    pub n_heldout: usize,
-    /// Simulation grid (pixels per side; the field of view stays 7.5 arcsec).
-    pub num_pix: usize,
-    /// Network input size.
-    pub image_size: usize,
-    /// Optimiser settings.
-    pub train: TrainConfig,
-}
-
-impl Default for ExtractorRecipe {
-    fn default() -> Self {
-        Self { n_train: 3000, n_heldout: 600, num_pix: 150, image_size: 64, train: TrainConfig::default() }
-    }
-}
-
-/// Simulates data, trains and returns the extractor with its report (see [`ExtractorRecipe`]).
-pub fn train_from_recipe<B: AutodiffBackend>(recipe: &ExtractorRecipe, device: &B::Device, progress: impl FnMut(usize, usize, f64)) -> Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
-    let tr = simulate_images(recipe.n_train, recipe.num_pix, recipe.image_size, recipe.train.seed)?;
-    let ho = simulate_images(recipe.n_heldout, recipe.num_pix, recipe.image_size, recipe.train.seed.wrapping_add(1_000_003))?;
-    let cfg = ExtractorConfig { image_size: recipe.image_size, ..ExtractorConfig::default() };
-    train_classifier::<B>(tr.images.view(), &tr.labels, ho.images.view(), &ho.labels, cfg, &recipe.train, device, progress)
-}
-
-/// Loads the extractor cached at `path`, or trains one from `recipe` and caches it there
-/// (burnpack + `.json` sidecar with the training report): evaluation never needs the network.
-pub fn ensure_extractor<B: AutodiffBackend>(path: &std::path::Path, recipe: &ExtractorRecipe, device: &B::Device, progress: impl FnMut(usize, usize, f64)) -> Result<FeatureExtractor<B::InnerBackend>> {
-    if path.exists() {
-        return FeatureExtractor::load(path, device);
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| MetricsError::Io { path: dir.to_path_buf(), source })?;
-    }
-    let (ex, _) = train_from_recipe::<B>(recipe, device, progress)?;
-    ex.save(path)?;
-    Ok(ex)
 }
