@@ -1,6 +1,6 @@
 //! The U-Net's channel `RMSNorm`, optionally followed by the time modulation
 //! `y * (scale + 1) + shift` and SiLU, as one pass over contiguous NCHW f32 slices (the CPU
-//! kernel behind [`crate::backend::UnetBackend::rms_norm_act`] on burn Flex), and its gradient.
+//! kernel behind `unet::UnetBackend::rms_norm_act` on burn Flex), and its gradient.
 //!
 //! Per image and chunk of pixels: the channel sum of squares is accumulated pixel-wise (one
 //! contiguous row per channel), then every output row is written once. burn's composition of the

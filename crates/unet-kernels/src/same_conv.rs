@@ -1,5 +1,5 @@
 //! A `k x k` stride-1 "same" convolution on contiguous NCHW f32 slices as `k` GEMMs (the CPU
-//! kernel behind [`crate::backend::UnetBackend`] on burn Flex).
+//! kernel behind `unet::UnetBackend` on burn Flex).
 //!
 //! Per image, the input is written once into a zero-padded plane with rows of `R = W + p`
 //! (`p = k / 2`; the `p` zeros after an image row are its right padding and the next row's left
@@ -18,7 +18,7 @@
 //!
 //! Why not burn Flex's `conv2d`: it spends about a third of its time scattering its NHWC GEMM
 //! result back to NCHW element by element and a tenth in a single-threaded input transpose
-//! (docs/PERFORMANCE.md). Here the GEMM writes NCHW rows directly.
+//! (docs/performance-history.md). Here the GEMM writes NCHW rows directly.
 
 use std::mem::MaybeUninit;
 

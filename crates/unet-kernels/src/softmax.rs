@@ -1,6 +1,6 @@
 //! Softmax over the last axis of a contiguous f32 slice, and its gradient (the CPU kernels behind
-//! [`crate::backend::UnetBackend::softmax_last`] on burn Flex); and over the second-to-last axis
-//! ([`forward_cols`], [`backward_cols`], behind [`crate::backend::UnetBackend::softmax_cols`]),
+//! `unet::UnetBackend::softmax_last` on burn Flex); and over the second-to-last axis
+//! ([`forward_cols`], [`backward_cols`], behind `unet::UnetBackend::softmax_cols`),
 //! vectorised across the last axis.
 //!
 //! Per row of length `L`: `y = exp(x - max) / sum(exp(x - max))`, the formula burn's `softmax`

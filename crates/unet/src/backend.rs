@@ -12,7 +12,7 @@
 //! kernels of `same_conv.rs` (a direct AVX-512 kernel for the forward and the input gradient,
 //! shifted GEMMs for the rest; the forward 1.1-9x faster than Flex's `conv2d` at this network's
 //! shapes already as GEMMs), and the norm and softmaxes with single-pass SIMD kernels
-//! (`norm_act.rs`, `softmax.rs`); docs/PERFORMANCE.md, issue 7. Under `Autodiff<B>` each operation is one tracked
+//! (`norm_act.rs`, `softmax.rs`); docs/performance-history.md, issue 7. Under `Autodiff<B>` each operation is one tracked
 //! node whose backward runs the inner backend's gradient operations, so `Autodiff<Flex>` trains
 //! on our kernels too.
 //!
@@ -216,7 +216,7 @@ fn burn_rms_norm_act<B: Backend>(
     let x = x.reshape([n, c, h * w]);
     let ones = Tensor::<B, 3>::ones([1, 1, c], &x.device());
     let sq = x.clone().powi_scalar(2);
-    let norm = ones.matmul(sq).sqrt().clamp_min(crate::norm_act::EPS as f64).repeat_dim(1, c);
+    let norm = ones.matmul(sq).sqrt().clamp_min(unet_kernels::norm_act::EPS as f64).repeat_dim(1, c);
     let y = x
         .div(norm)
         .mul(per_sample_channels(float::<B, 1>(gain), n))
@@ -246,8 +246,8 @@ fn burn_rms_norm_act_backward<B: Backend>(
     let x = x.reshape([n, c, h * w]);
     let grad = float::<B, 4>(output_grad).reshape([n, c, h * w]);
     let ones = Tensor::<B, 3>::ones([1, 1, c], &x.device());
-    let d = ones.matmul(x.clone().powi_scalar(2)).sqrt().clamp_min(crate::norm_act::EPS as f64);
-    let above_eps = d.clone().greater_elem(crate::norm_act::EPS as f64).float();
+    let d = ones.matmul(x.clone().powi_scalar(2)).sqrt().clamp_min(unet_kernels::norm_act::EPS as f64);
+    let above_eps = d.clone().greater_elem(unet_kernels::norm_act::EPS as f64).float();
     let u = x.div(d.clone());
     let gain = float::<B, 1>(gain).reshape([1, c, 1]);
     let (m, b) = match &modulation {
@@ -367,13 +367,13 @@ fn flex_geometry(
     x: &burn_flex::FlexTensor,
     weight: &burn_flex::FlexTensor,
     extra: Operand<'_>,
-) -> Option<crate::same_conv::Geometry> {
+) -> Option<unet_kernels::same_conv::Geometry> {
     let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     let (xs, ws) = (x.shape().to_vec(), weight.shape().to_vec());
     if !f32s || xs.len() != 4 || ws.len() != 4 || ws[1] != xs[1] || ws[2] != ws[3] || ws[2] % 2 == 0 {
         return None;
     }
-    let g = crate::same_conv::Geometry { n: xs[0], cin: xs[1], h: xs[2], w: xs[3], cout: ws[0], k: ws[2] };
+    let g = unet_kernels::same_conv::Geometry { n: xs[0], cin: xs[1], h: xs[2], w: xs[3], cout: ws[0], k: ws[2] };
     let fits = match extra {
         Operand::None => true,
         Operand::Bias(b) => b.dtype() == DType::F32 && b.shape().num_elements() == g.cout,
@@ -396,14 +396,14 @@ fn flex_norm_geometry(
     x: &burn_flex::FlexTensor,
     gain: &burn_flex::FlexTensor,
     modulation: Option<&(burn_flex::FlexTensor, burn_flex::FlexTensor)>,
-) -> Option<(crate::norm_act::Geometry, [usize; 4])> {
+) -> Option<(unet_kernels::norm_act::Geometry, [usize; 4])> {
     let xs = x.shape().to_vec();
     let [n, c, h, w] = <[usize; 4]>::try_from(xs).ok()?;
     let f32_of = |t: &burn_flex::FlexTensor, len: usize| t.dtype() == DType::F32 && t.shape().num_elements() == len;
     let fits = x.dtype() == DType::F32
         && f32_of(gain, c)
         && modulation.is_none_or(|(scale, shift)| f32_of(scale, n * c) && f32_of(shift, n * c));
-    fits.then_some((crate::norm_act::Geometry { n, c, p: h * w }, [n, c, h, w]))
+    fits.then_some((unet_kernels::norm_act::Geometry { n, c, p: h * w }, [n, c, h, w]))
 }
 
 /// Contiguous copies of a call's operands and the kernel's parameters over them.
@@ -422,8 +422,8 @@ impl FlexNormOperands {
         Self { x: contiguous(x), gain: contiguous(gain), modulation: modulation.map(|(s, b)| (contiguous(s), contiguous(b))) }
     }
 
-    fn params(&self, silu: bool) -> crate::norm_act::Params<'_> {
-        crate::norm_act::Params {
+    fn params(&self, silu: bool) -> unet_kernels::norm_act::Params<'_> {
+        unet_kernels::norm_act::Params {
             gain: f32s(&self.gain),
             modulation: self.modulation.as_ref().map(|(s, b)| (f32s(s), f32s(b))),
             silu,
@@ -441,7 +441,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_conv2d_same::<Self>(x, weight, bias);
         };
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
-        let out = crate::same_conv::forward(&g, f32s(&x), f32s(&weight), bias.as_ref().map(f32s));
+        let out = unet_kernels::same_conv::forward(&g, f32s(&x), f32s(&weight), bias.as_ref().map(f32s));
         flex_tensor(out, [g.n, g.cout, g.h, g.w])
     }
 
@@ -454,7 +454,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_conv2d_same_x_backward::<Self>(x, weight, output_grad);
         };
         let (weight, output_grad) = (contiguous(weight), contiguous(output_grad));
-        let dx = crate::same_conv::input_grad(&g, f32s(&weight), f32s(&output_grad));
+        let dx = unet_kernels::same_conv::input_grad(&g, f32s(&weight), f32s(&output_grad));
         flex_tensor(dx, [g.n, g.cin, g.h, g.w])
     }
 
@@ -467,7 +467,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_conv2d_same_weight_backward::<Self>(x, weight, output_grad);
         };
         let (x, output_grad) = (contiguous(x), contiguous(output_grad));
-        let dw = crate::same_conv::weight_grad(&g, f32s(&x), f32s(&output_grad));
+        let dw = unet_kernels::same_conv::weight_grad(&g, f32s(&x), f32s(&output_grad));
         flex_tensor(dw, [g.cout, g.cin, g.k, g.k])
     }
 
@@ -481,7 +481,7 @@ impl UnetBackend for burn::backend::Flex {
             return burn_rms_norm_act::<Self>(x, gain, modulation, silu);
         };
         let ops = FlexNormOperands::new(x, gain, modulation);
-        flex_tensor(crate::norm_act::forward(&g, f32s(&ops.x), &ops.params(silu)), shape)
+        flex_tensor(unet_kernels::norm_act::forward(&g, f32s(&ops.x), &ops.params(silu)), shape)
     }
 
     fn rms_norm_act_backward(
@@ -498,7 +498,7 @@ impl UnetBackend for burn::backend::Flex {
         };
         let ops = FlexNormOperands::new(x, gain, modulation);
         let output_grad = contiguous(output_grad);
-        let grads = crate::norm_act::backward(&g, f32s(&ops.x), &ops.params(silu), f32s(&output_grad));
+        let grads = unet_kernels::norm_act::backward(&g, f32s(&ops.x), &ops.params(silu), f32s(&output_grad));
         NormActGrads {
             x: flex_tensor(grads.x, shape),
             gain: flex_tensor(grads.gain, [g.c]),
@@ -532,7 +532,7 @@ fn flex_softmax(x: burn_flex::FlexTensor, axis: SoftmaxAxis) -> burn_flex::FlexT
     }
     let (len, inner) = softmax_geometry(&shape, axis);
     let x = contiguous(x);
-    flex_tensor(crate::softmax::forward(f32s(&x), len, inner), shape)
+    flex_tensor(unet_kernels::softmax::forward(f32s(&x), len, inner), shape)
 }
 
 /// The gradient of [`flex_softmax`] given its output `y` and the output's gradient.
@@ -548,7 +548,7 @@ fn flex_softmax_backward(
     }
     let (len, inner) = softmax_geometry(&shape, axis);
     let (y, output_grad) = (contiguous(y), contiguous(output_grad));
-    flex_tensor(crate::softmax::backward(f32s(&y), f32s(&output_grad), len, inner), shape)
+    flex_tensor(unet_kernels::softmax::backward(f32s(&y), f32s(&output_grad), len, inner), shape)
 }
 
 /// `t` itself when its f32 data is one contiguous run, else a contiguous copy.
@@ -896,7 +896,7 @@ mod tests {
         let mut worst = 0f64;
         let mut v = -87.0f32;
         while v < 88.0 {
-            let (got, want) = (crate::norm_act::exp(v) as f64, (v as f64).exp());
+            let (got, want) = (unet_kernels::norm_act::exp(v) as f64, (v as f64).exp());
             worst = worst.max(((got - want) / want).abs());
             v += 0.0137;
         }

@@ -41,12 +41,8 @@ mod checkpoint;
 mod config;
 mod denoiser;
 mod error;
-mod fill;
 pub mod keys;
 pub mod model;
-mod norm_act;
-mod same_conv;
-mod softmax;
 
 pub use checkpoint::{
     infer_config, infer_config_from_shapes, load_checkpoint, read_metadata, read_state_dict, CheckpointFormat,

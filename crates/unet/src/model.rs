@@ -270,8 +270,8 @@ impl<B: UnetBackend> LinearAttention<B> {
     }
 }
 
-/// `Attention`: standard softmax attention over all pixels plus memory key/values, computed with
-/// burn's fused `attention` op.
+/// `Attention`: standard softmax attention over all pixels plus memory key/values, as two
+/// matmuls around the backend's last-axis softmax (not burn's fused `attention`; see `forward`).
 #[derive(Module, Debug)]
 pub struct FullAttention<B: Backend> {
     /// Pre-norm (`norm`).

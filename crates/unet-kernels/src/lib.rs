@@ -1,0 +1,28 @@
+//! # unet-kernels
+//!
+//! The CPU kernels the `unet` crate runs on burn's Flex backend, on plain `f32` slices in NCHW
+//! order, with no burn dependency (as candle keeps `candle-kernels` apart from the tensor code):
+//!
+//! - [`same_conv`]: the network's `k x k`, stride-1, "same"-padded convolution and its input and
+//!   weight gradients: a direct AVX-512 kernel (8 output channels x 48 pixels in 24 registers)
+//!   where the CPU has AVX-512F and the channels come in blocks of 8, GEMMs (the `gemm` crate)
+//!   otherwise and for the weight gradient.
+//! - [`norm_act`]: channel RMSNorm, per-sample modulation and SiLU in one pass, and its
+//!   closed-form gradient (SIMD through `pulp`'s run-time dispatch).
+//! - [`softmax`]: softmax over the middle axis of `[groups, len, inner]` (rows or columns) and
+//!   its gradient.
+//!
+//! These are low-level: each function takes the geometry and slices and **panics** when a slice
+//! length does not match the geometry (a caller bug, not bad input). The safe, shape-checked way
+//! in is `unet::UnetBackend`, which falls back to burn's own operations where a kernel does not
+//! apply. Results are reproducible bit for bit per kind of CPU (the direct and GEMM paths sum in
+//! different orders).
+//!
+//! ## Feature flags
+//! None. Kernels are chosen at run time from the CPU's features.
+#![warn(missing_docs)]
+
+mod fill;
+pub mod norm_act;
+pub mod same_conv;
+pub mod softmax;
