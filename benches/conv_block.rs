@@ -8,7 +8,7 @@
 //! cargo bench --bench conv_block
 //! python scripts/bench_conv_block.py --threads 2     # the same block in PyTorch
 //! ```
-//! Numbers are recorded in docs/PERFORMANCE.md (section "Training and sampling throughput").
+//! Numbers are recorded in docs/performance-history.md (section "Training and sampling throughput").
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! lens-data speed targets (see docs/PERFORMANCE.md, section "lens-data").
+//! lens-data speed targets (see docs/performance-history.md, section "lens-data").
 //!
 //! ```text
 //! cargo bench --bench lens_data                      # everything

@@ -1,4 +1,4 @@
-//! gen-metrics speed targets (docs/PERFORMANCE.md, section "gen-metrics").
+//! gen-metrics speed targets (docs/performance-history.md, section "gen-metrics").
 //!
 //! ```text
 //! python scripts/bench_metrics.py --out target/bench-data   # writes the features + Python timings

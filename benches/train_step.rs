@@ -23,13 +23,13 @@
 //! training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
 //! is `TRAIN_STEP_WARMUP` repetitions (default 1; cubecl autotunes its kernels on first use).
 //! Cases (the same in the Python script):
-//! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `examples/pipeline.rs` trains); training
+//! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `lensing-diffusion pipeline` trains); training
 //!   step at batch 16, forward (sampling) at batch 100.
 //! - `deeplense`: `Unet(64, (1,2,4,8))` at 128x128; training step and forward at batch 4.
 //!
 //! A training step is [`Trainer::train_step`]: pred-v loss with random timesteps and noise,
 //! backward, global-norm clipping, AdamW, EMA update. The forward is the EMA network without
-//! autodiff at a fixed t = 500. Results go to docs/PERFORMANCE.md (issue 7 section) as
+//! autodiff at a fixed t = 500. Results go to docs/performance-history.md (issue 7 section) as
 //! images/s and ratios to PyTorch.
 
 use std::time::Duration;
@@ -39,7 +39,8 @@ use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lensing_diffusion::backend::BackendKind;
-use lensing_diffusion::train::{TrainConfig, Trainer};
+use lensing_diffusion::config::TrainConfig;
+use lensing_diffusion::trainer::Trainer;
 use lensing_diffusion::unet::Unet;
 
 struct Case {

@@ -5,7 +5,7 @@
 //! ```
 //! DeepLense preset (`Unet(dim=64, dim_mults=(1,2,4,8), channels=1)`, 35.7 M parameters) at
 //! 128x128, batch 1 and 8, on Flex; the small preset (dim 16) at 128x128, batch 8, on Flex and
-//! NdArray. Numbers are recorded in docs/PERFORMANCE.md (section "unet").
+//! NdArray. Numbers are recorded in docs/performance-history.md (section "unet").
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-"""Python side of the lens-data speed comparison (docs/PERFORMANCE.md, section "lens-data").
+"""Python side of the lens-data speed comparison (docs/performance-history.md, section "lens-data").
 
     python scripts/bench_lens_data.py files DIR [--count 10000]   # write f64 (1,150,150) .npy files
     python scripts/bench_lens_data.py load DIR [--repeat 3]       # numpy load + torch antialiased resize

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Side-by-side reference timings for gen-metrics (docs/PERFORMANCE.md, section gen-metrics).
+"""Side-by-side reference timings for gen-metrics (docs/performance-history.md, section gen-metrics).
 
 Generates the benchmark feature matrices (numpy, seeded), saves them as .npy so the Rust side
-(`cargo bench --bench metrics`, `cargo run --release --example evaluate`) can read the very same
+(`cargo bench --bench metrics`, `lensing-diffusion evaluate`) can read the very same
 files, and times the Python references on them:
 
   * FID, n = 10,000, d = 2,048: pytorch-fid (np.mean/np.cov statistics + calculate_frechet_distance,

@@ -2,7 +2,7 @@
 # Side-by-side GPU throughput of the DeepLense preset (Unet(64, (1,2,4,8)), 128x128, the preset's
 # batch 24): our training step and forward (benches/train_step.rs on burn's CUDA backend, in
 # f32, bf16 and f16) next to denoising-diffusion-pytorch's (scripts/bench_train_step.py on the
-# same GPU, f32 and autocast bf16 / f16). Results: docs/PERFORMANCE.md, "GPU".
+# same GPU, f32 and autocast bf16 / f16). Results: docs/performance-history.md, "GPU".
 #
 #   bash scripts/gpu_train_step.sh                  # builds the bench with --features cuda
 #   FEATURES=cuda-untuned bash scripts/gpu_train_step.sh   # without burn's kernel autotuning

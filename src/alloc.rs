@@ -5,7 +5,7 @@
 //! the heap is trimmed back to the OS above 128 KiB free, so each large activation is faulted in
 //! page by page on every use: on the pipeline preset ~10 % of a training step's profile was page
 //! faults, and the U-Net forward at batch 100 ran 1.8x faster with the settings below
-//! (docs/PERFORMANCE.md, "Allocator settings"). Memory that is freed stays with the process
+//! (docs/performance-history.md, "Allocator settings"). Memory that is freed stays with the process
 //! (up to [`TRIM_THRESHOLD`] at the top of the heap) for the next step to reuse; peak RSS of a
 //! DeepLense batch-24 training step went from 18.4 to 18.9 GB.
 

@@ -27,7 +27,7 @@ impl BackendKind {
 
     /// Data-parallel training shards for a preset's `data_parallel` on this backend: at least 2
     /// on the CPU backends (burn's CPU kernels leave a core idle on small operations; measured
-    /// gains for both presets in docs/PERFORMANCE.md), 1 on cuda.
+    /// gains for both presets in docs/performance-history.md), 1 on cuda.
     pub fn training_shards(self, preset: usize) -> usize {
         match self {
             Self::Cuda => 1,

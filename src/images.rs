@@ -61,14 +61,12 @@ pub fn grid(values: &[f32], n: usize, h: usize, w: usize, cols: usize, scale: u3
     Ok(out)
 }
 
-/// Save a PNG atomically (temporary file in the same folder, then rename).
+/// Save a PNG atomically and durably (encoded in memory, then `atomic_file::write`).
 pub fn save_png_atomic(img: &GrayImage, path: &Path) -> Result<(), ImageError> {
     let err = |reason: String| ImageError::Write { path: path.to_path_buf(), reason };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("image")));
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| err(e.to_string()))?;
+    atomic_file::write(path, bytes.get_ref()).map_err(|e| err(e.to_string()))
 }
 
 /// Tile images into a grid PNG (see [`grid`]) and save it atomically.

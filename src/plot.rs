@@ -5,14 +5,15 @@ use std::path::Path;
 use plotters::prelude::*;
 
 /// Plot `(step, loss)` points, with an exponential moving average (0.98) on top, on a log-scale
-/// y axis, to a PNG at `path` (written to a temporary file, then renamed).
+/// y axis, to a PNG at `path` (drawn in memory, then written atomically).
 pub fn loss_curve(points: &[(usize, f32)], path: &Path) -> Result<(), String> {
     if points.is_empty() {
         return Err("no loss values to plot".into());
     }
-    let tmp = path.with_extension("tmp.png");
+    let (w, h) = (800u32, 480u32);
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let finite: Vec<(usize, f32)> = points.iter().copied().filter(|(_, l)| l.is_finite() && *l > 0.0).collect();
         if finite.is_empty() {
@@ -55,5 +56,13 @@ pub fn loss_curve(points: &[(usize, f32)], path: &Path) -> Result<(), String> {
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    write_png_rgb(rgb, w, h, path)
+}
+
+/// Encode an RGB buffer as PNG and write it atomically.
+pub fn write_png_rgb(rgb: Vec<u8>, w: u32, h: u32, path: &Path) -> Result<(), String> {
+    let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| format!("{}: buffer does not hold {w}x{h} RGB pixels", path.display()))?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| format!("{}: {e}", path.display()))?;
+    atomic_file::write(path, bytes.get_ref()).map_err(|e| format!("{}: {e}", path.display()))
 }

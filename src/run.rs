@@ -13,7 +13,8 @@ use diffusion_core::Sampler;
 use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::dataset::ImageSet;
 
-use crate::train::{TrainError, Trainer};
+use crate::error::TrainError;
+use crate::trainer::Trainer;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +121,7 @@ pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, op
 
     let start = Instant::now();
     let first_step = trainer.step();
-    let mut last_checkpoint: Option<PathBuf> = crate::train::list_checkpoints(&ckpt_dir).pop();
+    let mut last_checkpoint: Option<PathBuf> = crate::checkpoint::list_checkpoints(&ckpt_dir).pop();
     let mut final_loss = f32::NAN;
     let mut reason = StopReason::Finished;
     let batch = trainer.config().batch_size;

@@ -3,7 +3,9 @@
 use burn::backend::{Autodiff, Flex};
 use lens_data::dataset::ImageSet;
 use lensing_diffusion::run::{run, RunOptions, StopReason};
-use lensing_diffusion::train::{TrainConfig, TrainError, Trainer};
+use lensing_diffusion::config::TrainConfig;
+use lensing_diffusion::trainer::Trainer;
+use lensing_diffusion::TrainError;
 use ndarray::Array3;
 use unet::UnetConfig;
 
@@ -84,7 +86,7 @@ fn run_writes_logs_checkpoints_and_resumes_through_the_driver() {
     for f in ["config.json", "loss.csv", "loss.png", "samples/step-0000003.png", "samples/step-0000006.png"] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
-    let ckpts = lensing_diffusion::train::list_checkpoints(&dir.path().join("checkpoints"));
+    let ckpts = lensing_diffusion::checkpoint::list_checkpoints(&dir.path().join("checkpoints"));
     assert_eq!(ckpts.len(), 1, "keep_last = 1: {ckpts:?}");
     assert!(ckpts[0].join("ema.bpk").is_file() && ckpts[0].join("model.bpk").is_file());
     // The EMA checkpoint loads with the U-Net loader the sample command uses.

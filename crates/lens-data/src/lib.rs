@@ -59,8 +59,8 @@
 //!   (`images: Array3<f64>`, `labels`), parallel and seeded per image (ChaCha8, stream = index).
 //! - [`write::write_model_i_dataset`] writes DeepLense layouts (f64 `(1,N,N)` files, atomic).
 //!
-//! Commands (root package examples): `cargo run --release --example simulate -- --spec S.json
-//! --out image.npy`, `cargo run --release --example make-dataset -- --out DIR --count N`.
+//! Commands (the root package's `lensing-diffusion`): `lensing-diffusion simulate --spec S.json
+//! --out image.npy`, `lensing-diffusion make-dataset --out DIR --count N`.
 //!
 //! ## Feature flags
 //! - `burn` (off by default): `dataset::Batch::to_tensor::<B>(&device) -> Tensor<B, 4>`.

@@ -1,0 +1,115 @@
+//! Flag groups shared by several subcommands, parsed once into the library's types.
+
+use clap::Args;
+use diffusion_core::{BetaSchedule, Objective, Sampler, SamplerKind};
+use lensing_diffusion::backend::BackendKind;
+
+/// `--backend`.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Compute backend: flex (CPU, default), ndarray (CPU, slow training) or cuda (a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+/// The U-Net's shape: `--dim`, `--dim-mults`, `--channels`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct UnetArgs {
+    /// U-Net base width (train: the preset's; sample: inferred from the checkpoint; the
+    /// DeepLense preset is 64).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// U-Net width multipliers per stage, e.g. 1,2,4,8.
+    #[arg(long, value_delimiter = ',')]
+    pub dim_mults: Option<Vec<usize>>,
+    /// Image channels (lensing images have 1).
+    #[arg(long)]
+    pub channels: Option<usize>,
+}
+
+impl UnetArgs {
+    /// Whether any U-Net flag was given.
+    pub fn any(&self) -> bool {
+        self.dim.is_some() || self.dim_mults.is_some() || self.channels.is_some()
+    }
+
+    /// `base` with the given flags applied.
+    pub fn apply(&self, base: &unet::UnetConfig) -> unet::UnetConfig {
+        if !self.any() {
+            return base.clone();
+        }
+        unet::UnetConfig::new(
+            self.dim.unwrap_or(base.dim),
+            self.dim_mults.clone().unwrap_or(base.dim_mults.clone()),
+            self.channels.unwrap_or(base.channels),
+        )
+    }
+}
+
+/// The diffusion process: `--timesteps`, `--objective`, `--schedule`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DiffusionArgs {
+    /// Diffusion timesteps T [default: the preset's or the checkpoint's, else 1000].
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    /// What the network predicts: pred_noise, pred_x0 or pred_v [default: the preset's or the
+    /// checkpoint's, else pred_v].
+    #[arg(long)]
+    pub objective: Option<Objective>,
+    /// Beta schedule: linear, cosine or sigmoid (parameters: `cosine:s=0.01`,
+    /// `sigmoid:start=-3,end=3,tau=1`) [default: the preset's or the checkpoint's, else sigmoid].
+    #[arg(long)]
+    pub schedule: Option<BetaSchedule>,
+}
+
+impl DiffusionArgs {
+    /// `config` with the given flags applied.
+    pub fn apply(&self, config: &mut diffusion_core::DiffusionConfig) {
+        if let Some(v) = self.timesteps {
+            config.timesteps = v;
+        }
+        if let Some(v) = self.objective {
+            config.objective = v;
+        }
+        if let Some(v) = self.schedule {
+            config.schedule = v;
+        }
+    }
+}
+
+/// The reverse process: `--sampler`, `--eta` (the step count flag is the command's own:
+/// `--steps` for `sample`, `--sample-steps` for `pipeline`, where `--steps` counts training steps).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplerArgs {
+    /// ddpm (all T steps), ddim, or dpmpp (DPM-Solver++ 2M); or a full spec with the step count,
+    /// `dpmpp:20`, `ddim:50:0.5`, which then wins over the step flag [default: dpmpp for
+    /// pipeline, ddim for sample].
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// DDIM eta (0 = deterministic) [default: 0].
+    #[arg(long)]
+    pub eta: Option<f64>,
+}
+
+impl SamplerArgs {
+    /// The sampler these flags name, with `steps` model evaluations unless the spec says.
+    pub fn sampler(&self, default: SamplerKind, steps: usize) -> Result<Sampler, diffusion_core::DiffusionError> {
+        let eta = self.eta.unwrap_or(0.0);
+        match self.sampler.as_deref() {
+            Some(spec) if spec.contains(':') => spec.parse(),
+            Some(kind) => Ok(kind.parse::<SamplerKind>()?.with_steps(steps, eta)),
+            None => Ok(default.with_steps(steps, eta)),
+        }
+    }
+}
+
+/// A finite, non-negative number of minutes (`--train-minutes`, `--time-budget-min`).
+pub fn minutes(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of minutes"))?;
+    if v.is_finite() && v > 0.0 && v <= 1e7 {
+        Ok(v)
+    } else {
+        Err(format!("{v} minutes: must be finite, > 0 and at most 1e7"))
+    }
+}

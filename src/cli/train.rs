@@ -1,0 +1,260 @@
+//! `lensing-diffusion train`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lens_data::simulate::LensClass;
+use lens_data::transform::Normalization;
+use lensing_diffusion::checkpoint::find_checkpoint;
+use lensing_diffusion::config::{Preset, TrainConfig};
+use lensing_diffusion::run::{run as run_training, RunOptions};
+use lensing_diffusion::trainer::Trainer;
+use lensing_diffusion::with_autodiff_backend;
+use unet::UnetAutodiffBackend;
+
+use super::args::{minutes, BackendArgs, DiffusionArgs, UnetArgs};
+use super::CmdResult;
+
+/// Train a denoising diffusion model (denoising-diffusion-pytorch's U-Net and Gaussian diffusion)
+/// on strong-lensing images.
+///
+/// Writes config.json, checkpoints/step-N/ (model.bpk and ema.bpk, which `sample` reads with no
+/// further flags, and the resume state), loss.csv, loss.png and samples/step-N.png (EMA
+/// weights, fixed seed) to --out. Ctrl-C writes a checkpoint and exits; --resume continues
+/// exactly where it stopped.
+///
+/// Examples:
+///   lensing-diffusion train --simulate 3000 --out runs/small
+///   lensing-diffusion train --data Samples/ --preset deeplense --backend cuda --out runs/deeplense
+///   lensing-diffusion train --resume runs/small --steps 3000
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training images: a folder of .npy/.npz/PNG/JPEG/TIFF files, a stacked .npy, or the
+    /// labelled layout ROOT/{train,val}/CLASS/*. Default: simulate (see --simulate).
+    #[arg(long, conflicts_with = "simulate")]
+    pub(crate) data: Option<PathBuf>,
+    /// Simulate this many DeepLense Model I images (no_sub, cdm, axion in turn) instead of
+    /// --data [default: 3000].
+    #[arg(long)]
+    pub(crate) simulate: Option<usize>,
+    /// Simulated image size in pixels before resizing (the field of view stays 7.5 arcsec).
+    #[arg(long, default_value_t = 150)]
+    pub(crate) sim_num_pix: usize,
+    /// Normalisation of loaded images: minmax (per image to [0,1], DeepLense) or none.
+    #[arg(long, default_value = "minmax", value_parser = ["minmax", "none"])]
+    pub(crate) normalize: String,
+    /// Skip unreadable files with a warning instead of stopping.
+    #[arg(long)]
+    pub(crate) skip_bad: bool,
+    /// Starting configuration: `deeplense` (the original experiment) or `small` (CPU).
+    #[arg(long, default_value = "small")]
+    pub(crate) preset: Preset,
+    /// Output folder.
+    #[arg(long, default_value = "runs/train")]
+    pub(crate) out: PathBuf,
+    /// Continue from a checkpoint folder (checkpoints/step-N) or a run folder (its latest
+    /// checkpoint). The configuration comes from the checkpoint; --steps may extend it.
+    #[arg(long)]
+    pub(crate) resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) backend: BackendArgs,
+    /// Stop (with a checkpoint) after this many minutes of training.
+    #[arg(long, value_parser = minutes)]
+    pub(crate) time_budget_min: Option<f64>,
+    /// Training image size (square).
+    #[arg(long)]
+    pub(crate) image_size: Option<usize>,
+    #[command(flatten)]
+    pub(crate) unet: UnetArgs,
+    #[command(flatten)]
+    pub(crate) diffusion: DiffusionArgs,
+    /// Min-SNR loss weighting with this gamma (e.g. 5).
+    #[arg(long)]
+    pub(crate) min_snr: Option<f64>,
+    /// Offset-noise strength (0 = off).
+    #[arg(long)]
+    pub(crate) offset_noise: Option<f64>,
+    /// Images per optimizer step.
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long)]
+    pub(crate) grad_accum: Option<usize>,
+    /// Shards of each micro-batch trained concurrently on their own threads (data parallelism).
+    /// Default: 2 on the CPU backends (flex, ndarray), 1 on cuda. The run's trajectory depends
+    /// on it (each shard draws its own timesteps and noise); the value is saved in config.json.
+    #[arg(long)]
+    pub(crate) data_parallel: Option<usize>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Epochs over the data (converted to steps).
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub(crate) warmup_steps: Option<usize>,
+    /// Cosine decay after warm-up (true/false).
+    #[arg(long)]
+    pub(crate) cosine_decay: Option<bool>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub(crate) weight_decay: Option<f64>,
+    /// Global gradient-norm clip; 0 disables.
+    #[arg(long)]
+    pub(crate) grad_clip: Option<f64>,
+    /// EMA decay.
+    #[arg(long)]
+    pub(crate) ema_decay: Option<f64>,
+    /// EMA update interval (steps).
+    #[arg(long)]
+    pub(crate) ema_every: Option<usize>,
+    /// Steps before the EMA starts averaging.
+    #[arg(long)]
+    pub(crate) ema_start: Option<usize>,
+    /// Random dihedral augmentation (true/false).
+    #[arg(long)]
+    pub(crate) augment: Option<bool>,
+    /// Checkpoint interval (steps).
+    #[arg(long)]
+    pub(crate) checkpoint_every: Option<usize>,
+    /// Checkpoints to keep.
+    #[arg(long)]
+    pub(crate) keep_last: Option<usize>,
+    /// Sample-grid interval (steps; 0 = never).
+    #[arg(long)]
+    pub(crate) sample_every: Option<usize>,
+    /// Seed of everything random in the run.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+impl Args {
+    /// `c` with every given flag applied (`data_len` converts --epochs to steps).
+    pub(crate) fn apply(&self, mut c: TrainConfig, data_len: Option<usize>) -> TrainConfig {
+        if let Some(v) = self.image_size {
+            c.image_size = v;
+        }
+        c.unet = self.unet.apply(&c.unet);
+        self.diffusion.apply(&mut c.diffusion);
+        if self.min_snr.is_some() {
+            c = c.with_min_snr(self.min_snr);
+        }
+        if let Some(v) = self.offset_noise {
+            c.diffusion.offset_noise_strength = v;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        set!(batch_size, grad_accum, data_parallel, lr, warmup_steps, cosine_decay, weight_decay, augment, checkpoint_every, keep_last, sample_every, seed);
+        if let Some(v) = self.grad_clip {
+            c.grad_clip = (v > 0.0).then_some(v);
+        }
+        if let Some(v) = self.ema_decay {
+            c.ema.decay = v;
+        }
+        if let Some(v) = self.ema_every {
+            c.ema.update_every = v;
+        }
+        if let Some(v) = self.ema_start {
+            c.ema.start_step = v;
+        }
+        if let (Some(epochs), Some(n)) = (self.epochs, data_len) {
+            c.total_steps = epochs.saturating_mul((n / c.batch_size.max(1)).max(1));
+        }
+        if let Some(v) = self.steps {
+            c.total_steps = v;
+        }
+        c
+    }
+}
+
+pub fn run(args: Args) -> CmdResult {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130); // second Ctrl-C: leave at once
+            }
+            eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)");
+        })?;
+    }
+    with_autodiff_backend!(args.backend.backend, train_with(&args, &interrupt))
+}
+
+fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt: &AtomicBool) -> CmdResult {
+    if args.unet.channels.is_some_and(|c| c != 1) {
+        return Err("--channels: lensing images have one channel; train supports --channels 1 only".into());
+    }
+    let mut trainer = match &args.resume {
+        Some(path) => {
+            let ckpt = find_checkpoint(path)?;
+            eprintln!("resuming from {}", ckpt.display());
+            let mut t = Trainer::<B>::resume(&ckpt, &device)?;
+            if let Some(steps) = args.steps {
+                t.extend_to(steps);
+            }
+            t
+        }
+        None => {
+            let mut preset = args.preset.config();
+            preset.data_parallel = args.backend.backend.training_shards(preset.data_parallel);
+            Trainer::<B>::new(args.apply(preset, None), &device)?
+        }
+    };
+    let size = trainer.config().image_size;
+    let normalization = if args.normalize == "none" { Normalization::None } else { Normalization::MinMax };
+    let data = match &args.data {
+        Some(path) => {
+            eprintln!("loading {} (resized to {size}x{size})", path.display());
+            let (set, warnings) = lensing_diffusion::data::load_resized(path, size, normalization, args.skip_bad)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            set
+        }
+        None => {
+            let n = args.simulate.unwrap_or(3000);
+            eprintln!("simulating {n} Model I lensing images ({0}x{0} -> {size}x{size})", args.sim_num_pix);
+            lensing_diffusion::data::simulate_resized(n, args.sim_num_pix, size, &LensClass::ALL, trainer.config().seed)?
+        }
+    };
+    if args.resume.is_none() && args.epochs.is_some() && args.steps.is_none() {
+        let c = args.apply(trainer.config().clone(), Some(data.len()));
+        trainer = Trainer::<B>::new(c, &device)?;
+    }
+    let c = trainer.config();
+    eprintln!(
+        "{} images of {size}x{size}; U-Net {} ({} parameters); T = {}; {} steps of batch {}; backend {}",
+        data.len(),
+        c.unet.describe(),
+        c.unet.num_params(),
+        c.diffusion.timesteps,
+        c.total_steps,
+        c.batch_size,
+        args.backend.backend
+    );
+    let opts = RunOptions {
+        out_dir: &args.out,
+        time_budget: args.time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0)),
+        interrupt: Some(interrupt),
+        progress: true,
+    };
+    let summary = run_training(&mut trainer, &data, &opts)?;
+    eprintln!(
+        "{:?} after {} steps in {:.1} s ({:.1} images/s); final loss {:.4}; checkpoint {}",
+        summary.reason,
+        summary.steps,
+        summary.train_seconds,
+        summary.images_per_second,
+        summary.final_loss,
+        summary.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The end-to-end job: simulate (or load) lensing images, train a DDPM, sample from its EMA
+//! weights, evaluate with the lensing feature extractor, and write `report.md` and
+//! `metrics.json` with image grids, the loss curve, the real-vs-real floor and a pure-noise
+//! baseline.
+//!
+//! ```no_run
+//! use burn::backend::{Autodiff, Flex};
+//! use lensing_diffusion::pipeline::{run_pipeline, PipelineOptions};
+//!
+//! let opts = PipelineOptions { train_images: 300, eval_images: 150, num_generated: 100, steps: Some(50), ..Default::default() };
+//! let outcome = run_pipeline::<Autodiff<Flex>>(&opts, &Default::default())?;
+//! println!("FID {:.1} (noise baseline {:.1})", outcome.report.fid, outcome.fid_noise);
+//! # Ok::<(), lensing_diffusion::Error>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use diffusion_core::{DiffusionRng, Sampler};
+use gen_metrics::{frechet_distance_from_features, EvalConfig, EvaluationReport, FeatureExtractor};
+use indicatif::{ProgressBar, ProgressStyle};
+use lens_data::simulate::LensClass;
+use lens_data::transform::Normalization;
+use ndarray::{Array3, Axis};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde_json::json;
+use unet::UnetAutodiffBackend;
+
+use crate::backend::BackendKind;
+use crate::classifier::{heldout_accuracy, ExtractorRecipe};
+use crate::config::{Preset, TrainConfig};
+use crate::error::Error;
+use crate::run::{run, RunOptions, RunSummary};
+use crate::sample::{generate, SampleOptions};
+use crate::trainer::Trainer;
+
+/// Everything the pipeline can be told (the `pipeline` command's flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineOptions {
+    /// Output folder (`runs/NAME` for the command).
+    pub out: PathBuf,
+    /// Training images from disk instead of the simulator; the held-out set is split off it.
+    pub data: Option<PathBuf>,
+    /// Simulated training images.
+    pub train_images: usize,
+    /// Held-out real images.
+    pub eval_images: usize,
+    /// Images to generate.
+    pub num_generated: usize,
+    /// Simulated image size before resizing.
+    pub sim_num_pix: usize,
+    /// Training preset.
+    pub preset: Preset,
+    /// Image size (overrides the preset).
+    pub image_size: Option<usize>,
+    /// Optimizer steps (overrides the preset).
+    pub steps: Option<usize>,
+    /// Training time budget.
+    pub train_minutes: f64,
+    /// The sampler.
+    pub sampler: Sampler,
+    /// Images per sampling batch.
+    pub sample_batch: usize,
+    /// Sampling threads (`None`: the backend's default).
+    pub sample_threads: Option<usize>,
+    /// Feature extractor weights (`None`: the shipped one, or one trained for `sim_num_pix`).
+    pub extractor: Option<PathBuf>,
+    /// Bandwidths of RKE / RRKE / Vendi.
+    pub bandwidths: Vec<f64>,
+    /// The backend (recorded in the report; the caller picks the type).
+    pub backend: BackendKind,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Progress bars and stage lines on stderr.
+    pub progress: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("runs/pipeline"),
+            data: None,
+            train_images: 2000,
+            eval_images: 1000,
+            num_generated: 600,
+            sim_num_pix: 150,
+            preset: Preset::Small,
+            image_size: None,
+            steps: None,
+            train_minutes: 10.0,
+            sampler: Sampler::DpmSolverPp2M { steps: 10 },
+            sample_batch: 100,
+            sample_threads: None,
+            extractor: None,
+            bandwidths: vec![8.0, 16.0, 32.0],
+            backend: BackendKind::Flex,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// Check the settings; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        let positive = [("--train-images", self.train_images), ("--eval-images", self.eval_images), ("--num-generated", self.num_generated), ("--sample-batch", self.sample_batch), ("--sim-num-pix", self.sim_num_pix)];
+        if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::invalid(*name, v, "must be >= 1"));
+        }
+        if !(self.train_minutes.is_finite() && self.train_minutes > 0.0) {
+            return Err(Error::invalid("--train-minutes", self.train_minutes, "must be a finite number of minutes > 0"));
+        }
+        if let Some(b) = self.bandwidths.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
+            return Err(Error::invalid("--bandwidths", b, "each must be finite and > 0"));
+        }
+        Ok(())
+    }
+
+    /// The training configuration these options make.
+    pub fn train_config(&self) -> TrainConfig {
+        let mut config = self.preset.config();
+        config.seed = self.seed;
+        if let Some(s) = self.image_size {
+            config.image_size = s;
+        }
+        if let Some(s) = self.steps {
+            config.total_steps = s;
+        }
+        config.sample_every = 0; // the pipeline samples once, at the end
+        config.data_parallel = self.backend.training_shards(config.data_parallel);
+        config
+    }
+}
+
+/// Stage timings, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Timings(pub Vec<(&'static str, f64)>);
+
+impl Timings {
+    fn time<T>(&mut self, what: &'static str, show: bool, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        let t = Instant::now();
+        if show {
+            eprintln!("== {what}");
+        }
+        let r = f()?;
+        let s = t.elapsed().as_secs_f64();
+        if show {
+            eprintln!("   {what}: {s:.1} s");
+        }
+        self.0.push((what, s));
+        Ok(r)
+    }
+}
+
+/// What a pipeline run produced (also written to `metrics.json` and `report.md`).
+#[derive(Debug, Clone)]
+pub struct PipelineOutcome {
+    /// Metrics of generated vs held-out real features, with the real-vs-real floor.
+    pub report: EvaluationReport,
+    /// FID of pure noise (the sampler's start) against the real set.
+    pub fid_noise: f64,
+    /// The training run.
+    pub summary: RunSummary,
+    /// Stage timings.
+    pub timings: Timings,
+    /// Wall time in seconds.
+    pub total_seconds: f64,
+    /// The training configuration.
+    pub config: TrainConfig,
+    /// Training images.
+    pub n_train: usize,
+    /// Held-out real images.
+    pub n_real: usize,
+    /// `report.md`.
+    pub report_path: PathBuf,
+}
+
+/// Run the whole job into `opts.out` with the backend `B` (see the module docs).
+pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::Device) -> Result<PipelineOutcome, Error> {
+    opts.validate()?;
+    let start = Instant::now();
+    let out = opts.out.clone();
+    std::fs::create_dir_all(&out).map_err(Error::io(&out))?;
+    let show = opts.progress;
+    let mut timings = Timings::default();
+    let config = opts.train_config();
+    let size = config.image_size;
+    opts.sampler.validate(config.diffusion.timesteps)?;
+
+    // 1. Data: training images and a disjoint held-out real set.
+    let (train, real) = timings.time("data", show, || match &opts.data {
+        Some(path) => {
+            let (set, warnings) = crate::data::load_resized(path, size, Normalization::MinMax, true)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(set.split(opts.eval_images as f64 / set.len() as f64, opts.seed)?)
+        }
+        None => {
+            if show {
+                eprintln!("   simulating {} training + {} held-out Model I images", opts.train_images, opts.eval_images);
+            }
+            let train = crate::data::simulate_resized(opts.train_images, opts.sim_num_pix, size, &LensClass::ALL, opts.seed)?;
+            let real = crate::data::simulate_resized(opts.eval_images, opts.sim_num_pix, size, &LensClass::ALL, opts.seed + 1_000_003)?;
+            Ok((train, real))
+        }
+    })?;
+
+    // 2. Feature extractor (trained on lensing images; shipped or cached).
+    let extractor = timings.time("feature extractor", show, || {
+        let recipe = ExtractorRecipe { num_pix: opts.sim_num_pix, ..ExtractorRecipe::default() };
+        crate::evaluate::load_extractor_for::<B>(opts.extractor.as_deref(), &recipe, device, show)
+    })?;
+
+    // 3. Train.
+    let train_dir = out.join("train");
+    let mut trainer = Trainer::<B>::new(config.clone(), device)?;
+    if show {
+        eprintln!(
+            "   U-Net {} ({} parameters), {} images {size}x{size}, up to {} steps or {:.1} min",
+            config.unet.describe(),
+            config.unet.num_params(),
+            train.len(),
+            config.total_steps,
+            opts.train_minutes
+        );
+    }
+    let summary = timings.time("train", show, || {
+        let ro = RunOptions { out_dir: &train_dir, time_budget: Some(Duration::from_secs_f64(opts.train_minutes * 60.0)), interrupt: None, progress: show };
+        Ok(run(&mut trainer, &train, &ro)?)
+    })?;
+
+    // 4. Sample from the EMA weights.
+    let generated = timings.time("sample", show, || {
+        let so = SampleOptions { sampler: opts.sampler, batch_size: opts.sample_batch, workers: opts.backend.sample_workers(opts.sample_threads), seed: opts.seed ^ 0x5A3D_1E5E };
+        let evals = opts.sampler.model_evaluations(config.diffusion.timesteps) * opts.num_generated.div_ceil(opts.sample_batch);
+        let pb = if show { ProgressBar::new(evals as u64) } else { ProgressBar::hidden() };
+        pb.set_style(ProgressStyle::with_template("   sample {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}").expect("valid template"));
+        let c = config.unet.channels;
+        let images = generate(trainer.ema(), trainer.diffusion(), [opts.num_generated, c, size, size], None, &so, &|| pb.inc(1))?;
+        pb.finish_and_clear();
+        // The first channel of each image.
+        Ok(images.index_axis_move(Axis(1), 0))
+    })?;
+    let noise = noise_baseline(opts.num_generated, size, opts.seed);
+
+    // 5. Evaluate.
+    let (report, fid_noise) = timings.time("evaluate", show, || {
+        let feats = |name: &str, images: &Array3<f32>| crate::evaluate::embed(&extractor, images.view(), 100, name, show);
+        let real_f = feats("real", &real.images)?;
+        let gen_f = feats("generated", &generated)?;
+        let noise_f = feats("noise", &noise)?;
+        let cfg = EvalConfig { bandwidths: opts.bandwidths.clone(), seed: opts.seed, ..EvalConfig::default() };
+        let report = gen_metrics::evaluate_features(real_f.view(), gen_f.view(), None, &cfg)?;
+        let fid_noise = frechet_distance_from_features(real_f.view(), noise_f.view())?.value;
+        Ok((report, fid_noise))
+    })?;
+
+    // 6. Report.
+    for (name, images) in [("real_grid.png", &real.images), ("generated_grid.png", &generated), ("noise_grid.png", &noise)] {
+        let n = images.dim().0.min(64);
+        let v: Vec<f32> = images.slice(ndarray::s![..n, .., ..]).iter().copied().collect();
+        crate::images::save_grid(&v, n, size, size, 8, &out.join(name))?;
+    }
+    if train_dir.join("loss.png").is_file() {
+        let bytes = std::fs::read(train_dir.join("loss.png")).map_err(Error::io(&train_dir))?;
+        atomic_file::write(&out.join("loss.png"), &bytes).map_err(Error::io(&out))?;
+    }
+    let outcome = PipelineOutcome {
+        report,
+        fid_noise,
+        summary,
+        timings,
+        total_seconds: start.elapsed().as_secs_f64(),
+        config,
+        n_train: train.len(),
+        n_real: real.len(),
+        report_path: out.join("report.md"),
+    };
+    let metrics = metrics_json(&outcome, opts, &extractor);
+    let json_path = out.join("metrics.json");
+    atomic_file::write(&json_path, serde_json::to_string_pretty(&metrics).expect("serialisable").as_bytes()).map_err(Error::io(&json_path))?;
+    atomic_file::write(&outcome.report_path, report_markdown(&outcome, opts, &extractor).as_bytes()).map_err(Error::io(&outcome.report_path))?;
+    Ok(outcome)
+}
+
+/// What the sampler starts from, shown as an image: `N(0, 1)` mapped to `[0, 1]` and clipped.
+pub fn noise_baseline(n: usize, size: usize, seed: u64) -> Array3<f32> {
+    let mut rng = DiffusionRng::seed_from_u64(seed ^ 0x0150_15E0);
+    Array3::from_shape_fn((n, size, size), |_| {
+        let z: f32 = StandardNormal.sample(&mut rng);
+        ((z + 1.0) * 0.5).clamp(0.0, 1.0)
+    })
+}
+
+fn metrics_json<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts: &PipelineOptions, ex: &FeatureExtractor<B>) -> serde_json::Value {
+    let (r, s) = (&o.report, &o.summary);
+    let floor = r.noise_floor.as_ref();
+    json!({
+        "fid": r.fid,
+        "fid_noise_baseline": o.fid_noise,
+        "fid_real_floor": floor.map(|f| f.metrics.fid),
+        "fid_ratio_to_noise": r.fid / o.fid_noise,
+        "rke_generated": r.rke_generated,
+        "rke_real": r.rke_real,
+        "rrke": r.rrke,
+        "rrke_real_floor": floor.map(|f| &f.metrics.rrke),
+        "vendi_generated": r.vendi_generated,
+        "kid": r.kid,
+        "precision": r.precision,
+        "recall": r.recall,
+        "density": r.density,
+        "coverage": r.coverage,
+        "n_real": r.n_real,
+        "n_generated": r.n_generated,
+        "dim": r.dim,
+        "train_seconds": s.train_seconds,
+        "train_steps": s.steps,
+        "train_images_per_second": s.images_per_second,
+        "final_loss": s.final_loss,
+        "timings_seconds": o.timings.0.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "total_seconds": o.total_seconds,
+        "extractor": ex.info,
+        "config": o.config,
+        "sampler": opts.sampler.kind().to_string(),
+        "sample_steps": opts.sampler.model_evaluations(o.config.diffusion.timesteps),
+        "backend": opts.backend.to_string(),
+    })
+}
+
+fn report_markdown<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts: &PipelineOptions, ex: &FeatureExtractor<B>) -> String {
+    let (r, s, config) = (&o.report, &o.summary, &o.config);
+    let floor = r.noise_floor.as_ref();
+    let ratio = r.fid / o.fid_noise;
+    let name = opts.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut m = String::new();
+    m.push_str(&format!("# Pipeline report: `{name}`\n\n"));
+    m.push_str(&format!(
+        "{} training images ({}x{}), U-Net {} ({} parameters), {} steps in {:.0} s ({:.1} images/s, final loss {:.4}); \
+         {} images generated with {}; backend {}.\n\n",
+        o.n_train,
+        config.image_size,
+        config.image_size,
+        config.unet.describe(),
+        config.unet.num_params(),
+        s.steps,
+        s.train_seconds,
+        s.images_per_second,
+        s.final_loss,
+        r.n_generated,
+        opts.sampler.describe(),
+        opts.backend
+    ));
+    m.push_str("| held-out real | generated (EMA weights) | pure noise (the sampler's start) |\n|---|---|---|\n");
+    m.push_str("| ![real](real_grid.png) | ![generated](generated_grid.png) | ![noise](noise_grid.png) |\n\n");
+    m.push_str("## Metrics\n\n");
+    m.push_str(&format!(
+        "Features: 512-d pooled features of a ResNet-18 trained to classify DeepLense lensing images{}.\n\n",
+        heldout_accuracy(ex)
+            .map(|a| format!(" (no_sub / cdm / axion, held-out accuracy {:.1}%; inputs resized to {}x{})", a * 100.0, ex.config.image_size, ex.config.image_size))
+            .unwrap_or_default()
+    ));
+    m.push_str(&format!(
+        "**FID generated vs real: {:.3}**; pure-noise baseline {:.3}; ratio {:.3} ({} the 0.2 target); real-vs-real floor {}.\n\n",
+        r.fid,
+        o.fid_noise,
+        ratio,
+        if ratio <= 0.2 { "meets" } else { "misses" },
+        floor.map(|f| format!("{:.3} (two halves of the real set)", f.metrics.fid)).unwrap_or_else(|| "n/a".into())
+    ));
+    m.push_str("| metric | generated vs real | real vs real (floor) |\n|---|---|---|\n");
+    let fl = |f: &dyn Fn(&gen_metrics::TwoSample) -> String| floor.map(|x| f(&x.metrics)).unwrap_or_else(|| "-".into());
+    m.push_str(&format!("| FID | {:.4} | {} |\n", r.fid, fl(&|x| format!("{:.4}", x.fid))));
+    m.push_str(&format!("| KID (mean ± std) | {:.5} ± {:.5} | {} |\n", r.kid.mean, r.kid.std, fl(&|x| format!("{:.5} ± {:.5}", x.kid.mean, x.kid.std))));
+    m.push_str(&format!("| precision | {:.3} | {} |\n", r.precision, fl(&|x| format!("{:.3}", x.precision))));
+    m.push_str(&format!("| recall | {:.3} | {} |\n", r.recall, fl(&|x| format!("{:.3}", x.recall))));
+    m.push_str(&format!("| density | {:.3} | {} |\n", r.density, fl(&|x| format!("{:.3}", x.density))));
+    m.push_str(&format!("| coverage | {:.3} | {} |\n", r.coverage, fl(&|x| format!("{:.3}", x.coverage))));
+    for (k, v) in &r.rrke {
+        m.push_str(&format!("| RRKE (bandwidth {k}) | {:.4} | {} |\n", v, fl(&|x| x.rrke.get(k).map(|v| format!("{v:.4}")).unwrap_or_default())));
+    }
+    m.push_str("\n| bandwidth | RKE real | RKE generated | Vendi generated |\n|---|---|---|---|\n");
+    for (k, v) in &r.rke_real {
+        m.push_str(&format!(
+            "| {k} | {:.3} | {:.3} | {:.3} |\n",
+            v,
+            r.rke_generated.get(k).copied().unwrap_or(f64::NAN),
+            r.vendi_generated.get(k).copied().unwrap_or(f64::NAN)
+        ));
+    }
+    if let Some(w) = &r.fid_warning {
+        m.push_str(&format!("\nNote: {w}\n"));
+    }
+    m.push_str(&format!("\n{} real images, {} generated, feature dimension {}.\n", o.n_real, r.n_generated, r.dim));
+    m.push_str("\n## Training\n\n![loss](loss.png)\n\nThe training run (checkpoints, `loss.csv`, `config.json`) is in `train/`.\n\n");
+    m.push_str("## Timings\n\n| stage | seconds |\n|---|---|\n");
+    for (k, v) in &o.timings.0 {
+        m.push_str(&format!("| {k} | {v:.1} |\n"));
+    }
+    m.push_str(&format!("| **total** | {:.1} |\n\n", o.total_seconds));
+    m.push_str("## Configuration\n\n```json\n");
+    m.push_str(&serde_json::to_string_pretty(config).unwrap_or_default());
+    m.push_str("\n```\n");
+    m
+}
+
+/// `runs/NAME`, the pipeline's output folder for a run name.
+pub fn run_dir(name: &str) -> PathBuf {
+    Path::new("runs").join(name)
+}

@@ -1,0 +1,130 @@
+//! The installed command, run as a user runs it: `--help` of every subcommand, and one tiny job
+//! through every subcommand (train -> sample -> export -> sample again -> evaluate, simulate,
+//! make-dataset, pipeline).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ndarray::{Array2, Array4, ArrayD};
+
+const SUBCOMMANDS: [&str; 8] = ["pipeline", "train", "sample", "evaluate", "simulate", "make-dataset", "train-classifier", "export"];
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lensing-diffusion"));
+    // Extractors trained by a test never land in the user's cache.
+    c.env("LENSING_DIFFUSION_CACHE", std::env::temp_dir().join("lensing-diffusion-test-cache"));
+    c
+}
+
+fn ok(args: &[&str], cwd: &Path) -> Output {
+    let out = bin().args(args).current_dir(cwd).output().expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn every_subcommand_has_a_help_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = String::from_utf8(ok(&["--help"], dir.path()).stdout).unwrap();
+    for sub in SUBCOMMANDS {
+        assert!(top.contains(sub), "top-level help lists {sub}:\n{top}");
+        let page = String::from_utf8(ok(&[sub, "--help"], dir.path()).stdout).unwrap();
+        assert!(page.contains(&format!("Usage: lensing-diffusion {sub}")), "{page}");
+        assert!(page.lines().count() > 8, "{sub} --help teaches something:\n{page}");
+    }
+    let v = String::from_utf8(ok(&["--version"], dir.path()).stdout).unwrap();
+    assert!(v.starts_with("lensing-diffusion "), "{v}");
+}
+
+#[test]
+fn bad_flags_fail_with_a_message_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["sample", "--checkpoint", "missing.bpk", "--out", "s.npy"][..], &["train", "--objective", "pred_eps"][..], &["frobnicate"][..]] {
+        let out = bin().args(args).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+}
+
+fn read4(path: &Path) -> Array4<f32> {
+    let a: ArrayD<f32> = ndarray_npy::read_npy(path).unwrap();
+    a.into_dimensionality().unwrap()
+}
+
+/// A tiny job through every subcommand. The checkpoint is trained at 16x16: `sample` must take
+/// the image size (and T, schedule, objective) from it, not default to 128x128.
+#[test]
+fn a_tiny_job_through_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        &[
+            "train", "--simulate", "24", "--image-size", "16", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "50",
+            "--schedule", "cosine", "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--out", "run",
+        ],
+        d,
+    );
+    let ema = d.join("run/checkpoints/step-0000002/ema.bpk");
+    assert!(ema.is_file());
+    let out = ok(&["sample", "--checkpoint", ema.to_str().unwrap(), "--num", "3", "--sampler", "dpmpp", "--steps", "3", "--out", "s.npy", "--grid", "g.png"], d);
+    let s = read4(&d.join("s.npy"));
+    assert_eq!(s.dim(), (3, 1, 16, 16), "image size from the checkpoint");
+    assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("T 50, cosine schedule, pred_v"), "settings from the checkpoint: {log}");
+    assert!(d.join("g.png").is_file());
+
+    // A flag that contradicts the checkpoint wins, with a warning.
+    let out = ok(&["sample", "--checkpoint", ema.to_str().unwrap(), "--num", "1", "--image-size", "32", "--sampler", "dpmpp:2", "--out", "s32.npy"], d);
+    assert_eq!(read4(&d.join("s32.npy")).dim(), (1, 1, 32, 32));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: --image-size 32 overrides the checkpoint's 16"));
+
+    // Export to safetensors (PyTorch names) and sample from it: the same images.
+    ok(&["export", "--checkpoint", ema.to_str().unwrap(), "--out", "ema.safetensors"], d);
+    ok(&["sample", "--checkpoint", "ema.safetensors", "--num", "3", "--sampler", "dpmpp", "--steps", "3", "--out", "s2.npy"], d);
+    assert_eq!(read4(&d.join("s2.npy")), s, "the exported file carries the weights and the settings");
+
+    // Evaluate features written as .npy.
+    let real = Array2::from_shape_fn((40, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
+    let gen = Array2::from_shape_fn((30, 4), |(i, j)| ((i * 5 + j) % 13) as f64);
+    ndarray_npy::write_npy(d.join("real.npy"), &real).unwrap();
+    ndarray_npy::write_npy(d.join("gen.npy"), &gen).unwrap();
+    ok(&["evaluate", "--real-features", "real.npy", "--generated-features", "gen.npy", "--bandwidths", "4", "--kid-subset-size", "20", "--json", "m.json"], d);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m.json")).unwrap()).unwrap();
+    assert!(m["fid"].as_f64().unwrap() > 0.0);
+
+    // Simulate one spec (a lenstronomy fixture) and a small dataset.
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/lens-data/tests/fixtures/model_i_nopsf.json");
+    ok(&["simulate", "--spec", spec.to_str().unwrap(), "--out", "one.npy"], d);
+    assert!(d.join("one.npy").is_file());
+    ok(&["make-dataset", "--out", "ds", "--count", "6", "--num-pix", "32", "--layout", "samples"], d);
+    assert!(d.join("ds/sample6.npy").is_file());
+}
+
+/// The whole pipeline at toy size (simulated data, the shipped extractor): a report and metrics.
+#[test]
+fn a_tiny_pipeline_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        &[
+            "pipeline", "--name", "tiny", "--train-images", "48", "--eval-images", "40", "--num-generated", "40", "--image-size", "16",
+            "--steps", "3", "--sample-steps", "2", "--sample-batch", "20",
+        ],
+        d,
+    );
+    let run = d.join("runs/tiny");
+    for f in ["report.md", "metrics.json", "real_grid.png", "generated_grid.png", "noise_grid.png", "train/loss.csv"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["train_steps"], 3);
+    assert!(m["fid"].as_f64().unwrap().is_finite() && m["fid_noise_baseline"].as_f64().unwrap() > 0.0);
+}
