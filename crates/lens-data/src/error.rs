@@ -40,7 +40,9 @@ pub enum LensDataError {
         actual: usize,
     },
     /// The array's element type is not one the loader reads.
-    #[error("{path}: unsupported dtype '{dtype}' (supported: f2/f4/f8, u1/u2/u4/u8, i1/i2/i4/i8, b1; little or big endian)")]
+    #[error(
+        "{path}: unsupported dtype '{dtype}' (supported: f2/f4/f8, u1/u2/u4/u8, i1/i2/i4/i8, b1; little or big endian)"
+    )]
     UnsupportedDtype {
         /// File at fault.
         path: PathBuf,
@@ -61,7 +63,9 @@ pub enum LensDataError {
         detail: String,
     },
     /// The array's shape is not an image or a stack of images.
-    #[error("{path}: unsupported array shape {shape:?}; expected (H,W), (1,H,W), (H,W,1), (N,H,W), (N,1,H,W) or (N,H,W,1)")]
+    #[error(
+        "{path}: unsupported array shape {shape:?}; expected (H,W), (1,H,W), (H,W,1), (N,H,W), (N,1,H,W) or (N,H,W,1)"
+    )]
     BadShape {
         /// File at fault.
         path: PathBuf,
@@ -183,6 +187,47 @@ pub enum LensDataError {
         value: String,
         /// Why it is rejected.
         reason: String,
+    },
+    /// An input is larger than a [`crate::Limits`] ceiling allows.
+    #[error("{path}: {what} is {value}, above the limit of {limit}; raise `Limits::{field}` if the input is trusted")]
+    LimitExceeded {
+        /// File at fault.
+        path: PathBuf,
+        /// What was measured (e.g. `decompressed size of member x.npy`).
+        what: String,
+        /// The measured or declared value.
+        value: u64,
+        /// The ceiling.
+        limit: u64,
+        /// The [`crate::Limits`] field that sets the ceiling.
+        field: &'static str,
+    },
+    /// Finite `f64` values too large for `f32`, the loader's output type (they would silently
+    /// become infinite), as stored or after normalisation.
+    #[error("{path}: image {image}: {count} value(s) overflow f32 {stage} (first {value:e} at flat index {first_index}); f32 holds magnitudes up to 3.4e38")]
+    F32Overflow {
+        /// File at fault.
+        path: PathBuf,
+        /// Index of the image inside the file.
+        image: usize,
+        /// Number of values that overflow.
+        count: usize,
+        /// Flat (row-major) index of the first one.
+        first_index: usize,
+        /// The first such value (`inf` when it overflowed during normalisation).
+        value: f64,
+        /// `as stored` or `after normalisation`.
+        stage: &'static str,
+    },
+    /// Rendering or simulating produced NaN or infinite pixels: the parameters overflow `f64`.
+    #[error("{what}: {count} pixel(s) are not finite (NaN/inf), first at flat index {first_index}; the parameters overflow f64 (check amplitudes, pixel_scale, exposure)")]
+    NonFiniteRender {
+        /// Which image (e.g. `render` or `Model I image 3 (cdm)`).
+        what: String,
+        /// Number of non-finite pixels.
+        count: usize,
+        /// Flat (row-major) index of the first one.
+        first_index: usize,
     },
     /// An unknown DeepLense class name.
     #[error("unknown lens class '{0}'; expected no_sub, cdm or axion")]

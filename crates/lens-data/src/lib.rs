@@ -62,6 +62,31 @@
 //! Commands (the root package's `lensing-diffusion`): `lensing-diffusion simulate --spec S.json
 //! --out image.npy`, `lensing-diffusion make-dataset --out DIR --count N`.
 //!
+//! ## Hostile input and [`Limits`]
+//! Bad input ends in a typed [`LensDataError`] naming the file, key or value - never a panic,
+//! an abort, a stack overflow, a hang or a silently wrong value. Sizes in headers are checked
+//! (overflow-safe) against what the file holds before anything is allocated; then fixed ceilings
+//! apply, each a public [`Limits`] field a caller can raise (`LoadOptions::limits`,
+//! `ModelI::limits`, the `*_with_limits` functions):
+//!
+//! | field | default | bounds |
+//! |---|---|---|
+//! | `max_file_bytes` | 4 GiB | any file read whole (`/dev/zero` included) |
+//! | `max_array_bytes` | 8 GiB | decoded values of one file (8 bytes each), loader / simulator output |
+//! | `max_npz_decompressed_bytes` | 1 GiB | all `.npy` members of one `.npz` (deflate bombs) |
+//! | `max_pickle_values` / `_memo` / `_visits` | 1 M / 100 k / 1 M | object-array pickles |
+//! | `max_num_pix` / `max_grid_side` | 4096 / 4096 | `num_pix`, `num_pix * supersampling` |
+//! | `max_psf_radius` | 1024 px | Gaussian PSF kernel radius |
+//! | `max_profiles` | 10,000 | profiles per spec list, `cdm_count`, `axion_count` |
+//! | `max_count` | 1,000,000 | images per simulation call |
+//! | `max_spec_bytes` | 16 MiB | spec files |
+//!
+//! Exceeding one is [`LensDataError::LimitExceeded`] (files) or
+//! [`LensDataError::InvalidValue`] with the allowed range (specs, configurations). Finite `f64`
+//! pixels beyond `f32` are [`LensDataError::F32Overflow`]; a render or simulation whose pixels
+//! overflow is [`LensDataError::NonFiniteRender`] (use `ModelISimulator::try_simulate_into`).
+//! `tests/hostile.rs` holds the examples and property tests.
+//!
 //! ## Feature flags
 //! - `burn` (off by default): `dataset::Batch::to_tensor::<B>(&device) -> Tensor<B, 4>`.
 //!
@@ -70,6 +95,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod limits;
 pub mod load;
 pub mod npy;
 mod pickle;
@@ -82,6 +108,7 @@ pub mod write;
 
 pub use dataset::{Batch, BatchConfig, ImageSet, LoadWarning};
 pub use error::{LensDataError, Result};
+pub use limits::Limits;
 pub use load::{load_folder, load_labelled, LabelledDataset, LoadOptions};
 pub use simulate::{simulate_dataset, LensClass, ModelI};
 pub use spec::SimulationSpec;

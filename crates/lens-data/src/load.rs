@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use crate::dataset::{ImageSet, ImageSource, LoadWarning};
 use crate::error::{LensDataError, Result};
-use crate::npy::parse_npy_into;
+use crate::limits::{exceeded, Limits};
+use crate::npy::{parse_npy_into_with_limits, read_file_bounded};
 use crate::resize::Resizer;
 use crate::transform::Normalization;
 
@@ -32,6 +33,8 @@ pub struct LoadOptions {
     pub skip_bad: bool,
     /// Also look into sub-folders (for [`load_folder`]).
     pub recursive: bool,
+    /// Ceilings on file, array and archive sizes (see [`Limits`]).
+    pub limits: Limits,
 }
 
 impl LoadOptions {
@@ -51,9 +54,7 @@ struct RawImage {
 }
 
 fn is_loadable(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Natural ordering: digit runs compare as numbers, so `sample2` < `sample10`.
@@ -148,7 +149,12 @@ fn luminance(data: &[f64], channels: usize) -> Vec<f64> {
     data.chunks_exact(channels).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect()
 }
 
-fn decode_npz(bytes: &[u8], path: &Path, out: &mut Vec<RawImage>) -> Result<()> {
+/// Deflate's largest possible expansion (each 258-byte match costs at least 2 bits): an `.npz`
+/// member declaring more than this over its compressed size is lying.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+fn decode_npz(bytes: &[u8], path: &Path, limits: &Limits, out: &mut Vec<RawImage>) -> Result<()> {
+    use zip::CompressionMethod;
     let npz_err = |reason: String| LensDataError::Npz { path: path.to_path_buf(), reason };
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| npz_err(e.to_string()))?;
     let mut names: Vec<String> = zip.file_names().filter(|n| n.ends_with(".npy")).map(str::to_string).collect();
@@ -156,13 +162,54 @@ fn decode_npz(bytes: &[u8], path: &Path, out: &mut Vec<RawImage>) -> Result<()> 
         return Err(npz_err("archive holds no .npy member".into()));
     }
     names.sort_by(|a, b| natural_cmp(a, b));
+    let mut inflated = 0u64;
+    let mut buf = Vec::new();
     for name in names {
-        let mut f = zip.by_name(&name).map_err(|e| npz_err(format!("{name}: {e}")))?;
-        let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf).map_err(|e| npz_err(format!("{name}: {e}")))?;
+        let f = zip.by_name(&name).map_err(|e| npz_err(format!("{name}: {e}")))?;
+        // Sizes in the zip directory are claims: check them against the archive before trusting
+        // them with an allocation.
+        let (declared, packed) = (f.size(), f.compressed_size());
+        if packed > bytes.len() as u64 {
+            return Err(npz_err(format!(
+                "{name}: declares {packed} compressed bytes, but the whole archive is {} bytes",
+                bytes.len()
+            )));
+        }
+        let most = match f.compression() {
+            CompressionMethod::Stored => packed,
+            CompressionMethod::Deflated => packed.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(64),
+            other => {
+                return Err(npz_err(format!(
+                    "{name}: unsupported compression {other:?} (numpy writes stored or deflate)"
+                )))
+            }
+        };
+        if declared > most {
+            return Err(npz_err(format!(
+                "{name}: declares {declared} bytes uncompressed, but its {packed} compressed bytes can hold at most {most}"
+            )));
+        }
+        let total = inflated.saturating_add(declared);
+        if total > limits.max_npz_decompressed_bytes {
+            return Err(exceeded(
+                path,
+                &format!("uncompressed size in bytes of the .npy members up to {name}"),
+                total,
+                limits.max_npz_decompressed_bytes,
+                "max_npz_decompressed_bytes",
+            ));
+        }
+        buf.clear();
+        buf.reserve(declared as usize);
+        // One byte more than declared shows a member that inflates past its claim.
+        f.take(declared.saturating_add(1)).read_to_end(&mut buf).map_err(|e| npz_err(format!("{name}: {e}")))?;
+        if buf.len() as u64 > declared {
+            return Err(npz_err(format!("{name}: inflates to more than its declared {declared} bytes")));
+        }
+        inflated = total;
         let member = path.join(&name);
         let mut data = Vec::new();
-        let shape = parse_npy_into(&buf, &member, &mut data)?;
+        let shape = parse_npy_into_with_limits(&buf, &member, &mut data, limits)?;
         split_array(&shape, data, &member, out)?;
     }
     Ok(())
@@ -200,27 +247,46 @@ fn decode_raster(bytes: &[u8], path: &Path, out: &mut Vec<RawImage>) -> Result<(
     Ok(())
 }
 
-fn decode_bytes(bytes: &[u8], path: &Path, npy_buf: &mut Vec<f64>, out: &mut Vec<RawImage>) -> Result<()> {
+fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: &Limits,
+    npy_buf: &mut Vec<f64>,
+    out: &mut Vec<RawImage>,
+) -> Result<()> {
     if bytes.is_empty() {
         return Err(LensDataError::EmptyFile { path: path.to_path_buf() });
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "npy" => {
-            let shape = parse_npy_into(bytes, path, npy_buf)?;
+            let shape = parse_npy_into_with_limits(bytes, path, npy_buf, limits)?;
             split_array(&shape, std::mem::take(npy_buf), path, out)
         }
-        "npz" => decode_npz(bytes, path, out),
+        "npz" => decode_npz(bytes, path, limits, out),
         _ => decode_raster(bytes, path, out),
     }
 }
 
-/// Reads every image a file holds, as f64 (values as stored; colour -> luminance).
+/// Reads every image a file holds, as f64 (values as stored; colour -> luminance), under
+/// [`Limits::default`].
 pub fn load_file(path: impl AsRef<Path>) -> Result<Vec<Array2<f64>>> {
+    load_file_with_limits(path, &Limits::default())
+}
+
+/// As [`load_file`], under `limits`.
+pub fn load_file_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Vec<Array2<f64>>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| LensDataError::io(path, e))?;
+    let mut bytes = Vec::new();
+    read_file_bounded(path, limits, &mut bytes)?;
+    load_bytes(&bytes, path, limits)
+}
+
+/// Decodes the contents of one file already in memory (e.g. received over a network): the
+/// extension of `path` picks the format and `path` names the file in errors.
+pub fn load_bytes(bytes: &[u8], path: &Path, limits: &Limits) -> Result<Vec<Array2<f64>>> {
     let mut raw = Vec::new();
-    decode_bytes(&bytes, path, &mut Vec::new(), &mut raw)?;
+    decode_bytes(bytes, path, limits, &mut Vec::new(), &mut raw)?;
     raw.into_iter()
         .enumerate()
         .map(|(i, r)| {
@@ -239,6 +305,42 @@ fn check_finite(v: &[f64], path: &Path, image: usize) -> Result<()> {
     Err(LensDataError::NonFinite { path: path.to_path_buf(), image, count, first_index })
 }
 
+/// As [`check_finite`], and every value must fit `f32` (the loader's output type), where a
+/// finite `f64` above `f32::MAX` would silently become infinite.
+fn check_f32_range(v: &[f64], path: &Path, image: usize) -> Result<()> {
+    const MAX: f64 = f32::MAX as f64;
+    // one branch-free pass in the common case; NaN fails the comparison too
+    if v.iter().all(|x| x.abs() <= MAX) {
+        return Ok(());
+    }
+    check_finite(v, path, image)?;
+    let count = v.iter().filter(|x| x.abs() > MAX).count();
+    let first_index = v.iter().position(|x| x.abs() > MAX).unwrap_or(0);
+    Err(LensDataError::F32Overflow {
+        path: path.to_path_buf(),
+        image,
+        count,
+        first_index,
+        value: v[first_index],
+        stage: "as stored",
+    })
+}
+
+/// The normalised output must still be finite (`MeanStd` with a tiny `std` can overflow).
+fn check_normalised(v: &[f32], path: &Path, image: usize) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(first_index) => Err(LensDataError::F32Overflow {
+            path: path.to_path_buf(),
+            image,
+            count: v.iter().filter(|x| !x.is_finite()).count(),
+            first_index,
+            value: v[first_index] as f64,
+            stage: "after normalisation",
+        }),
+    }
+}
+
 /// The processed images of one file.
 struct FileImages {
     shape: (usize, usize),
@@ -255,14 +357,8 @@ struct Worker {
     resizer: Option<Resizer>,
 }
 
-fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
-    use std::fs::File;
-    buf.clear();
-    let mut f = File::open(path).map_err(|e| LensDataError::io(path, e))?;
-    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    buf.reserve(len + 1);
-    f.read_to_end(buf).map_err(|e| LensDataError::io(path, e))?;
-    Ok(())
+fn read_into(path: &Path, limits: &Limits, buf: &mut Vec<u8>) -> Result<()> {
+    read_file_bounded(path, limits, buf)
 }
 
 /// `data` (`in_shape`, row-major) resized to `out_shape` into `dst`, or converted when the
@@ -280,7 +376,13 @@ fn resize_or_copy(data: &[f64], in_shape: (usize, usize), out_shape: (usize, usi
 
 /// Zero-copy fast path for the DeepLense case: a little-endian f64, C-order `.npy` holding one
 /// image, resized straight from the read buffer. Returns `None` when the file is anything else.
-fn fast_f64_npy(bytes: &[u8], path: &Path, opts: &LoadOptions, w: &mut Worker, dst: &mut [f32]) -> Option<Result<FileImages>> {
+fn fast_f64_npy(
+    bytes: &[u8],
+    path: &Path,
+    opts: &LoadOptions,
+    w: &mut Worker,
+    dst: &mut [f32],
+) -> Option<Result<FileImages>> {
     if !cfg!(target_endian = "little") || path.extension().and_then(|e| e.to_str()) != Some("npy") {
         return None;
     }
@@ -293,25 +395,32 @@ fn fast_f64_npy(bytes: &[u8], path: &Path, opts: &LoadOptions, w: &mut Worker, d
         [1, a, b] | [a, b] | [a, b, 1] if a > 0 && b > 0 => (a, b),
         _ => return None,
     };
-    let data = bytes.get(h.data_offset..h.data_offset + ih * iw * 8)?;
+    // Checked: a hostile (2^32, 2^32) shape would wrap to 0 bytes. Anything odd goes the
+    // general path, which reports it.
+    let count = ih.checked_mul(iw)?;
+    let end = count.checked_mul(8)?.checked_add(h.data_offset)?;
+    let data = bytes.get(h.data_offset..end)?;
     // SAFETY: every bit pattern is a valid f64; `align_to` only hands out the aligned middle.
     let (pre, vals, _) = unsafe { data.align_to::<f64>() };
-    if !pre.is_empty() || vals.len() < ih * iw {
+    if !pre.is_empty() || vals.len() < count {
         return None;
     }
-    let vals = &vals[..ih * iw];
-    if let Err(e) = check_finite(vals, path, 0) {
+    let vals = &vals[..count];
+    if let Err(e) = check_f32_range(vals, path, 0) {
         return Some(Err(e));
     }
     resize_or_copy(vals, (ih, iw), out_shape, w, dst);
     opts.normalization.apply(dst);
+    if let Err(e) = check_normalised(dst, path, 0) {
+        return Some(Err(e));
+    }
     Some(Ok(FileImages { shape: out_shape, images: Vec::new(), colour: 0, in_place: true }))
 }
 
 fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option<&mut [f32]>) -> Result<FileImages> {
     let mut raw = Vec::new();
     let mut bytes = std::mem::take(&mut w.bytes);
-    if let Err(e) = read_into(path, &mut bytes) {
+    if let Err(e) = read_into(path, &opts.limits, &mut bytes) {
         w.bytes = bytes;
         return Err(e);
     }
@@ -321,15 +430,16 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option
             return r;
         }
     }
-    let r = decode_bytes(&bytes, path, &mut w.npy, &mut raw);
+    let r = decode_bytes(&bytes, path, &opts.limits, &mut w.npy, &mut raw);
     w.bytes = bytes;
     r?;
     // fast path: one image, known output size -> straight into the output array
     if let (Some(dst), Some(out_shape), 1) = (dst, opts.target_size, raw.len()) {
         let img = raw.pop().expect("one image");
-        check_finite(&img.data, path, 0)?;
+        check_f32_range(&img.data, path, 0)?;
         resize_or_copy(&img.data, (img.h, img.w), out_shape, w, dst);
         opts.normalization.apply(dst);
+        check_normalised(dst, path, 0)?;
         let colour = img.colour as usize;
         w.npy = img.data;
         return Ok(FileImages { shape: out_shape, images: Vec::new(), colour, in_place: true });
@@ -338,7 +448,7 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option
     let mut shape = (0, 0);
     let mut colour = 0;
     for (i, img) in raw.into_iter().enumerate() {
-        check_finite(&img.data, path, i)?;
+        check_f32_range(&img.data, path, i)?;
         colour += img.colour as usize;
         let out_shape = opts.target_size.unwrap_or((img.h, img.w));
         if i > 0 && out_shape != shape {
@@ -348,6 +458,7 @@ fn process_file(path: &Path, opts: &LoadOptions, w: &mut Worker, mut dst: Option
         let mut v = vec![0.0f32; out_shape.0 * out_shape.1];
         resize_or_copy(&img.data, (img.h, img.w), out_shape, w, &mut v);
         opts.normalization.apply(&mut v);
+        check_normalised(&v, path, i)?;
         images.push(v);
         // give the decode buffer back for reuse
         if w.npy.capacity() < img.data.capacity() {
@@ -369,6 +480,19 @@ fn load_entries(
     if let Some((h, w)) = opts.target_size {
         if h == 0 || w == 0 {
             return Err(LensDataError::invalid("target_size", format!("{h}x{w}"), "must be >= 1x1"));
+        }
+        // the f32 output array is allocated up front: check its size before asking for it
+        let bytes = (h as u64).saturating_mul(w as u64).saturating_mul(4).saturating_mul(entries.len() as u64);
+        if bytes > opts.limits.max_array_bytes {
+            return Err(LensDataError::invalid(
+                "target_size",
+                format!("{h}x{w}"),
+                format!(
+                    "{} files at this size take {bytes} bytes as f32, above Limits::max_array_bytes = {}",
+                    entries.len(),
+                    opts.limits.max_array_bytes
+                ),
+            ));
         }
     }
     if entries.is_empty() {
@@ -397,7 +521,9 @@ fn load_entries(
     let mut kept: Vec<(&PathBuf, usize, FileImages, usize)> = Vec::with_capacity(results.len());
     for (idx, ((path, label), r)) in entries.iter().zip(results).enumerate() {
         let r = r.and_then(|f| match shape {
-            Some(s) if s != f.shape => Err(LensDataError::SizeMismatch { path: path.clone(), got: f.shape, expected: s }),
+            Some(s) if s != f.shape => {
+                Err(LensDataError::SizeMismatch { path: path.clone(), got: f.shape, expected: s })
+            }
             _ => Ok(f),
         });
         match r {
@@ -460,14 +586,7 @@ fn load_entries(
             .for_each(|(dst, src)| dst.copy_from_slice(src));
         images
     };
-    Ok(ImageSet {
-        images,
-        labels: labelled.then_some(labels),
-        class_names,
-        sources,
-        warnings,
-        skipped,
-    })
+    Ok(ImageSet { images, labels: labelled.then_some(labels), class_names, sources, warnings, skipped })
 }
 
 /// Loads the given files (any supported format; a file may hold several images).

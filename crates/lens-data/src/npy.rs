@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
 use crate::error::{LensDataError, Result};
+use crate::limits::{exceeded, read_bounded, Limits};
 
 /// A decoded numeric array: shape and values in C (row-major) order, converted to `f64`.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,19 @@ fn dict_value<'a>(h: &'a str, key: &str) -> Option<&'a str> {
     Some(rest)
 }
 
+/// At most `max` bytes of `s`, cut at a char boundary: keeps error messages short when a hostile
+/// header is megabytes long.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     if bytes.is_empty() {
         return Err(LensDataError::EmptyFile { path: path.to_path_buf() });
@@ -72,19 +86,23 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         }
         v => return Err(bad(path, format!("unsupported format version {v}.{}", bytes[7]))),
     };
-    if bytes.len() < hstart + hlen {
-        return Err(bad(path, format!("header truncated: needs {} bytes, file has {}", hstart + hlen, bytes.len())));
+    if bytes.len() - hstart < hlen {
+        return Err(bad(
+            path,
+            format!("header truncated: needs {} bytes, file has {}", hstart as u64 + hlen as u64, bytes.len()),
+        ));
     }
     let h = std::str::from_utf8(&bytes[hstart..hstart + hlen]).map_err(|_| bad(path, "header is not text"))?;
-    let descr_v = dict_value(h, "descr").ok_or_else(|| bad(path, format!("header has no 'descr': {h}")))?;
+    let descr_v =
+        dict_value(h, "descr").ok_or_else(|| bad(path, format!("header has no 'descr': {}", clip(h, 200))))?;
     let descr = if let Some(r) = descr_v.strip_prefix('\'') {
         r.split('\'').next().unwrap_or("").to_string()
     } else if let Some(r) = descr_v.strip_prefix('"') {
         r.split('"').next().unwrap_or("").to_string()
     } else {
         // structured dtype (a list of fields)
-        let end = descr_v.find(']').map(|i| i + 1).unwrap_or(descr_v.len().min(60));
-        return Err(LensDataError::UnsupportedDtype { path: path.to_path_buf(), dtype: descr_v[..end].to_string() });
+        let end = descr_v.find(']').map(|i| i + 1).unwrap_or(descr_v.len());
+        return Err(LensDataError::UnsupportedDtype { path: path.to_path_buf(), dtype: clip(&descr_v[..end], 60) });
     };
     let fortran_v = dict_value(h, "fortran_order").ok_or_else(|| bad(path, "header has no 'fortran_order'"))?;
     let fortran = if fortran_v.starts_with("True") {
@@ -105,18 +123,29 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         if p.is_empty() {
             continue;
         }
-        shape.push(p.parse::<usize>().map_err(|_| bad(path, format!("bad dimension '{p}' in shape")))?);
+        shape.push(p.parse::<usize>().map_err(|_| bad(path, format!("bad dimension '{}' in shape", clip(p, 40))))?);
+    }
+    // numpy's own maximum; also keeps a hostile header from building a huge shape vector
+    if shape.len() > 64 {
+        return Err(bad(path, format!("shape has {} dimensions (numpy allows at most 64)", shape.len())));
     }
     Ok(Header { descr, fortran, shape, data_offset: hstart + hlen })
 }
 
+/// `(little_endian, kind, itemsize)` of a numpy descr such as `<f8`; `None` for anything else,
+/// including empty, one-character and non-ASCII descrs.
 pub(crate) fn dtype_info(descr: &str) -> Option<(bool, Kind, usize)> {
-    // returns (little_endian, kind, itemsize)
-    let (endian, rest) = match descr.chars().next()? {
-        '<' | '|' | '=' => (true, &descr[1..]),
-        '>' => (false, &descr[1..]),
+    if !descr.is_ascii() {
+        return None;
+    }
+    let (endian, rest) = match descr.as_bytes().first()? {
+        b'<' | b'|' | b'=' => (true, &descr[1..]),
+        b'>' => (false, &descr[1..]),
         _ => (true, descr),
     };
+    if rest.len() < 2 {
+        return None;
+    }
     let (k, size) = rest.split_at(1);
     let size: usize = size.parse().ok()?;
     let kind = match k {
@@ -127,6 +156,26 @@ pub(crate) fn dtype_info(descr: &str) -> Option<(bool, Kind, usize)> {
         _ => return None,
     };
     Some((endian, kind, size))
+}
+
+/// Number of elements of `shape` and their decoded size (8 bytes each), checked: a hostile
+/// shape such as (2^32, 2^32) must not wrap around before it is compared with the file.
+pub(crate) fn element_count(shape: &[usize], path: &Path, limits: &Limits) -> Result<usize> {
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(path, format!("shape {shape:?} overflows: its element count exceeds 2^64")))?;
+    let decoded = (count as u64).saturating_mul(8);
+    if decoded > limits.max_array_bytes {
+        return Err(exceeded(
+            path,
+            &format!("decoded size in bytes of shape {shape:?}"),
+            decoded,
+            limits.max_array_bytes,
+            "max_array_bytes",
+        ));
+    }
+    Ok(count)
 }
 
 fn f16_to_f64(bits: u16) -> f64 {
@@ -176,30 +225,42 @@ pub(crate) fn decode_elements(raw: &[u8], le: bool, kind: Kind, size: usize, out
     }
 }
 
-/// Decodes `.npy` bytes (`path` is only used in error messages).
+/// Decodes `.npy` bytes (`path` is only used in error messages), under [`Limits::default`].
 pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
+    parse_npy_with_limits(bytes, path, &Limits::default())
+}
+
+/// As [`parse_npy`], under `limits`.
+pub fn parse_npy_with_limits(bytes: &[u8], path: &Path, limits: &Limits) -> Result<NpyArray> {
     let mut data = Vec::new();
-    let shape = parse_npy_into(bytes, path, &mut data)?;
+    let shape = parse_npy_into_with_limits(bytes, path, &mut data, limits)?;
     Ok(NpyArray { shape, data })
 }
 
 /// Decodes `.npy` bytes into `data` (cleared first; C order, f64) and returns the shape.
-/// Lets a caller reuse one buffer across many files.
+/// Lets a caller reuse one buffer across many files. Uses [`Limits::default`].
 pub fn parse_npy_into(bytes: &[u8], path: &Path, data: &mut Vec<f64>) -> Result<Vec<usize>> {
+    parse_npy_into_with_limits(bytes, path, data, &Limits::default())
+}
+
+/// As [`parse_npy_into`], under `limits`. The header's sizes are checked (overflow, bytes
+/// present, `max_array_bytes`) before anything is allocated for the values.
+pub fn parse_npy_into_with_limits(
+    bytes: &[u8],
+    path: &Path,
+    data: &mut Vec<f64>,
+    limits: &Limits,
+) -> Result<Vec<usize>> {
     data.clear();
     let h = parse_header(bytes, path)?;
     if h.descr.trim_start_matches(['|', '<', '>', '=']).starts_with('O') {
-        let (shape, values) = crate::pickle::unpack_object_array(&bytes[h.data_offset..], path)?;
+        let (shape, values) = crate::pickle::unpack_object_array(&bytes[h.data_offset..], path, limits)?;
         *data = values;
         return Ok(shape);
     }
     let (le, kind, size) = dtype_info(&h.descr)
-        .ok_or_else(|| LensDataError::UnsupportedDtype { path: path.to_path_buf(), dtype: h.descr.clone() })?;
-    let count = h
-        .shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(path, "shape overflows"))?;
+        .ok_or_else(|| LensDataError::UnsupportedDtype { path: path.to_path_buf(), dtype: clip(&h.descr, 60) })?;
+    let count = element_count(&h.shape, path, limits)?;
     let expected = count.checked_mul(size).ok_or_else(|| bad(path, "shape overflows"))?;
     let raw = &bytes[h.data_offset..];
     if raw.len() < expected {
@@ -208,17 +269,31 @@ pub fn parse_npy_into(bytes: &[u8], path: &Path, data: &mut Vec<f64>) -> Result<
     data.reserve(count);
     decode_elements(&raw[..expected], le, kind, size, data);
     if h.fortran && h.shape.len() > 1 {
-        let a = ArrayD::from_shape_vec(IxDyn(&h.shape).f(), std::mem::take(data)).map_err(|e| bad(path, e.to_string()))?;
+        let a =
+            ArrayD::from_shape_vec(IxDyn(&h.shape).f(), std::mem::take(data)).map_err(|e| bad(path, e.to_string()))?;
         *data = a.as_standard_layout().iter().copied().collect();
     }
     Ok(h.shape)
 }
 
-/// Reads a `.npy` file.
+/// Reads a `.npy` file, under [`Limits::default`].
 pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
+    read_npy_with_limits(path, &Limits::default())
+}
+
+/// Reads a `.npy` file, under `limits` (the file itself at most `max_file_bytes`).
+pub fn read_npy_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<NpyArray> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| LensDataError::io(path, e))?;
-    parse_npy(&bytes, path)
+    let mut bytes = Vec::new();
+    read_file_bounded(path, limits, &mut bytes)?;
+    parse_npy_with_limits(&bytes, path, limits)
+}
+
+/// Reads a whole file into `buf` (cleared first), at most `limits.max_file_bytes`.
+pub(crate) fn read_file_bounded(path: &Path, limits: &Limits, buf: &mut Vec<u8>) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| LensDataError::io(path, e))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    read_bounded(f, path, len, limits.max_file_bytes, "max_file_bytes", buf)
 }
 
 /// `.npy` (version 1.0) bytes of a little-endian f64 C-order array.
@@ -252,7 +327,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A crash never leaves a half-written `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| LensDataError::invalid("output path", path.display(), "has no file name"))?;
+    let name =
+        path.file_name().ok_or_else(|| LensDataError::invalid("output path", path.display(), "has no file name"))?;
     let tmp: PathBuf = dir.join(format!(
         ".{}.tmp-{}-{}",
         name.to_string_lossy(),

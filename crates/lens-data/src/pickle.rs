@@ -9,13 +9,36 @@
 //! dimensions found among the object array's elements are returned as the file's images.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
 use crate::error::{LensDataError, Result};
+use crate::limits::{exceeded, Limits};
 use crate::npy::{decode_elements, dtype_info};
+
+/// Why the stream was not unpacked: malformed / not numpy data, or a [`Limits`] ceiling.
+#[derive(Debug)]
+enum PErr {
+    Bad(String),
+    Limit { what: &'static str, value: u64, limit: u64, field: &'static str },
+}
+
+impl From<String> for PErr {
+    fn from(s: String) -> Self {
+        PErr::Bad(s)
+    }
+}
+
+impl From<&str> for PErr {
+    fn from(s: &str) -> Self {
+        PErr::Bad(s.to_string())
+    }
+}
+
+type PResult<T> = std::result::Result<T, PErr>;
 
 #[derive(Debug, Clone)]
 enum V {
@@ -41,6 +64,52 @@ struct Obj {
     state: Option<V>,
 }
 
+impl Drop for V {
+    /// Iterative: the compiler's recursive drop overflows the stack on deep nesting (2,000,000
+    /// `TUPLE1` opcodes are a 2 MB file). Children of containers this value owns alone move to a
+    /// work list, so each drop below sees at most one level. (Shared children are dropped by
+    /// their last owner the same way; cycles built through the memo leak, bounded by
+    /// `Limits::max_pickle_values`.)
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        detach_children(self, &mut work);
+        while let Some(mut v) = work.pop() {
+            detach_children(&mut v, &mut work);
+        }
+    }
+}
+
+fn detach_children(v: &mut V, work: &mut Vec<V>) {
+    match v {
+        V::Tuple(t) => {
+            if let Some(items) = Rc::get_mut(t) {
+                work.append(items);
+            }
+        }
+        V::List(l) => {
+            if let Some(items) = Rc::get_mut(l) {
+                work.append(items.get_mut());
+            }
+        }
+        V::Dict(d) => {
+            if let Some(items) = Rc::get_mut(d) {
+                for (k, v) in items.get_mut().drain(..) {
+                    work.push(k);
+                    work.push(v);
+                }
+            }
+        }
+        V::Obj(o) => {
+            if let Some(o) = Rc::get_mut(o) {
+                let o = o.get_mut();
+                work.push(std::mem::replace(&mut o.args, V::None));
+                work.extend(o.state.take());
+            }
+        }
+        _ => {}
+    }
+}
+
 const ALLOWED: [(&str, &str); 7] = [
     ("_codecs", "encode"), // protocol-2 pickles spell bytes as _codecs.encode(text, "latin1")
     ("numpy.core.multiarray", "_reconstruct"),
@@ -58,8 +127,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        if self.pos + n > self.b.len() {
-            return Err("pickle stream truncated".into());
+        // `n` comes from the file (BINBYTES8 can say 2^64 - 1): compare with what is left
+        // instead of computing `pos + n`, which could wrap.
+        if n > self.b.len() - self.pos {
+            return Err(format!("pickle stream truncated: an item of {n} bytes, {} left", self.b.len() - self.pos));
         }
         let s = &self.b[self.pos..self.pos + n];
         self.pos += n;
@@ -96,18 +167,36 @@ fn pop_mark(stack: &mut Vec<V>) -> std::result::Result<Vec<V>, String> {
 }
 
 /// Runs the pickle stream as data; returns the top-level value.
-fn load(b: &[u8]) -> std::result::Result<V, String> {
+fn load(b: &[u8], limits: &Limits) -> PResult<V> {
     let mut r = Reader { b, pos: 0 };
     let mut stack: Vec<V> = Vec::new();
-    let mut memo: Vec<Option<V>> = Vec::new();
-    let put = |memo: &mut Vec<Option<V>>, i: usize, v: V| {
-        if memo.len() <= i {
-            memo.resize(i + 1, None);
+    // A map, not a table indexed by slot: `LONG_BINPUT 0xFFFFFFFF` must cost one entry.
+    let mut memo: HashMap<usize, V> = HashMap::new();
+    let put = |memo: &mut HashMap<usize, V>, i: usize, v: V| -> PResult<()> {
+        memo.insert(i, v);
+        if memo.len() as u64 > limits.max_pickle_memo {
+            return Err(PErr::Limit {
+                what: "pickle memo entries",
+                value: memo.len() as u64,
+                limit: limits.max_pickle_memo,
+                field: "max_pickle_memo",
+            });
         }
-        memo[i] = Some(v);
+        Ok(())
     };
+    let mut ops = 0u64;
     loop {
         let op = r.u8()?;
+        // each opcode makes at most one value: counting opcodes bounds memory and time
+        ops += 1;
+        if ops > limits.max_pickle_values {
+            return Err(PErr::Limit {
+                what: "pickle values (opcodes run)",
+                value: ops,
+                limit: limits.max_pickle_values,
+                field: "max_pickle_values",
+            });
+        }
         match op {
             0x80 => {
                 r.u8()?;
@@ -115,7 +204,7 @@ fn load(b: &[u8]) -> std::result::Result<V, String> {
             0x95 => {
                 r.take(8)?;
             } // FRAME
-            b'.' => return pop(&mut stack),
+            b'.' => return Ok(pop(&mut stack)?),
             b'(' => stack.push(V::Mark),
             b'N' => stack.push(V::None),
             0x88 => stack.push(V::Bool(true)),
@@ -174,16 +263,16 @@ fn load(b: &[u8]) -> std::result::Result<V, String> {
             0x94 => {
                 let top = stack.last().ok_or("MEMOIZE on empty stack")?.clone();
                 let i = memo.len();
-                put(&mut memo, i, top);
+                put(&mut memo, i, top)?;
             }
             b'q' | b'r' => {
                 let i = if op == b'q' { r.u8()? as usize } else { r.uint(4)? };
                 let top = stack.last().ok_or("BINPUT on empty stack")?.clone();
-                put(&mut memo, i, top);
+                put(&mut memo, i, top)?;
             }
             b'h' | b'j' => {
                 let i = if op == b'h' { r.u8()? as usize } else { r.uint(4)? };
-                let v = memo.get(i).and_then(|v| v.clone()).ok_or("BINGET of unknown memo slot")?;
+                let v = memo.get(&i).cloned().ok_or("BINGET of unknown memo slot")?;
                 stack.push(v)
             }
             0x93 | b'c' => {
@@ -192,13 +281,13 @@ fn load(b: &[u8]) -> std::result::Result<V, String> {
                 } else {
                     let n = pop(&mut stack)?;
                     let m = pop(&mut stack)?;
-                    match (m, n) {
-                        (V::Str(m), V::Str(n)) => (m, n),
+                    match (&m, &n) {
+                        (V::Str(m), V::Str(n)) => (m.clone(), n.clone()),
                         _ => return Err("STACK_GLOBAL needs two strings".into()),
                     }
                 };
                 if !ALLOWED.iter().any(|(am, an)| **am == *m && **an == *n) {
-                    return Err(format!("it references {m}.{n}, which is not a numpy array"));
+                    return Err(format!("it references {m}.{n}, which is not a numpy array").into());
                 }
                 stack.push(V::Global(m, n))
             }
@@ -248,18 +337,19 @@ fn load(b: &[u8]) -> std::result::Result<V, String> {
             }
             b'R' => {
                 let args = pop(&mut stack)?;
-                let func = match pop(&mut stack)? {
-                    V::Global(m, n) => (m, n),
+                let func = match &pop(&mut stack)? {
+                    V::Global(m, n) => (m.clone(), n.clone()),
                     _ => return Err("REDUCE of a non-global".into()),
                 };
                 if &*func.0 == "_codecs" {
                     // _codecs.encode(text, "latin1"): each char is one byte
                     let bytes = match &args {
                         V::Tuple(t) => match (t.first(), t.get(1)) {
-                            (Some(V::Str(text)), Some(V::Str(enc))) if &**enc == "latin1" || &**enc == "latin-1" => text
-                                .chars()
-                                .map(|c| u8::try_from(c as u32).map_err(|_| "non-latin1 byte string".to_string()))
-                                .collect::<std::result::Result<Vec<u8>, _>>()?,
+                            (Some(V::Str(text)), Some(V::Str(enc))) if &**enc == "latin1" || &**enc == "latin-1" => {
+                                text.chars()
+                                    .map(|c| u8::try_from(c as u32).map_err(|_| "non-latin1 byte string".to_string()))
+                                    .collect::<std::result::Result<Vec<u8>, _>>()?
+                            }
                             _ => return Err("unsupported _codecs.encode call".into()),
                         },
                         _ => return Err("unsupported _codecs.encode call".into()),
@@ -276,7 +366,7 @@ fn load(b: &[u8]) -> std::result::Result<V, String> {
                     _ => return Err("BUILD target is not an object".into()),
                 }
             }
-            other => return Err(format!("unsupported pickle opcode 0x{other:02x}")),
+            other => return Err(format!("unsupported pickle opcode 0x{other:02x}").into()),
         }
     }
 }
@@ -294,7 +384,9 @@ fn dtype_descr(v: &V) -> Option<String> {
         return None;
     }
     let V::Tuple(args) = &o.args else { return None };
-    let V::Str(code) = args.first()? else { return None };
+    let V::Str(code) = args.first()? else {
+        return None;
+    };
     let endian = match &o.state {
         Some(V::Tuple(st)) => match st.get(1) {
             Some(V::Str(e)) => e.to_string(),
@@ -310,13 +402,25 @@ enum ArrayData {
     Objects(Vec<V>),
 }
 
-fn as_array(v: &V) -> std::result::Result<Option<ArrayData>, String> {
+/// Bookkeeping of one walk over the pickled tree.
+struct Walk<'l> {
+    limits: &'l Limits,
+    visits: u64,
+    /// f64 bytes decoded so far, and the most allowed (see [`unpack_object_array`]).
+    decoded: u64,
+    max_decoded: u64,
+    payload_len: usize,
+}
+
+fn as_array(v: &V, walk: &mut Walk) -> PResult<Option<ArrayData>> {
     let V::Obj(o) = v else { return Ok(None) };
     let o = o.borrow();
     if &*o.func.1 != "_reconstruct" {
         return Ok(None);
     }
-    let Some(V::Tuple(st)) = &o.state else { return Err("array without state".into()) };
+    let Some(V::Tuple(st)) = &o.state else {
+        return Err("array without state".into());
+    };
     if st.len() < 5 {
         return Err("array state too short".into());
     }
@@ -324,7 +428,7 @@ fn as_array(v: &V) -> std::result::Result<Option<ArrayData>, String> {
         V::Tuple(t) => t
             .iter()
             .map(|d| match d {
-                V::Int(n) if *n >= 0 => Ok(*n as usize),
+                V::Int(n) if *n >= 0 => usize::try_from(*n).map_err(|_| "dimension too large".to_string()),
                 _ => Err("bad dimension".to_string()),
             })
             .collect::<std::result::Result<_, _>>()?,
@@ -339,13 +443,37 @@ fn as_array(v: &V) -> std::result::Result<Option<ArrayData>, String> {
         };
     }
     let (le, kind, size) = dtype_info(&descr).ok_or_else(|| format!("element dtype '{descr}' not supported"))?;
-    let V::Bytes(raw) = &st[4] else { return Err("numeric array without raw bytes".into()) };
-    let count: usize = shape.iter().product();
-    if raw.len() < count * size {
-        return Err("array bytes truncated".into());
+    let V::Bytes(raw) = &st[4] else {
+        return Err("numeric array without raw bytes".into());
+    };
+    // checked: the shape is the file's claim and must not wrap before it meets the byte count
+    let need =
+        shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|c| c.checked_mul(size).map(|b| (c, b)));
+    let Some((count, bytes)) = need else {
+        return Err(format!("array shape {shape:?} overflows").into());
+    };
+    if raw.len() < bytes {
+        return Err(format!("array bytes truncated: shape {shape:?} needs {bytes}, {} present", raw.len()).into());
     }
+    let decoded = walk.decoded.saturating_add(count as u64 * 8);
+    if decoded > walk.limits.max_array_bytes {
+        return Err(PErr::Limit {
+            what: "decoded size in bytes of the pickled arrays",
+            value: decoded,
+            limit: walk.limits.max_array_bytes,
+            field: "max_array_bytes",
+        });
+    }
+    if decoded > walk.max_decoded {
+        return Err(format!(
+            "memo references repeat arrays: {decoded} decoded bytes from a {}-byte pickle",
+            walk.payload_len
+        )
+        .into());
+    }
+    walk.decoded = decoded;
     let mut data = Vec::with_capacity(count);
-    decode_elements(&raw[..count * size], le, kind, size, &mut data);
+    decode_elements(&raw[..bytes], le, kind, size, &mut data);
     if fortran && shape.len() > 1 {
         let a = ArrayD::from_shape_vec(IxDyn(&shape).f(), data).map_err(|e| e.to_string())?;
         data = a.as_standard_layout().iter().copied().collect();
@@ -353,27 +481,39 @@ fn as_array(v: &V) -> std::result::Result<Option<ArrayData>, String> {
     Ok(Some(ArrayData::Numeric(Numeric { shape, data })))
 }
 
-fn collect_images(v: &V, out: &mut Vec<Numeric>, depth: usize) -> std::result::Result<(), String> {
+fn collect_images(v: &V, out: &mut Vec<Numeric>, depth: usize, walk: &mut Walk) -> PResult<()> {
+    // Counted before the depth test: memo references let a few KB describe a tree with
+    // exponentially many nodes, and even the cut-off ones cost a clone in their parent.
+    walk.visits += 1;
+    if walk.visits > walk.limits.max_pickle_visits {
+        return Err(PErr::Limit {
+            what: "pickle nodes visited",
+            value: walk.visits,
+            limit: walk.limits.max_pickle_visits,
+            field: "max_pickle_visits",
+        });
+    }
     if depth > 8 {
         return Ok(());
     }
-    match as_array(v)? {
+    match as_array(v, walk)? {
         Some(ArrayData::Numeric(n)) if (2..=4).contains(&n.shape.len()) => out.push(n),
         Some(ArrayData::Numeric(_)) => {}
         Some(ArrayData::Objects(items)) => {
             for it in &items {
-                collect_images(it, out, depth + 1)?;
+                collect_images(it, out, depth + 1, walk)?;
             }
         }
         None => match v {
             V::List(l) => {
-                for it in l.borrow().iter() {
-                    collect_images(it, out, depth + 1)?;
+                let items = l.borrow().clone();
+                for it in &items {
+                    collect_images(it, out, depth + 1, walk)?;
                 }
             }
             V::Tuple(t) => {
                 for it in t.iter() {
-                    collect_images(it, out, depth + 1)?;
+                    collect_images(it, out, depth + 1, walk)?;
                 }
             }
             _ => {}
@@ -385,13 +525,32 @@ fn collect_images(v: &V, out: &mut Vec<Numeric>, depth: usize) -> std::result::R
 /// Unpacks the numeric images held in the pickled payload of an object `.npy` (the bytes after
 /// the header). Returns `(shape, data)` like a plain array: one image as its own shape, several
 /// same-shaped images stacked along a new first axis.
-pub(crate) fn unpack_object_array(payload: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    let err = |detail: String| LensDataError::PickledObjectArray { path: path.to_path_buf(), detail: format!(" ({detail})") };
-    let root = load(payload).map_err(|e| err(format!("not unpacked safely: {e}")))?;
+///
+/// Bounded by `limits` (values, memo, visits, decoded bytes) and by the payload itself: the
+/// arrays decode to at most 8 bytes per payload byte (a `u8` array written once), so memo
+/// references that repeat one array many times cannot multiply the output.
+pub(crate) fn unpack_object_array(payload: &[u8], path: &Path, limits: &Limits) -> Result<(Vec<usize>, Vec<f64>)> {
+    let err = |e: PErr| match e {
+        PErr::Bad(detail) => LensDataError::PickledObjectArray {
+            path: path.to_path_buf(),
+            detail: format!(" (not unpacked safely: {detail})"),
+        },
+        PErr::Limit { what, value, limit, field } => exceeded(path, what, value, limit, field),
+    };
+    let root = load(payload, limits).map_err(err)?;
     let mut images = Vec::new();
-    collect_images(&root, &mut images, 0).map_err(|e| err(format!("not unpacked safely: {e}")))?;
+    let mut walk = Walk {
+        limits,
+        visits: 0,
+        decoded: 0,
+        max_decoded: (payload.len() as u64).saturating_mul(8),
+        payload_len: payload.len(),
+    };
+    collect_images(&root, &mut images, 0, &mut walk).map_err(err)?;
+    let plain =
+        |detail: String| LensDataError::PickledObjectArray { path: path.to_path_buf(), detail: format!(" ({detail})") };
     match images.len() {
-        0 => Err(err("it holds no numeric array of 2 to 4 dimensions".into())),
+        0 => Err(plain("it holds no numeric array of 2 to 4 dimensions".into())),
         1 => {
             let n = images.pop().expect("one");
             Ok((n.shape, n.data))
@@ -399,7 +558,7 @@ pub(crate) fn unpack_object_array(payload: &[u8], path: &Path) -> Result<(Vec<us
         k => {
             let shape = images[0].shape.clone();
             if images.iter().any(|n| n.shape != shape) {
-                return Err(err(format!("it holds {k} arrays of different shapes")));
+                return Err(plain(format!("it holds {k} arrays of different shapes")));
             }
             let mut data = Vec::with_capacity(k * images[0].data.len());
             for n in images {

@@ -10,6 +10,7 @@
 use ndarray::Array2;
 
 use crate::error::{LensDataError, Result};
+use crate::limits::Limits;
 use crate::spec::{LensProfile, LightProfile, PsfSpec, SimulationSpec};
 
 /// lenstronomy `ellipticity2phi_q`: orientation angle and axis ratio from (e1, e2).
@@ -277,16 +278,17 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// A renderer for `grid`, with `base_lenses` deflections precomputed and `psf` applied.
+    /// A renderer for `grid`, with `base_lenses` deflections precomputed and `psf` applied,
+    /// under [`Limits::default`].
     pub fn new(grid: Grid, base_lenses: &[LensProfile], psf: Option<PsfSpec>) -> Result<Self> {
-        validate_grid(&grid)?;
+        Self::with_limits(grid, base_lenses, psf, &Limits::default())
+    }
+
+    /// As [`Self::new`], with the grid side and PSF radius checked against `limits`.
+    pub fn with_limits(grid: Grid, base_lenses: &[LensProfile], psf: Option<PsfSpec>, limits: &Limits) -> Result<Self> {
+        validate_grid(&grid, limits)?;
         if let Some(PsfSpec::Gaussian { fwhm, truncation }) = psf {
-            if !(fwhm > 0.0 && fwhm.is_finite()) {
-                return Err(LensDataError::invalid("psf.fwhm", fwhm, "must be > 0"));
-            }
-            if !(truncation > 0.0 && truncation.is_finite()) {
-                return Err(LensDataError::invalid("psf.truncation", truncation, "must be > 0"));
-            }
+            validate_psf(fwhm, truncation, grid.pixel_scale, limits)?;
         }
         let (x, y) = grid.coordinates();
         let mut base_ax = vec![0.0; x.len()];
@@ -295,7 +297,9 @@ impl Renderer {
             add_deflection(l, &x, &y, &mut base_ax, &mut base_ay);
         }
         let psf_taps = match psf {
-            Some(PsfSpec::Gaussian { fwhm, truncation }) => psf_taps(fwhm_to_sigma(fwhm) / grid.pixel_scale, truncation)?,
+            Some(PsfSpec::Gaussian { fwhm, truncation }) => {
+                psf_taps(fwhm_to_sigma(fwhm) / grid.pixel_scale, truncation, limits.max_psf_radius)?
+            }
             None => Vec::new(),
         };
         Ok(Self { grid, x, y, base_ax, base_ay, psf_taps })
@@ -308,7 +312,12 @@ impl Renderer {
 
     /// Renders the image (surface brightness x pixel area, shape `[num_pix, num_pix]`) for the
     /// base lenses plus `extra_lenses`.
-    pub fn render(&self, extra_lenses: &[LensProfile], source: &[LightProfile], lens_light: &[LightProfile]) -> Array2<f64> {
+    pub fn render(
+        &self,
+        extra_lenses: &[LensProfile],
+        source: &[LightProfile],
+        lens_light: &[LightProfile],
+    ) -> Array2<f64> {
         let n = self.grid.num_pix;
         let mut out = Array2::zeros((n, n));
         let mut scratch = RenderScratch::default();
@@ -368,21 +377,66 @@ pub struct RenderScratch {
     tmp: Vec<f64>,
 }
 
-fn validate_grid(g: &Grid) -> Result<()> {
-    if g.num_pix == 0 {
-        return Err(LensDataError::invalid("num_pix", g.num_pix, "must be >= 1"));
+/// `num_pix`, `pixel_scale` and `supersampling` in range (the grid's arrays are allocated from
+/// them, so they are bounded by [`Limits::max_num_pix`] and [`Limits::max_grid_side`]).
+pub(crate) fn validate_grid(g: &Grid, limits: &Limits) -> Result<()> {
+    if g.num_pix == 0 || g.num_pix > limits.max_num_pix {
+        return Err(LensDataError::invalid(
+            "num_pix",
+            g.num_pix,
+            format!("allowed range 1..={} (Limits::max_num_pix)", limits.max_num_pix),
+        ));
     }
     if !(g.pixel_scale > 0.0 && g.pixel_scale.is_finite()) {
-        return Err(LensDataError::invalid("pixel_scale", g.pixel_scale, "must be > 0"));
-    }
-    if g.supersampling == 0 {
-        return Err(LensDataError::invalid("supersampling", g.supersampling, "must be >= 1"));
+        return Err(LensDataError::invalid("pixel_scale", g.pixel_scale, "must be finite and > 0"));
     }
     let m = g.num_pix.saturating_mul(g.supersampling);
-    if m > 20_000 {
-        return Err(LensDataError::invalid("num_pix*supersampling", m, "must be <= 20000"));
+    if g.supersampling == 0 || m > limits.max_grid_side {
+        return Err(LensDataError::invalid(
+            "supersampling",
+            g.supersampling,
+            format!(
+                "allowed range 1..={} at num_pix {} (num_pix * supersampling <= Limits::max_grid_side = {})",
+                (limits.max_grid_side / g.num_pix).max(1),
+                g.num_pix,
+                limits.max_grid_side
+            ),
+        ));
     }
     Ok(())
+}
+
+/// A Gaussian PSF's `fwhm` and `truncation` are finite and positive and its kernel radius,
+/// `int(truncation * sigma / pixel_scale + 0.5)`, is finite and within
+/// [`Limits::max_psf_radius`] (an overflowing radius used to leave an empty kernel: no PSF).
+pub(crate) fn validate_psf(fwhm: f64, truncation: f64, pixel_scale: f64, limits: &Limits) -> Result<()> {
+    if !(fwhm > 0.0 && fwhm.is_finite()) {
+        return Err(LensDataError::invalid("psf.fwhm", fwhm, "must be finite and > 0"));
+    }
+    if !(truncation > 0.0 && truncation.is_finite()) {
+        return Err(LensDataError::invalid("psf.truncation", truncation, "must be finite and > 0"));
+    }
+    let sigma = fwhm_to_sigma(fwhm) / pixel_scale;
+    check_psf_radius(sigma, truncation, limits.max_psf_radius).map(drop).map_err(|_| {
+        LensDataError::invalid(
+            "psf.fwhm * psf.truncation",
+            format!("{fwhm} * {truncation}"),
+            format!(
+                "the kernel radius int(truncation * sigma / pixel_scale + 0.5) = {:e} pixels must be at most {} (Limits::max_psf_radius)",
+                truncation * sigma + 0.5,
+                limits.max_psf_radius
+            ),
+        )
+    })
+}
+
+fn check_psf_radius(sigma: f64, truncation: f64, max_radius: usize) -> std::result::Result<usize, f64> {
+    let r = truncation * sigma + 0.5;
+    if r.is_finite() && r <= max_radius as f64 {
+        Ok(r as usize)
+    } else {
+        Err(r)
+    }
 }
 
 /// `image_util.re_size`: mean over k x k blocks (numpy order: mean over the inner column
@@ -407,9 +461,11 @@ fn downsample_mean_into(flux: &[f64], n: usize, k: usize, out: &mut [f64]) {
     }
 }
 
-/// scipy `gaussian_kernel1d` weights (radius `int(truncate*sigma + 0.5)`, normalised).
+/// scipy `gaussian_kernel1d` weights (radius `int(truncate*sigma + 0.5)`, normalised). The
+/// caller checks the radius (a non-finite or huge one is refused by [`gaussian_filter_nearest`]
+/// and the renderer); here it saturates at [`Limits::max_psf_radius`]'s default.
 pub fn gaussian_kernel_1d(sigma: f64, truncation: f64) -> Vec<f64> {
-    let radius = (truncation * sigma + 0.5) as usize;
+    let radius = ((truncation * sigma + 0.5) as usize).min(Limits::default().max_psf_radius);
     let s2 = sigma * sigma;
     let w: Vec<f64> = (-(radius as i64)..=radius as i64).map(|x| (-0.5 / s2 * (x * x) as f64).exp()).collect();
     let sum: f64 = w.iter().sum();
@@ -417,22 +473,33 @@ pub fn gaussian_kernel_1d(sigma: f64, truncation: f64) -> Vec<f64> {
 }
 
 /// The separable Gaussian taps for a blur of `sigma` pixels (none when `sigma <= 1e-15`: no
-/// blur). Errors name a non-finite or negative `sigma` / `truncation`.
-fn psf_taps(sigma: f64, truncation: f64) -> Result<Vec<f64>> {
+/// blur). Errors name a non-finite or negative `sigma` / `truncation`, or a kernel radius that
+/// is not finite or above `max_radius`.
+fn psf_taps(sigma: f64, truncation: f64, max_radius: usize) -> Result<Vec<f64>> {
     if !(sigma.is_finite() && sigma >= 0.0) {
         return Err(LensDataError::invalid("psf sigma (pixels)", sigma, "must be finite and >= 0"));
     }
     if !(truncation.is_finite() && truncation >= 0.0) {
         return Err(LensDataError::invalid("psf truncation", truncation, "must be finite and >= 0"));
     }
-    Ok(if sigma > 1e-15 { gaussian_kernel_1d(sigma, truncation) } else { Vec::new() })
+    if sigma <= 1e-15 {
+        return Ok(Vec::new());
+    }
+    check_psf_radius(sigma, truncation, max_radius).map_err(|r| {
+        LensDataError::invalid(
+            "psf truncation * sigma",
+            format!("{truncation} * {sigma}"),
+            format!("kernel radius {r:e} pixels; allowed at most {max_radius} (Limits::max_psf_radius)"),
+        )
+    })?;
+    Ok(gaussian_kernel_1d(sigma, truncation))
 }
 
 /// `scipy.ndimage.gaussian_filter(img, sigma, mode="nearest", truncate=truncation)` in place:
 /// axis 0 (rows) first, then axis 1. A `sigma` of (almost) zero leaves `img` unchanged; a
 /// non-finite or negative `sigma` or `truncation` is an error (the image is not touched).
 pub fn gaussian_filter_nearest(img: &mut Array2<f64>, sigma: f64, truncation: f64) -> Result<()> {
-    let taps = psf_taps(sigma, truncation)?;
+    let taps = psf_taps(sigma, truncation, Limits::default().max_psf_radius)?;
     if taps.is_empty() {
         return Ok(());
     }
@@ -484,10 +551,32 @@ fn gaussian_filter_taps(img: &mut [f64], h: usize, w: usize, taps: &[f64], tmp: 
 
 /// Renders a spec: noise-free image, f64 `[num_pix, num_pix]`, surface brightness x pixel area,
 /// as lenstronomy's `ImageModel.image` (regular grid, `supersampling_convolution=False`).
+/// Under [`Limits::default`]; an image with NaN or infinite pixels is a
+/// [`LensDataError::NonFiniteRender`].
 pub fn render(spec: &SimulationSpec) -> Result<Array2<f64>> {
+    render_with_limits(spec, &Limits::default())
+}
+
+/// As [`render`], with the spec checked against `limits` ([`SimulationSpec::validate`]).
+pub fn render_with_limits(spec: &SimulationSpec, limits: &Limits) -> Result<Array2<f64>> {
+    spec.validate(limits)?;
     let grid = Grid { num_pix: spec.num_pix, pixel_scale: spec.pixel_scale, supersampling: spec.supersampling };
-    let r = Renderer::new(grid, &spec.lens, spec.psf.clone())?;
-    Ok(r.render(&[], &spec.source, &spec.lens_light))
+    let r = Renderer::with_limits(grid, &spec.lens, spec.psf.clone(), limits)?;
+    let img = r.render(&[], &spec.source, &spec.lens_light);
+    check_rendered(img.as_slice().expect("fresh array is contiguous"), || "render".into())?;
+    Ok(img)
+}
+
+/// Every pixel finite, else [`LensDataError::NonFiniteRender`] for `what()`.
+pub(crate) fn check_rendered(img: &[f64], what: impl FnOnce() -> String) -> Result<()> {
+    match img.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(first_index) => Err(LensDataError::NonFiniteRender {
+            what: what(),
+            count: img.iter().filter(|v| !v.is_finite()).count(),
+            first_index,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -510,7 +599,10 @@ mod tests {
         let mut img = Array2::from_elem((4, 4), 1.0);
         assert!(matches!(gaussian_filter_nearest(&mut img, f64::NAN, 4.0), Err(LensDataError::InvalidValue { .. })));
         assert!(matches!(gaussian_filter_nearest(&mut img, -1.0, 4.0), Err(LensDataError::InvalidValue { .. })));
-        assert!(matches!(gaussian_filter_nearest(&mut img, 1.0, f64::INFINITY), Err(LensDataError::InvalidValue { .. })));
+        assert!(matches!(
+            gaussian_filter_nearest(&mut img, 1.0, f64::INFINITY),
+            Err(LensDataError::InvalidValue { .. })
+        ));
         assert!(img.iter().all(|&v| v == 1.0), "untouched on error");
         gaussian_filter_nearest(&mut img, 0.0, 4.0).unwrap();
         gaussian_filter_nearest(&mut img, 1.3, 4.0).unwrap();

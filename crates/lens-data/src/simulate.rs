@@ -13,7 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::error::{LensDataError, Result};
-use crate::render::{Grid, RenderScratch, Renderer};
+use crate::limits::Limits;
+use crate::render::{check_rendered, validate_grid, Grid, RenderScratch, Renderer};
 use crate::spec::{LensProfile, LightProfile, PsfSpec, SimulationSpec};
 
 /// Einstein radius (arcsec) of a point mass of `mass` solar masses at the DeepLense Model I
@@ -131,6 +132,9 @@ pub struct ModelI {
     pub background_sigma: f64,
     /// Per-image min-max normalisation to [0, 1] (after noise).
     pub normalize: bool,
+    /// Ceilings on `num_pix`, `supersampling`, the PSF radius, the subhalo / vortex counts and
+    /// the number of images per call ([`Limits`]).
+    pub limits: Limits,
 }
 
 impl Default for ModelI {
@@ -164,6 +168,7 @@ impl Default for ModelI {
             exposure_log10_range: (3.0, 3.5),
             background_sigma: 0.01,
             normalize: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -192,9 +197,46 @@ fn check_range(name: &str, (lo, hi): (f64, f64), positive: bool) -> Result<()> {
     Ok(())
 }
 
+fn check_finite(name: &str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(LensDataError::invalid(name, v, "must be finite"));
+    }
+    Ok(())
+}
+
 impl ModelI {
-    /// Checks every field.
+    /// Checks every field (sizes against [`Self::limits`]).
     pub fn validate(&self) -> Result<()> {
+        validate_grid(&self.grid(), &self.limits)?;
+        for (name, n) in [("cdm_count", self.cdm_count), ("axion_count", self.axion_count)] {
+            if n > self.limits.max_profiles {
+                return Err(LensDataError::invalid(
+                    name,
+                    n,
+                    format!("allowed range 0..={} (Limits::max_profiles)", self.limits.max_profiles),
+                ));
+            }
+        }
+        // NaN or inf here would turn every image into NaN, which min-max then hides as zeros
+        for (name, v) in [
+            ("main_theta_e", self.main_theta_e),
+            ("main_e1", self.main_e1),
+            ("main_e2", self.main_e2),
+            ("shear_gamma1", self.shear_gamma1),
+            ("shear_gamma2", self.shear_gamma2),
+            ("source_amp", self.source_amp),
+            ("source_r_sersic", self.source_r_sersic),
+            ("source_e1", self.source_e1),
+            ("source_e2", self.source_e2),
+            ("cdm_mass_slope", self.cdm_mass_slope),
+            ("axion_total_mass", self.axion_total_mass),
+            ("axion_length_coefficient", self.axion_length_coefficient),
+        ] {
+            check_finite(name, v)?;
+        }
+        if !(self.source_n_sersic > 0.0 && self.source_n_sersic.is_finite()) {
+            return Err(LensDataError::invalid("source_n_sersic", self.source_n_sersic, "must be finite and > 0"));
+        }
         check_range("cdm_mass_range", self.cdm_mass_range, true)?;
         check_range("cdm_radius_range", self.cdm_radius_range, false)?;
         check_range("axion_mass_range", self.axion_mass_range, true)?;
@@ -205,7 +247,7 @@ impl ModelI {
         if !(self.background_sigma >= 0.0 && self.background_sigma.is_finite()) {
             return Err(LensDataError::invalid("background_sigma", self.background_sigma, "must be >= 0"));
         }
-        if !(self.axion_total_mass >= 0.0) {
+        if self.axion_total_mass < 0.0 {
             return Err(LensDataError::invalid("axion_total_mass", self.axion_total_mass, "must be >= 0"));
         }
         Ok(())
@@ -222,7 +264,13 @@ impl ModelI {
     /// The fixed macro model: SIE + external shear.
     pub fn main_lens(&self) -> Vec<LensProfile> {
         vec![
-            LensProfile::Sie { theta_e: self.main_theta_e, e1: self.main_e1, e2: self.main_e2, center_x: 0.0, center_y: 0.0 },
+            LensProfile::Sie {
+                theta_e: self.main_theta_e,
+                e1: self.main_e1,
+                e2: self.main_e2,
+                center_x: 0.0,
+                center_y: 0.0,
+            },
             LensProfile::Shear { gamma1: self.shear_gamma1, gamma2: self.shear_gamma2, ra_0: 0.0, dec_0: 0.0 },
         ]
     }
@@ -260,7 +308,11 @@ impl ModelI {
                         };
                         let rad = rlo + (rhi - rlo) * rng.random::<f64>();
                         let t = std::f64::consts::TAU * rng.random::<f64>();
-                        LensProfile::PointMass { theta_e: theta_e_of_mass(m), center_x: rad * t.sin(), center_y: rad * t.cos() }
+                        LensProfile::PointMass {
+                            theta_e: theta_e_of_mass(m),
+                            center_x: rad * t.sin(),
+                            center_y: rad * t.cos(),
+                        }
                     })
                     .collect()
             }
@@ -323,7 +375,7 @@ fn loggam(x: f64) -> f64 {
         -5.952380952380952e-04,
         8.417508417508418e-04,
         -1.917526917526918e-03,
-        6.410256410256410e-03,
+        6.41025641025641e-03,
         -2.955065359477124e-02,
         1.796443723688307e-01,
         -1.39243221690590e+00,
@@ -363,7 +415,7 @@ fn log_factorial(k: f64) -> f64 {
 /// A Poisson(`lambda`) draw with numpy's algorithms: multiplication method below 10,
 /// PTRS transformed rejection (Hormann 1993) from 10 on. Exact samplers, ~10 ns per draw.
 pub fn poisson<R: Rng + ?Sized>(lambda: f64, rng: &mut R) -> f64 {
-    if !(lambda > 0.0) {
+    if lambda.is_nan() || lambda <= 0.0 {
         return 0.0;
     }
     if lambda < 10.0 {
@@ -413,6 +465,10 @@ pub fn min_max_in_place(img: &mut [f64]) {
     let span = hi - lo;
     if span > 0.0 && span.is_finite() {
         img.iter_mut().for_each(|v| *v = (*v - lo) / span);
+    } else if lo.is_finite() && hi.is_finite() && hi > lo {
+        // finite extremes whose difference overflows (e.g. -1e308..1e308): halve both first
+        let (l, s) = (lo / 2.0, hi / 2.0 - lo / 2.0);
+        img.iter_mut().for_each(|v| *v = (*v / 2.0 - l) / s);
     } else {
         img.iter_mut().for_each(|v| *v = 0.0);
     }
@@ -482,7 +538,7 @@ impl ModelISimulator {
     pub fn new(config: ModelI) -> Result<Self> {
         config.validate()?;
         let psf = config.psf();
-        let renderer = Renderer::new(config.grid(), &config.main_lens(), psf)?;
+        let renderer = Renderer::with_limits(config.grid(), &config.main_lens(), psf, &config.limits)?;
         Ok(Self { config, renderer })
     }
 
@@ -501,6 +557,9 @@ impl ModelISimulator {
     }
 
     /// As [`Self::simulate`], into a row-major `num_pix^2` slice, reusing `scratch`.
+    ///
+    /// Unchecked: a configuration whose values overflow `f64` gives NaN/inf pixels (or, once
+    /// normalised, zeros). [`Self::try_simulate_into`] reports them instead.
     pub fn simulate_into(
         &self,
         class: LensClass,
@@ -509,20 +568,67 @@ impl ModelISimulator {
         scratch: &mut RenderScratch,
         out: &mut [f64],
     ) -> ImageParams {
+        match self.simulate_checked(class, seed, index, scratch, out, false) {
+            Ok(p) => p,
+            Err(_) => unreachable!("unchecked simulation does not fail"),
+        }
+    }
+
+    /// As [`Self::simulate_into`], but NaN or infinite pixels (after rendering, or after the
+    /// noise) are a [`LensDataError::NonFiniteRender`] naming the image.
+    pub fn try_simulate_into(
+        &self,
+        class: LensClass,
+        seed: u64,
+        index: u64,
+        scratch: &mut RenderScratch,
+        out: &mut [f64],
+    ) -> Result<ImageParams> {
+        self.simulate_checked(class, seed, index, scratch, out, true)
+    }
+
+    fn simulate_checked(
+        &self,
+        class: LensClass,
+        seed: u64,
+        index: u64,
+        scratch: &mut RenderScratch,
+        out: &mut [f64],
+        check: bool,
+    ) -> Result<ImageParams> {
+        let what = || format!("Model I image {index} ({class}, seed {seed})");
         let mut rng = image_rng(seed, index);
         let params = self.config.draw_params(class, &mut rng);
         let source = [self.config.source(params.source_center)];
         self.renderer.render_into(&params.substructure, &source, &[], scratch, out);
+        if check {
+            check_rendered(out, what)?;
+        }
         if let Some(t) = params.exposure {
             // ~70,000 draws per image: a xoshiro256++ stream seeded from this image's ChaCha stream
             let mut noise_rng = Xoshiro256pp::from_rng(&mut rng);
             add_model_i_noise(out, t, self.config.background_sigma, &mut noise_rng);
+            if check {
+                check_rendered(out, || format!("{} after noise", what()))?;
+            }
         }
         if self.config.normalize {
             min_max_in_place(out);
         }
-        params
+        Ok(params)
     }
+}
+
+/// `count` within [`Limits::max_count`].
+pub(crate) fn check_count(count: usize, limits: &Limits) -> Result<()> {
+    if count > limits.max_count {
+        return Err(LensDataError::invalid(
+            "count",
+            count,
+            format!("allowed range 1..={} (Limits::max_count)", limits.max_count),
+        ));
+    }
+    Ok(())
 }
 
 /// Class of image `index` when a dataset cycles through `classes`: `classes[index % len]`.
@@ -549,11 +655,25 @@ pub fn simulate_dataset(config: &ModelI, classes: &[LensClass], count: usize, se
     }
     let sim = ModelISimulator::new(config.clone())?;
     let n = config.num_pix;
+    check_count(count, &config.limits)?;
+    // the whole set is one in-memory array: check its size before allocating it
+    let bytes = (count as u64).saturating_mul((n * n) as u64).saturating_mul(8);
+    if bytes > config.limits.max_array_bytes {
+        return Err(LensDataError::invalid(
+            "count",
+            count,
+            format!(
+                "allowed range 1..={} at {n}x{n}: the images take {bytes} bytes as f64, above Limits::max_array_bytes = {}",
+                config.limits.max_array_bytes / ((n * n) as u64 * 8),
+                config.limits.max_array_bytes
+            ),
+        ));
+    }
     let mut images = Array3::<f64>::zeros((count, n, n));
     let buf = images.as_slice_mut().expect("fresh array is contiguous");
-    buf.par_chunks_mut((n * n).max(1)).enumerate().for_each_init(RenderScratch::default, |scratch, (i, dst)| {
-        sim.simulate_into(class_of(classes, i), seed, i as u64, scratch, dst);
-    });
+    buf.par_chunks_mut((n * n).max(1)).enumerate().try_for_each_init(RenderScratch::default, |scratch, (i, dst)| {
+        sim.try_simulate_into(class_of(classes, i), seed, i as u64, scratch, dst).map(drop)
+    })?;
     let labels = (0..count).map(|i| i % classes.len()).collect();
     Ok(SimulatedSet { images, labels, classes: classes.to_vec() })
 }
@@ -571,7 +691,13 @@ mod tests {
 
     #[test]
     fn loggam_matches_known_values() {
-        for (x, want) in [(5.0, 24f64.ln()), (0.5, 0.5723649429247001), (100.0, 359.1342053695754), (1.0, 0.0), (12.5, 18.734347511936445)] {
+        for (x, want) in [
+            (5.0, 24f64.ln()),
+            (0.5, 0.5723649429247001),
+            (100.0, 359.1342053695754),
+            (1.0, 0.0),
+            (12.5, 18.734347511936445),
+        ] {
             assert!((loggam(x) - want).abs() < 1e-12 * want.abs().max(1.0), "{x}: {} vs {want}", loggam(x));
         }
     }

@@ -18,6 +18,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{LensDataError, Result};
+use crate::limits::{read_bounded, Limits};
+use crate::render::{validate_grid, validate_psf, Grid};
 
 /// Lens (mass) profiles, with lenstronomy's parameter names and defaults (`center_*` = 0).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -208,9 +210,7 @@ impl Params<'_> {
     }
 
     fn num(&self, key: &str, v: &Value) -> Result<f64> {
-        let x = v
-            .as_f64()
-            .ok_or_else(|| LensDataError::invalid(self.name(key), v, "expected a number"))?;
+        let x = v.as_f64().ok_or_else(|| LensDataError::invalid(self.name(key), v, "expected a number"))?;
         if !x.is_finite() {
             return Err(LensDataError::invalid(self.name(key), x, "must be finite"));
         }
@@ -358,28 +358,65 @@ fn parse_light(section: &str, index: usize, v: &Value) -> Result<LightProfile> {
     })
 }
 
-fn list<'a>(root: &'a Map<String, Value>, key: &str, required: bool) -> Result<&'a [Value]> {
+fn list<'a>(root: &'a Map<String, Value>, key: &str, required: bool, limits: &Limits) -> Result<&'a [Value]> {
     match root.get(key) {
-        Some(Value::Array(a)) => Ok(a),
+        Some(Value::Array(a)) => {
+            check_profile_count(key, a.len(), limits)?;
+            Ok(a)
+        }
         Some(Value::Null) | None if !required => Ok(&[]),
-        None => Err(LensDataError::MissingParam { section: "spec".into(), index: 0, profile: "spec".into(), param: key.into() }),
+        None => Err(LensDataError::MissingParam {
+            section: "spec".into(),
+            index: 0,
+            profile: "spec".into(),
+            param: key.into(),
+        }),
         Some(other) => Err(LensDataError::invalid(key, other, "expected a list of profile objects")),
     }
 }
 
+fn check_profile_count(key: &str, n: usize, limits: &Limits) -> Result<()> {
+    if n > limits.max_profiles {
+        return Err(LensDataError::invalid(
+            format!("{key} (number of profiles)"),
+            n,
+            format!("allowed range 0..={} (Limits::max_profiles)", limits.max_profiles),
+        ));
+    }
+    Ok(())
+}
+
 impl SimulationSpec {
-    /// Parses a spec from JSON text.
+    /// Parses a spec from JSON text, under [`Limits::default`].
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| LensDataError::SpecSyntax { origin: None, reason: format!("invalid JSON: {e}") })?;
-        Self::from_json_value(&v)
+        Self::from_json_str_with_limits(text, &Limits::default())
     }
 
-    /// Reads and parses a spec file.
+    /// As [`Self::from_json_str`], under `limits`.
+    pub fn from_json_str_with_limits(text: &str, limits: &Limits) -> Result<Self> {
+        // serde_json refuses nesting deeper than 128, so hostile JSON cannot overflow the stack
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| LensDataError::SpecSyntax { origin: None, reason: format!("invalid JSON: {e}") })?;
+        Self::from_json_value_with_limits(&v, limits)
+    }
+
+    /// Reads and parses a spec file, under [`Limits::default`].
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_json_file_with_limits(path, &Limits::default())
+    }
+
+    /// As [`Self::from_json_file`], under `limits` (the file at most `max_spec_bytes`).
+    pub fn from_json_file_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| LensDataError::io(path, e))?;
-        Self::from_json_str(&text).map_err(|e| match e {
+        let f = std::fs::File::open(path).map_err(|e| LensDataError::io(path, e))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut bytes = Vec::new();
+        read_bounded(f, path, len, limits.max_spec_bytes, "max_spec_bytes", &mut bytes)?;
+        let text = String::from_utf8(bytes).map_err(|e| LensDataError::SpecSyntax {
+            origin: Some(path.to_path_buf()),
+            reason: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        })?;
+        Self::from_json_str_with_limits(&text, limits).map_err(|e| match e {
             LensDataError::SpecSyntax { reason, .. } => {
                 LensDataError::SpecSyntax { origin: Some(path.to_path_buf()), reason }
             }
@@ -387,8 +424,13 @@ impl SimulationSpec {
         })
     }
 
-    /// Converts an already-parsed JSON value.
+    /// Converts an already-parsed JSON value, under [`Limits::default`].
     pub fn from_json_value(v: &Value) -> Result<Self> {
+        Self::from_json_value_with_limits(v, &Limits::default())
+    }
+
+    /// As [`Self::from_json_value`], under `limits`; the result passes [`Self::validate`].
+    pub fn from_json_value_with_limits(v: &Value, limits: &Limits) -> Result<Self> {
         let root = v.as_object().ok_or_else(|| LensDataError::SpecSyntax {
             origin: None,
             reason: "top level must be a JSON object".into(),
@@ -449,18 +491,38 @@ impl SimulationSpec {
                 }
             }
         };
-        let lens = list(root, "lens", true)?.iter().enumerate().map(|(i, v)| parse_lens(i, v)).collect::<Result<_>>()?;
-        let source = list(root, "source", true)?
+        let lens = list(root, "lens", true, limits)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| parse_lens(i, v))
+            .collect::<Result<_>>()?;
+        let source = list(root, "source", true, limits)?
             .iter()
             .enumerate()
             .map(|(i, v)| parse_light("source", i, v))
             .collect::<Result<_>>()?;
-        let lens_light = list(root, "lens_light", false)?
+        let lens_light = list(root, "lens_light", false, limits)?
             .iter()
             .enumerate()
             .map(|(i, v)| parse_light("lens_light", i, v))
             .collect::<Result<_>>()?;
-        Ok(Self { num_pix, pixel_scale, supersampling, psf, lens, source, lens_light })
+        let spec = Self { num_pix, pixel_scale, supersampling, psf, lens, source, lens_light };
+        spec.validate(limits)?;
+        Ok(spec)
+    }
+
+    /// Checks the sizes against `limits`: `num_pix`, `num_pix * supersampling`, the PSF kernel
+    /// radius (`fwhm * truncation` may overflow) and the number of profiles per list. (Parsing
+    /// already checks each value's own domain; a spec built in code is checked here.)
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let grid = Grid { num_pix: self.num_pix, pixel_scale: self.pixel_scale, supersampling: self.supersampling };
+        validate_grid(&grid, limits)?;
+        if let Some(PsfSpec::Gaussian { fwhm, truncation }) = self.psf {
+            validate_psf(fwhm, truncation, self.pixel_scale, limits)?;
+        }
+        check_profile_count("lens", self.lens.len(), limits)?;
+        check_profile_count("source", self.source.len(), limits)?;
+        check_profile_count("lens_light", self.lens_light.len(), limits)
     }
 
     /// Serialises to pretty JSON in the same schema (round-trips through [`Self::from_json_str`]).

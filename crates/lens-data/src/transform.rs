@@ -43,9 +43,9 @@ impl Normalization {
             "none" => Normalization::None,
             "minmax" | "min-max" | "min_max" => Normalization::MinMax,
             _ => {
-                let rest = t
-                    .strip_prefix("meanstd:")
-                    .ok_or_else(|| LensDataError::invalid("normalization", s, "expected none, minmax or meanstd:MEAN,STD"))?;
+                let rest = t.strip_prefix("meanstd:").ok_or_else(|| {
+                    LensDataError::invalid("normalization", s, "expected none, minmax or meanstd:MEAN,STD")
+                })?;
                 let mut it = rest.split(',').map(|v| v.trim().parse::<f32>());
                 match (it.next(), it.next(), it.next()) {
                     (Some(Ok(mean)), Some(Ok(std)), None) => Normalization::MeanStd { mean, std },
@@ -67,6 +67,10 @@ impl Normalization {
                 if span > 0.0 && span.is_finite() {
                     let inv = 1.0 / span as f64;
                     v.iter_mut().for_each(|x| *x = ((*x - lo) as f64 * inv) as f32);
+                } else if lo.is_finite() && hi.is_finite() && hi > lo {
+                    // the f32 span overflows (e.g. -3e38..3e38): f64 holds it exactly
+                    let (lo, inv) = (lo as f64, 1.0 / (hi as f64 - lo as f64));
+                    v.iter_mut().for_each(|x| *x = ((*x as f64 - lo) * inv) as f32);
                 } else {
                     v.iter_mut().for_each(|x| *x = 0.0);
                 }

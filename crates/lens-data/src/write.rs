@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::{LensDataError, Result};
 use crate::npy::{npy_bytes_f64_into, write_atomic, write_npy_f64};
 use crate::render::RenderScratch;
-use crate::simulate::{class_of, LensClass, ModelI, ModelISimulator};
+use crate::simulate::{check_count, class_of, LensClass, ModelI, ModelISimulator};
 
 /// Writes one image as a DeepLense file: f64 `(1, H, W)`, little endian, C order, atomically.
 pub fn write_image_npy(path: impl AsRef<Path>, img: ArrayView2<'_, f64>) -> Result<()> {
@@ -97,6 +97,7 @@ pub fn write_model_i_dataset(
     if count == 0 {
         return Err(LensDataError::invalid("count", 0, "must be >= 1"));
     }
+    check_count(count, &config.limits)?;
     if let DatasetLayout::Labelled { val_fraction } = layout {
         if !(0.0..=1.0).contains(&val_fraction) {
             return Err(LensDataError::invalid("val_fraction", val_fraction, "must be in [0, 1]"));
@@ -115,7 +116,8 @@ pub fn write_model_i_dataset(
     let sim = ModelISimulator::new(config.clone())?;
     std::fs::create_dir_all(out).map_err(|e| LensDataError::io(out, e))?;
     let rels: Vec<PathBuf> = (0..count).map(|i| image_relative_path(layout, classes, count, i)).collect();
-    let dirs: std::collections::BTreeSet<PathBuf> = rels.iter().filter_map(|r| r.parent().map(|p| out.join(p))).collect();
+    let dirs: std::collections::BTreeSet<PathBuf> =
+        rels.iter().filter_map(|r| r.parent().map(|p| out.join(p))).collect();
     for d in dirs {
         std::fs::create_dir_all(&d).map_err(|e| LensDataError::io(&d, e))?;
     }
@@ -123,7 +125,7 @@ pub fn write_model_i_dataset(
     rels.par_iter().enumerate().try_for_each_init(
         || (RenderScratch::default(), vec![0.0f64; n * n], Vec::<u8>::new()),
         |(scratch, img, bytes), (i, rel)| -> Result<()> {
-            sim.simulate_into(class_of(classes, i), seed, i as u64, scratch, img);
+            sim.try_simulate_into(class_of(classes, i), seed, i as u64, scratch, img)?;
             npy_bytes_f64_into(&[1, n, n], img, bytes);
             write_atomic(&out.join(rel), bytes)?;
             progress(1);
@@ -156,7 +158,9 @@ pub fn write_model_i_dataset(
         classes: classes.iter().map(|c| c.name()).collect(),
         layout: match layout {
             DatasetLayout::Samples => "samples".into(),
-            DatasetLayout::Labelled { val_fraction } => format!("labelled (val_fraction {val_fraction})"),
+            DatasetLayout::Labelled { val_fraction } => {
+                format!("labelled (val_fraction {val_fraction})")
+            }
         },
         num_pix: config.num_pix,
         pixel_scale: config.pixel_scale,

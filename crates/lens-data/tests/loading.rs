@@ -63,7 +63,7 @@ fn every_npy_dtype_shape_and_order() {
     // big-endian f8, hand-written
     let mut be = b"\x93NUMPY\x01\x00".to_vec();
     let mut hdr = "{'descr': '>f8', 'fortran_order': False, 'shape': (6, 5), }".to_string();
-    while (10 + hdr.len() + 1) % 64 != 0 {
+    while !(10 + hdr.len() + 1).is_multiple_of(64) {
         hdr.push(' ');
     }
     hdr.push('\n');
@@ -122,7 +122,7 @@ fn stacked_npy_and_npz() {
         z.write_all(&npy_bytes_f64(&[1, 8, 8], &stack.as_slice().unwrap()[128..192])).unwrap();
         z.finish().unwrap();
     }
-    let z = load_files(&[npz.clone()], &LoadOptions::default()).unwrap();
+    let z = load_files(std::slice::from_ref(&npz), &LoadOptions::default()).unwrap();
     assert_eq!(z.images, stack.slice(ndarray::s![0..3, .., ..]).mapv(|v| v as f32));
     // corrupt archive
     std::fs::write(d.join("bad.npz"), b"PK\x03\x04 nonsense").unwrap();
