@@ -113,3 +113,46 @@ pub fn minutes(s: &str) -> Result<f64, String> {
         Err(format!("{v} minutes: must be finite, > 0 and at most 1e7"))
     }
 }
+
+/// The checkpoint to read: `--checkpoint`, `--weights`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Checkpoint file: our .bpk (checkpoints/step-N/ema.bpk), a safetensors export, or a
+    /// denoising-diffusion-pytorch .pth/.pt.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Which weights of a denoising-diffusion-pytorch Trainer checkpoint: model or ema
+    /// [default: ema where the file has EMA weights, else its only weights].
+    #[arg(long)]
+    pub weights: Option<unet::Weights>,
+}
+
+/// What a checkpoint's model card records, as flags that override it: `--image-size` and the
+/// diffusion flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelSettingsArgs {
+    /// Image size (square) the model was trained at [default: the checkpoint's, else 128].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+impl ModelSettingsArgs {
+    /// The settings to use with a checkpoint's card: these flags over the card, a warning on
+    /// stderr for each flag that contradicts it.
+    pub fn resolve(&self, card: Option<&lensing_diffusion::checkpoint::ModelCard>) -> lensing_diffusion::sample::Resolved {
+        let d = &self.diffusion;
+        let flags = lensing_diffusion::sample::Overrides {
+            image_size: self.image_size,
+            timesteps: d.timesteps,
+            objective: d.objective,
+            schedule: d.schedule,
+        };
+        let resolved = lensing_diffusion::sample::resolve(card, &flags);
+        for w in &resolved.warnings {
+            eprintln!("warning: {w}");
+        }
+        resolved
+    }
+}

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use lensing_diffusion::checkpoint::ModelCard;
-use lensing_diffusion::sample::{load_model, resolve, Overrides};
-use unet::Weights;
+use lensing_diffusion::sample::load_model;
 
-use super::args::DiffusionArgs;
+use super::args::{CheckpointArgs, ModelSettingsArgs};
 use super::CmdResult;
 
 /// Convert a checkpoint, by the extension of --out:
@@ -25,31 +24,19 @@ use super::CmdResult;
 ///   lensing-diffusion export --checkpoint diffusion_model.pth --image-size 128 --out deeplense.bpk
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint to read (any format `sample` reads).
-    #[arg(long)]
-    pub(crate) checkpoint: PathBuf,
-    /// Which weights of a denoising-diffusion-pytorch Trainer checkpoint: model or ema
-    /// [default: ema where the file has EMA weights, else its only weights].
-    #[arg(long)]
-    pub(crate) weights: Option<Weights>,
+    #[command(flatten)]
+    pub(crate) checkpoint: CheckpointArgs,
     /// File to write: .safetensors or .bpk (written atomically).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Image size the model was trained at [default: the checkpoint's, else 128].
-    #[arg(long)]
-    pub(crate) image_size: Option<usize>,
     #[command(flatten)]
-    pub(crate) diffusion: DiffusionArgs,
+    pub(crate) settings: ModelSettingsArgs,
 }
 
 pub fn run(args: Args) -> CmdResult {
     let device = Default::default();
-    let loaded = load_model::<Flex>(&args.checkpoint, args.weights, None, &device)?;
-    let flags = Overrides { image_size: args.image_size, timesteps: args.diffusion.timesteps, objective: args.diffusion.objective, schedule: args.diffusion.schedule };
-    let resolved = resolve(loaded.card.as_ref(), &flags);
-    for w in &resolved.warnings {
-        eprintln!("warning: {w}");
-    }
+    let loaded = load_model::<Flex>(&args.checkpoint.checkpoint, args.checkpoint.weights, None, &device)?;
+    let resolved = args.settings.resolve(loaded.card.as_ref());
     let card = ModelCard {
         image_size: resolved.image_size,
         channels: loaded.model.config().channels,

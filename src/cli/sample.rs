@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use diffusion_core::{GaussianDiffusion, SamplerKind};
 use indicatif::{ProgressBar, ProgressStyle};
-use lensing_diffusion::sample::{generate, load_model, resolve, Overrides, SampleOptions};
+use lensing_diffusion::sample::{generate, load_model, SampleOptions};
 use lensing_diffusion::with_backend;
 use ndarray::{Array4, ArrayD, Axis, Ix4};
-use unet::{infer_config, UnetBackend, UnetConfig, Weights};
+use unet::{infer_config, UnetBackend, UnetConfig};
 
-use super::args::{BackendArgs, DiffusionArgs, SamplerArgs, UnetArgs};
+use super::args::{BackendArgs, CheckpointArgs, ModelSettingsArgs, SamplerArgs, UnetArgs};
 use super::CmdResult;
 
 /// Sample images from a denoising diffusion model.
@@ -29,20 +29,12 @@ use super::CmdResult;
 ///   lensing-diffusion sample --checkpoint diffusion_model.pth --sampler dpmpp --steps 20 --out s.npy
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint file.
-    #[arg(long)]
-    pub(crate) checkpoint: PathBuf,
-    /// Which weights of a denoising-diffusion-pytorch Trainer checkpoint: model or ema
-    /// [default: ema where the file has EMA weights, else its only weights].
-    #[arg(long)]
-    pub(crate) weights: Option<Weights>,
+    #[command(flatten)]
+    pub(crate) checkpoint: CheckpointArgs,
     #[command(flatten)]
     pub(crate) unet: UnetArgs,
-    /// Image size (square) [default: the checkpoint's, else 128].
-    #[arg(long)]
-    pub(crate) image_size: Option<usize>,
     #[command(flatten)]
-    pub(crate) diffusion: DiffusionArgs,
+    pub(crate) settings: ModelSettingsArgs,
     #[command(flatten)]
     pub(crate) sampler: SamplerArgs,
     /// Model evaluations for ddim / dpmpp.
@@ -87,17 +79,15 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
     // Architecture: explicit flags win over what the checkpoint says; a mismatch is reported by
     // the loader, naming the config that fits.
     let config: Option<UnetConfig> = args.unet.any().then(|| {
-        let base = infer_config(&args.checkpoint, args.weights.unwrap_or_default()).unwrap_or_else(|_| UnetConfig::deeplense());
+        let ck = &args.checkpoint;
+        let base = infer_config(&ck.checkpoint, ck.weights.unwrap_or_default()).unwrap_or_else(|_| UnetConfig::deeplense());
         args.unet.apply(&base)
     });
-    let loaded = load_model::<B>(&args.checkpoint, args.weights, config.as_ref(), &device)?;
-    let flags = Overrides { image_size: args.image_size, timesteps: args.diffusion.timesteps, objective: args.diffusion.objective, schedule: args.diffusion.schedule };
-    let resolved = resolve(loaded.card.as_ref(), &flags);
-    for w in &resolved.warnings {
-        eprintln!("warning: {w}");
-    }
+    let ck = &args.checkpoint;
+    let loaded = load_model::<B>(&ck.checkpoint, ck.weights, config.as_ref(), &device)?;
+    let resolved = args.settings.resolve(loaded.card.as_ref());
     if loaded.card.is_none() {
-        eprintln!("note: {} carries no image size or diffusion settings; using {s}x{s}, {}", args.checkpoint.display(), describe(&resolved.diffusion), s = resolved.image_size);
+        eprintln!("note: {} carries no image size or diffusion settings; using {s}x{s}, {}", ck.checkpoint.display(), describe(&resolved.diffusion), s = resolved.image_size);
     }
     let diffusion = GaussianDiffusion::new(resolved.diffusion.clone())?;
     let sampler = args.sampler.sampler(SamplerKind::Ddim, args.steps)?;

@@ -6,9 +6,7 @@
 //! (e.g. DeepLense's `[image, extra]` files); anything else is a
 //! [`LensDataError::PickledObjectArray`] with the one-line Python conversion in the message.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
@@ -321,32 +319,10 @@ pub fn npy_bytes_f64_into(shape: &[usize], data: &[f64], out: &mut Vec<u8>) {
     }
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then rename.
-/// A crash never leaves a half-written `path`.
+/// Writes `bytes` to `path` atomically and durably (`atomic_file::write`): a crash never leaves
+/// a half-written `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name =
-        path.file_name().ok_or_else(|| LensDataError::invalid("output path", path.display(), "has no file name"))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.flush()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(LensDataError::io(path, e));
-    }
-    Ok(())
+    atomic_file::write(path, bytes).map_err(|e| LensDataError::io(path, e))
 }
 
 /// Writes a little-endian f64 C-order `.npy` file atomically.
