@@ -798,7 +798,7 @@ fn einstein_peak(profile: &[f64], radius: &[f64]) -> (f64, f64, usize) {
     let d = (x0 - x1) * (x0 - x2) * (x1 - x2);
     let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
     let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;
-    if !(a < 0.0) {
+    if a.is_nan() || a >= 0.0 {
         // flat or convex: no interior maximum to refine to
         return (x1, y1, p);
     }
@@ -812,7 +812,7 @@ fn einstein_peak(profile: &[f64], radius: &[f64]) -> (f64, f64, usize) {
 /// `peak`), crossings linearly interpolated between bin radii.
 fn fwhm(profile: &[f64], radius: &[f64], p: usize, peak: f64) -> f64 {
     let base = profile.iter().copied().fold(f64::INFINITY, f64::min);
-    if !(peak > base) {
+    if peak.is_nan() || peak <= base {
         return 0.0;
     }
     let half = base + 0.5 * (peak - base);
@@ -821,20 +821,13 @@ fn fwhm(profile: &[f64], radius: &[f64], p: usize, peak: f64) -> f64 {
         let t = (profile[i] - half) / (profile[i] - profile[j]);
         radius[i] + t * (radius[j] - radius[i])
     };
-    let mut left = radius[0];
-    for i in (0..p).rev() {
-        if profile[i] <= half {
-            left = cross(i + 1, i);
-            break;
-        }
-    }
-    let mut right = radius[profile.len() - 1];
-    for i in p + 1..profile.len() {
-        if profile[i] <= half {
-            right = cross(i - 1, i);
-            break;
-        }
-    }
+    let left = (0..p)
+        .rev()
+        .find(|&i| profile[i] <= half)
+        .map_or(radius[0], |i| cross(i + 1, i));
+    let right = (p + 1..profile.len())
+        .find(|&i| profile[i] <= half)
+        .map_or(radius[profile.len() - 1], |i| cross(i - 1, i));
     (right - left).max(0.0)
 }
 
