@@ -42,6 +42,40 @@ pub enum MetricsError {
         /// Rows given.
         got: usize,
     },
+    /// An image holds NaN or an infinity (physical statistics).
+    #[error("{what}: image {index} has non-finite pixel {value} at row {row}, column {col}")]
+    NonFiniteImage {
+        /// Which set (`"real images"`, `"generated images"`, ...).
+        what: String,
+        /// Index of the image in its set.
+        index: usize,
+        /// Row of the first offending pixel.
+        row: usize,
+        /// Column of the first offending pixel.
+        col: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// Real and generated images differ in size; the statistics are only comparable at one size.
+    #[error("image size mismatch: real images are {real_height}x{real_width} (HxW) but generated images are {generated_height}x{generated_width}; resize one set to the other's size first")]
+    ImageSizeMismatch {
+        /// Height of the real images.
+        real_height: usize,
+        /// Width of the real images.
+        real_width: usize,
+        /// Height of the generated images.
+        generated_height: usize,
+        /// Width of the generated images.
+        generated_width: usize,
+    },
+    /// Drawing a plot failed.
+    #[error("plot {path}: {message}")]
+    Plot {
+        /// The file being written.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A feature matrix with zero columns.
     #[error("{what}: feature dimension is 0")]
     EmptyDimension {

@@ -13,6 +13,9 @@
 //! - [`report`]: [`evaluate_features`] computes everything `lensing-diffusion evaluate` reports
 //!   (JSON keys `fid`, `rke_real`, `rke_generated`, `rrke`, `vendi_generated`, `kid`, ...)
 //!   and the real-vs-real noise floor ([`real_vs_real`]).
+//! - [`physics`]: physical statistics of lensing images (Einstein radius, ring width and
+//!   multipoles, radial profile, power spectrum, pixel histogram, asymmetry, ellipticity),
+//!   real vs generated with a real-vs-real floor, and their plots ([`physics::compare`]).
 //! - [`extractor`], [`train`]: [`ResNet18`] in burn (any `Backend`), torchvision state-dict
 //!   loading, our checkpoints and classifier training on labelled images
 //!   ([`train_classifier`]). The lensing recipe that simulates its training images lives in the
@@ -45,6 +48,8 @@ mod linalg;
 mod simd;
 mod symeig;
 pub mod prdc;
+pub mod physics;
+pub use physics::{ImageStats, PhysicsComparison, PhysicsSet, StatComparison};
 
 pub use error::{MetricsError, Result};
 pub use features::load_features_npy;
