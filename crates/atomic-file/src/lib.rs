@@ -63,12 +63,14 @@ pub fn parent_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
-/// A fresh hidden sibling of `path` (`.NAME.tmp-PID-N`): same folder, so the final rename never
-/// crosses file systems; unique per process and call, so concurrent writers never collide.
+/// A fresh hidden sibling of `path` (`.NAME.tmp-PID-N`, plus `path`'s extension, so writers that
+/// pick a format from the extension, like plotters', still do): same folder, so the final rename
+/// never crosses file systems; unique per process and call, so concurrent writers never collide.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    parent_dir(path).join(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    parent_dir(path).join(format!(".{name}.tmp-{}-{n}{ext}", std::process::id()))
 }
 
 /// Flush a folder's entries (a rename inside it) to disk. A no-op where folders cannot be opened

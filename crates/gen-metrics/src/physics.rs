@@ -147,18 +147,10 @@ impl PhysicsSet {
     /// Statistics of `images` (`[n, h, w]`), in parallel over images. `what` names the set in
     /// errors; `seed` picks the halves (image `i` goes to half 0 when it is among the first
     /// `n / 2` of a ChaCha8 permutation of `0..n` seeded with `seed`).
-    pub fn compute<T: Copy + Into<f64> + Sync>(
-        images: ArrayView3<'_, T>,
-        what: &str,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn compute<T: Copy + Into<f64> + Sync>(images: ArrayView3<'_, T>, what: &str, seed: u64) -> Result<Self> {
         let (n, h, w) = images.dim();
         if n == 0 {
-            return Err(MetricsError::TooFewSamples {
-                what: what.into(),
-                needed: 1,
-                got: 0,
-            });
+            return Err(MetricsError::TooFewSamples { what: what.into(), needed: 1, got: 0 });
         }
         let geom = Geometry::new(h, w, what)?;
         let halves = split_halves(n, seed);
@@ -178,14 +170,7 @@ impl PhysicsSet {
                 let mut stats = Vec::with_capacity(range.len());
                 for i in range {
                     let half = &mut hist[half_of[i] as usize];
-                    stats.push(image_stats(
-                        images.index_axis(Axis(0), i),
-                        i,
-                        what,
-                        &geom,
-                        &mut scratch,
-                        half,
-                    )?);
+                    stats.push(image_stats(images.index_axis(Axis(0), i), i, what, &geom, &mut scratch, half)?);
                 }
                 Ok((stats, hist))
             })
@@ -211,11 +196,7 @@ impl PhysicsSet {
 
     /// Pooled pixel counts of the whole set.
     pub fn pixel_counts_all(&self) -> Vec<u64> {
-        self.pixel_counts[0]
-            .iter()
-            .zip(&self.pixel_counts[1])
-            .map(|(a, b)| a + b)
-            .collect()
+        self.pixel_counts[0].iter().zip(&self.pixel_counts[1]).map(|(a, b)| a + b).collect()
     }
 
     fn scalar(&self, f: impl Fn(&ImageStats) -> f64) -> Vec<f64> {
@@ -273,10 +254,7 @@ impl PhysicsComparison {
         rows.push(("ellipticity (W1)".into(), &self.ellipticity));
         rows.push(("pixel histogram (W1)".into(), &self.pixel_histogram));
         rows.push(("radial profile (RMS z)".into(), &self.radial_profile));
-        rows.push((
-            "power spectrum (RMS z of log10 P)".into(),
-            &self.power_spectrum,
-        ));
+        rows.push(("power spectrum (RMS z of log10 P)".into(), &self.power_spectrum));
         let mut t = String::from(
             "| statistic | generated vs real | real vs real floor | real mean | generated mean |\n|---|---:|---:|---:|---:|\n",
         );
@@ -305,19 +283,12 @@ fn num(v: f64) -> String {
 /// [`compare_sets`]). `seed` chooses the halves of the real set for the floor. Errors: sets of
 /// different image sizes ([`MetricsError::ImageSizeMismatch`], checked first), fewer than 2 real
 /// or 1 generated image, non-finite pixels ([`MetricsError::NonFiniteImage`] with the index).
-pub fn compare<T, U>(
-    real: ArrayView3<'_, T>,
-    generated: ArrayView3<'_, U>,
-    seed: u64,
-) -> Result<PhysicsComparison>
+pub fn compare<T, U>(real: ArrayView3<'_, T>, generated: ArrayView3<'_, U>, seed: u64) -> Result<PhysicsComparison>
 where
     T: Copy + Into<f64> + Sync,
     U: Copy + Into<f64> + Sync,
 {
-    check_sizes(
-        (real.dim().1, real.dim().2),
-        (generated.dim().1, generated.dim().2),
-    )?;
+    check_sizes((real.dim().1, real.dim().2), (generated.dim().1, generated.dim().2))?;
     if real.dim().0 < 2 {
         return Err(MetricsError::TooFewSamples {
             what: "real images (two halves for the floor)".into(),
@@ -344,10 +315,7 @@ fn check_sizes(real: (usize, usize), generated: (usize, usize)) -> Result<()> {
 
 /// Compares precomputed set statistics; the floor uses `real`'s halves.
 pub fn compare_sets(real: &PhysicsSet, generated: &PhysicsSet) -> Result<PhysicsComparison> {
-    check_sizes(
-        (real.height, real.width),
-        (generated.height, generated.width),
-    )?;
+    check_sizes((real.height, real.width), (generated.height, generated.width))?;
     if real.images.len() < 2 {
         return Err(MetricsError::TooFewSamples {
             what: "real images (two halves for the floor)".into(),
@@ -432,19 +400,10 @@ fn split_halves(n: usize, seed: u64) -> [Vec<usize>; 2] {
 pub fn wasserstein1(a: &[f64], b: &[f64]) -> Result<f64> {
     for (what, v) in [("first W1 sample", a), ("second W1 sample", b)] {
         if v.is_empty() {
-            return Err(MetricsError::TooFewSamples {
-                what: what.into(),
-                needed: 1,
-                got: 0,
-            });
+            return Err(MetricsError::TooFewSamples { what: what.into(), needed: 1, got: 0 });
         }
         if let Some((row, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(MetricsError::NonFinite {
-                what: what.into(),
-                row,
-                col: 0,
-                value,
-            });
+            return Err(MetricsError::NonFinite { what: what.into(), row, col: 0, value });
         }
     }
     let mut a = a.to_vec();
@@ -494,17 +453,9 @@ fn bin_mean_std(curves: &[&[f64]]) -> (Vec<f64>, Vec<f64>) {
     m.iter_mut().for_each(|a| *a /= n.max(1.0));
     let mut s = vec![0.0; bins];
     for c in curves {
-        s.iter_mut()
-            .zip(c.iter().zip(&m))
-            .for_each(|(a, (v, mu))| *a += (v - mu) * (v - mu));
+        s.iter_mut().zip(c.iter().zip(&m)).for_each(|(a, (v, mu))| *a += (v - mu) * (v - mu));
     }
-    s.iter_mut().for_each(|a| {
-        *a = if n > 1.0 {
-            (*a / (n - 1.0)).sqrt()
-        } else {
-            0.0
-        }
-    });
+    s.iter_mut().for_each(|a| *a = if n > 1.0 { (*a / (n - 1.0)).sqrt() } else { 0.0 });
     (m, s)
 }
 
@@ -526,11 +477,7 @@ fn curve_distance(real: &[&[f64]], generated: &[&[f64]]) -> f64 {
     let mut sum = 0.0;
     for k in 0..mr.len() {
         let d = mg[k] - mr[k];
-        let s = if sr[k] > 0.0 {
-            sr[k]
-        } else {
-            pooled.get_or_insert_with(|| bin_mean_std(&both).1)[k]
-        };
+        let s = if sr[k] > 0.0 { sr[k] } else { pooled.get_or_insert_with(|| bin_mean_std(&both).1)[k] };
         if s > 0.0 {
             sum += (d / s) * (d / s);
         }
@@ -564,9 +511,7 @@ impl Geometry {
             return Err(MetricsError::InvalidParameter {
                 name: "image size",
                 value: format!("{h}x{w} ({what})"),
-                reason: format!(
-                    "physical statistics need images of at least {MIN_SIDE}x{MIN_SIDE} pixels"
-                ),
+                reason: format!("physical statistics need images of at least {MIN_SIDE}x{MIN_SIDE} pixels"),
             });
         }
         let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
@@ -603,9 +548,7 @@ impl Geometry {
         for kx in 0..w {
             for ky in 0..h {
                 // frequencies in cycles per image of the shorter side, so |k| bins are integers
-                let k = ((freq(kx, w) * m / w as f64).powi(2)
-                    + (freq(ky, h) * m / h as f64).powi(2))
-                .sqrt();
+                let k = ((freq(kx, w) * m / w as f64).powi(2) + (freq(ky, h) * m / h as f64).powi(2)).sqrt();
                 let b = k.round() as usize;
                 if (1..=spec_bins).contains(&b) {
                     spec_bin[kx * h + ky] = (b - 1) as u32;
@@ -613,20 +556,13 @@ impl Geometry {
                 }
             }
         }
-        let spec_inv_count = scount
-            .iter()
-            .map(|&c| if c > 0 { 1.0 / c as f64 } else { 0.0 })
-            .collect();
+        let spec_inv_count = scount.iter().map(|&c| if c > 0 { 1.0 / c as f64 } else { 0.0 }).collect();
         let mut planner = FftPlanner::<f64>::new();
         let row_fft = planner.plan_fft_forward(w);
         let col_fft = planner.plan_fft_forward(h);
-        let scratch_len = row_fft
-            .get_inplace_scratch_len()
-            .max(col_fft.get_inplace_scratch_len());
+        let scratch_len = row_fft.get_inplace_scratch_len().max(col_fft.get_inplace_scratch_len());
         let table = |m: usize, f: fn(f64) -> f64| -> Vec<f64> {
-            (0..RING_SAMPLES)
-                .map(|j| f(m as f64 * std::f64::consts::TAU * j as f64 / RING_SAMPLES as f64))
-                .collect()
+            (0..RING_SAMPLES).map(|j| f(m as f64 * std::f64::consts::TAU * j as f64 / RING_SAMPLES as f64)).collect()
         };
         let ring_cos = std::array::from_fn(|m| table(m, f64::cos));
         let ring_sin = std::array::from_fn(|m| table(m, f64::sin));
@@ -659,12 +595,7 @@ impl Scratch {
     fn new(g: &Geometry) -> Self {
         let n = g.h * g.w;
         let z = Complex::new(0.0, 0.0);
-        Self {
-            img: vec![0.0; n],
-            c: vec![z; n],
-            t: vec![z; n],
-            fft: vec![z; g.scratch_len],
-        }
+        Self { img: vec![0.0; n], c: vec![z; n], t: vec![z; n], fft: vec![z; g.scratch_len] }
     }
 }
 
@@ -682,13 +613,7 @@ fn image_stats<T: Copy + Into<f64>>(
         for (c, &v) in row.iter().enumerate() {
             let v: f64 = v.into();
             if !v.is_finite() {
-                return Err(MetricsError::NonFiniteImage {
-                    what: what.into(),
-                    index,
-                    row: r,
-                    col: c,
-                    value: v,
-                });
+                return Err(MetricsError::NonFiniteImage { what: what.into(), index, row: r, col: c, value: v });
             }
             s.img[r * w + c] = v;
             lo = lo.min(v);
@@ -697,11 +622,7 @@ fn image_stats<T: Copy + Into<f64>>(
     }
     let span = hi - lo;
     // like lens-data's min-max: a constant image (or one whose span overflows) becomes zeros
-    let scale = if span > 0.0 && span.is_finite() {
-        1.0 / span
-    } else {
-        0.0
-    };
+    let scale = if span > 0.0 && span.is_finite() { 1.0 / span } else { 0.0 };
     let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
     let mut profile = vec![0.0; g.profile_radius.len()];
     let (mut s0, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
@@ -730,20 +651,13 @@ fn image_stats<T: Copy + Into<f64>>(
         syy += r0 * dy * dy;
         sxy += rx * dy;
     }
-    profile
-        .iter_mut()
-        .zip(&g.profile_inv_count)
-        .for_each(|(p, c)| *p *= c);
+    profile.iter_mut().zip(&g.profile_inv_count).for_each(|(p, c)| *p *= c);
     let n = (h * w) as f64;
     let mean_intensity = s0 / n;
 
     // rot180 of a row-major image is the reversed buffer
     let img = &s.img;
-    let asym: f64 = img
-        .iter()
-        .zip(img.iter().rev())
-        .map(|(a, b)| (a - b).abs())
-        .sum();
+    let asym: f64 = img.iter().zip(img.iter().rev()).map(|(a, b)| (a - b).abs()).sum();
     let asymmetry = if s0 > 0.0 { asym / s0 } else { 0.0 };
 
     let ellipticity = if s0 > 0.0 {
@@ -780,10 +694,7 @@ fn image_stats<T: Copy + Into<f64>>(
 /// `(radius, value, bin)` of the profile's maximum beyond [`MIN_PEAK_RADIUS`], refined by the
 /// parabola through the peak bin and its neighbours (bins at their own, uneven radii).
 fn einstein_peak(profile: &[f64], radius: &[f64]) -> (f64, f64, usize) {
-    let first = radius
-        .iter()
-        .position(|&r| r > MIN_PEAK_RADIUS)
-        .unwrap_or(0);
+    let first = radius.iter().position(|&r| r > MIN_PEAK_RADIUS).unwrap_or(0);
     let mut p = first;
     for k in first..profile.len() {
         if profile[k] > profile[p] {
@@ -821,35 +732,20 @@ fn fwhm(profile: &[f64], radius: &[f64], p: usize, peak: f64) -> f64 {
         let t = (profile[i] - half) / (profile[i] - profile[j]);
         radius[i] + t * (radius[j] - radius[i])
     };
-    let left = (0..p)
-        .rev()
-        .find(|&i| profile[i] <= half)
-        .map_or(radius[0], |i| cross(i + 1, i));
-    let right = (p + 1..profile.len())
-        .find(|&i| profile[i] <= half)
-        .map_or(radius[profile.len() - 1], |i| cross(i - 1, i));
+    let left = (0..p).rev().find(|&i| profile[i] <= half).map_or(radius[0], |i| cross(i + 1, i));
+    let right =
+        (p + 1..profile.len()).find(|&i| profile[i] <= half).map_or(radius[profile.len() - 1], |i| cross(i - 1, i));
     (right - left).max(0.0)
 }
 
-fn ring_multipoles(
-    img: &[f64],
-    w: usize,
-    h: usize,
-    cx: f64,
-    cy: f64,
-    r: f64,
-    g: &Geometry,
-) -> [f64; 4] {
+fn ring_multipoles(img: &[f64], w: usize, h: usize, cx: f64, cy: f64, r: f64, g: &Geometry) -> [f64; 4] {
     let mut re = [0.0; 5];
     let mut im = [0.0; 5];
     for j in 0..RING_SAMPLES {
         // sample positions beyond the last pixel centre (up to half a pixel) use the edge value
         let x = (cx + r * g.ring_cos[1][j]).clamp(0.0, (w - 1) as f64);
         let y = (cy + r * g.ring_sin[1][j]).clamp(0.0, (h - 1) as f64);
-        let (x0, y0) = (
-            (x.floor() as usize).min(w - 2),
-            (y.floor() as usize).min(h - 2),
-        );
+        let (x0, y0) = ((x.floor() as usize).min(w - 2), (y.floor() as usize).min(h - 2));
         let (fx, fy) = (x - x0 as f64, y - y0 as f64);
         let i0 = y0 * w + x0;
         let top = img[i0] + fx * (img[i0 + 1] - img[i0]);
@@ -890,9 +786,7 @@ fn spectrum(s: &mut Scratch, g: &Geometry, mean: f64) -> Vec<f64> {
         }
     }
     let norm = 1.0 / (h * w) as f64;
-    p.iter_mut()
-        .zip(&g.spec_inv_count)
-        .for_each(|(v, c)| *v *= c * norm);
+    p.iter_mut().zip(&g.spec_inv_count).for_each(|(v, c)| *v *= c * norm);
     p
 }
 
@@ -902,82 +796,37 @@ fn spectrum(s: &mut Scratch, g: &Geometry, mean: f64) -> Vec<f64> {
 /// mean is the geometric mean, matching the distance on `log10 P`), `einstein_radius.png`,
 /// `ring_width.png`, `multipoles.png` (m = 1..4) and `pixel_histogram.png` (histograms).
 pub fn write_plots(dir: &Path, real: &PhysicsSet, generated: &PhysicsSet) -> Result<Vec<String>> {
-    check_sizes(
-        (real.height, real.width),
-        (generated.height, generated.width),
-    )?;
-    std::fs::create_dir_all(dir).map_err(|source| MetricsError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    check_sizes((real.height, real.width), (generated.height, generated.width))?;
+    std::fs::create_dir_all(dir).map_err(|source| MetricsError::Io { path: dir.to_path_buf(), source })?;
     let mut names = Vec::new();
-    let mut out =
-        |name: &str, draw: &dyn Fn(&Area<'_>) -> std::result::Result<(), String>| -> Result<()> {
-            plot_atomic(dir, name, draw)?;
-            names.push(name.to_string());
-            Ok(())
-        };
-    let profiles = |set: &PhysicsSet| {
-        set.images
-            .iter()
-            .map(|s| s.radial_profile.clone())
-            .collect::<Vec<_>>()
+    let mut out = |name: &str, draw: &dyn Fn(&Area<'_>) -> std::result::Result<(), String>| -> Result<()> {
+        plot_atomic(dir, name, draw)?;
+        names.push(name.to_string());
+        Ok(())
     };
+    let profiles = |set: &PhysicsSet| set.images.iter().map(|s| s.radial_profile.clone()).collect::<Vec<_>>();
     let (pr, pg) = (profiles(real), profiles(generated));
     out("radial_profile.png", &|a| {
-        curve_plot(
-            a,
-            "Radial profile",
-            "radius (px)",
-            "mean intensity",
-            &real.profile_radius,
-            &pr,
-            &pg,
-            false,
-        )
+        curve_plot(a, "Radial profile", "radius (px)", "mean intensity", &real.profile_radius, &pr, &pg, false)
     })?;
     let spectra = |set: &PhysicsSet| {
         set.images
             .iter()
-            .map(|s| {
-                s.power_spectrum
-                    .iter()
-                    .map(|&p| p.max(LOG_POWER_FLOOR))
-                    .collect()
-            })
+            .map(|s| s.power_spectrum.iter().map(|&p| p.max(LOG_POWER_FLOOR)).collect())
             .collect::<Vec<Vec<f64>>>()
     };
     let (sr, sg) = (spectra(real), spectra(generated));
     out("power_spectrum.png", &|a| {
-        curve_plot(
-            a,
-            "Power spectrum",
-            "|k| (cycles per image)",
-            "P(k)",
-            &real.spectrum_k,
-            &sr,
-            &sg,
-            true,
-        )
+        curve_plot(a, "Power spectrum", "|k| (cycles per image)", "P(k)", &real.spectrum_k, &sr, &sg, true)
     })?;
     let er = |set: &PhysicsSet| set.scalar(|s| s.einstein_radius);
-    out("einstein_radius.png", &|a| {
-        hist_plot(a, "Einstein radius", "pixels", &er(real), &er(generated))
-    })?;
+    out("einstein_radius.png", &|a| hist_plot(a, "Einstein radius", "pixels", &er(real), &er(generated)))?;
     let rw = |set: &PhysicsSet| set.scalar(|s| s.ring_width);
-    out("ring_width.png", &|a| {
-        hist_plot(a, "Ring width (FWHM)", "pixels", &rw(real), &rw(generated))
-    })?;
+    out("ring_width.png", &|a| hist_plot(a, "Ring width (FWHM)", "pixels", &rw(real), &rw(generated)))?;
     out("multipoles.png", &|a| {
         for (m, panel) in a.split_evenly((2, 2)).iter().enumerate() {
             let v = |set: &PhysicsSet| set.scalar(|s| s.multipoles[m]);
-            hist_plot(
-                panel,
-                &format!("Multipole m = {}", m + 1),
-                "|a_m| / a_0",
-                &v(real),
-                &v(generated),
-            )?;
+            hist_plot(panel, &format!("Multipole m = {}", m + 1), "|a_m| / a_0", &v(real), &v(generated))?;
         }
         Ok(())
     })?;
@@ -986,36 +835,22 @@ pub fn write_plots(dir: &Path, real: &PhysicsSet, generated: &PhysicsSet) -> Res
     Ok(names)
 }
 
-type Area<'a> =
-    plotters::drawing::DrawingArea<plotters::backend::BitMapBackend<'a>, plotters::coord::Shift>;
+type Area<'a> = plotters::drawing::DrawingArea<plotters::backend::BitMapBackend<'a>, plotters::coord::Shift>;
 
 const REAL_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(31, 119, 180);
 const GEN_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(214, 39, 40);
 
-fn plot_atomic(
-    dir: &Path,
-    name: &str,
-    draw: &dyn Fn(&Area<'_>) -> std::result::Result<(), String>,
-) -> Result<()> {
+fn plot_atomic(dir: &Path, name: &str, draw: &dyn Fn(&Area<'_>) -> std::result::Result<(), String>) -> Result<()> {
     use plotters::prelude::*;
     let path = dir.join(name);
-    // the temporary name keeps the .png extension: plotters picks the encoder from it
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}.png", std::process::id()));
-    let drawn = (|| {
-        let root = BitMapBackend::new(&tmp, (900, 600)).into_drawing_area();
+    // atomic-file's temporary name keeps the .png extension: plotters picks the encoder from it
+    atomic_file::write_with(&path, |tmp| {
+        let root = BitMapBackend::new(tmp, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         draw(&root)?;
         root.present().map_err(|e| e.to_string())
-    })();
-    let fail = |message: String| {
-        let _ = std::fs::remove_file(&tmp);
-        MetricsError::Plot {
-            path: path.clone(),
-            message,
-        }
-    };
-    drawn.map_err(fail)?;
-    std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))
+    })
+    .map_err(|e| MetricsError::Plot { path: path.clone(), message: e.to_string() })
 }
 
 /// `q`-quantile of sorted values, linear interpolation (numpy's default).
@@ -1033,11 +868,8 @@ fn band(curves: &[Vec<f64>], log: bool) -> Vec<(f64, f64, f64)> {
         .map(|k| {
             let mut v: Vec<f64> = curves.iter().map(|c| c[k]).collect();
             v.sort_unstable_by(f64::total_cmp);
-            let centre = if log {
-                10f64.powf(mean(&v.iter().map(|p| p.log10()).collect::<Vec<_>>()))
-            } else {
-                mean(&v)
-            };
+            let centre =
+                if log { 10f64.powf(mean(&v.iter().map(|p| p.log10()).collect::<Vec<_>>())) } else { mean(&v) };
             (centre, quantile(&v, 0.16), quantile(&v, 0.84))
         })
         .collect()
@@ -1056,46 +888,22 @@ fn curve_plot(
 ) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     let (br, bg) = (band(real, log), band(generated, log));
-    let lo = br
-        .iter()
-        .chain(&bg)
-        .map(|b| b.1.min(b.0))
-        .fold(f64::INFINITY, f64::min);
-    let hi = br
-        .iter()
-        .chain(&bg)
-        .map(|b| b.2.max(b.0))
-        .fold(f64::NEG_INFINITY, f64::max);
+    let lo = br.iter().chain(&bg).map(|b| b.1.min(b.0)).fold(f64::INFINITY, f64::min);
+    let hi = br.iter().chain(&bg).map(|b| b.2.max(b.0)).fold(f64::NEG_INFINITY, f64::max);
     let (x0, x1) = (x[0], x[x.len() - 1]);
     let mut builder = ChartBuilder::on(area);
-    builder
-        .caption(title, ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70);
+    builder.caption(title, ("sans-serif", 24)).margin(12).x_label_area_size(40).y_label_area_size(70);
     if log {
         let (lo, hi) = (lo.max(LOG_POWER_FLOOR), hi.max(LOG_POWER_FLOOR * 10.0));
         let mut chart = builder
             .build_cartesian_2d((x0..x1).log_scale(), (lo * 0.8..hi * 1.25).log_scale())
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(xlabel)
-            .y_desc(ylabel)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).draw().map_err(|e| e.to_string())?;
         band_series(&mut chart, x, &br, &bg)
     } else {
         let pad = 0.05 * (hi - lo).max(1e-12);
-        let mut chart = builder
-            .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(xlabel)
-            .y_desc(ylabel)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = builder.build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad)).map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).draw().map_err(|e| e.to_string())?;
         band_series(&mut chart, x, &br, &bg)
     }
 }
@@ -1120,19 +928,12 @@ where
     for (b, color, label) in [(br, REAL_COLOR, "real"), (bg, GEN_COLOR, "generated")] {
         let mut poly: Vec<(f64, f64)> = x.iter().zip(b.iter()).map(|(&x, b)| (x, b.2)).collect();
         poly.extend(x.iter().zip(b.iter()).rev().map(|(&x, b)| (x, b.1)));
+        chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2)))).map_err(|e| e.to_string())?;
         chart
-            .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2))))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(
-                x.iter().zip(b.iter()).map(|(&x, b)| (x, b.0)),
-                color.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(x.iter().zip(b.iter()).map(|(&x, b)| (x, b.0)), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(format!("{label} (16-84%)"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
@@ -1162,21 +963,9 @@ fn hist_plot(
 ) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     const BINS: usize = 40;
-    let lo = real
-        .iter()
-        .chain(generated)
-        .copied()
-        .fold(f64::INFINITY, f64::min);
-    let hi = real
-        .iter()
-        .chain(generated)
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if hi > lo {
-        (lo, hi)
-    } else {
-        (lo - 0.5, hi + 0.5)
-    };
+    let lo = real.iter().chain(generated).copied().fold(f64::INFINITY, f64::min);
+    let hi = real.iter().chain(generated).copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, hi + 0.5) };
     let width = (hi - lo) / BINS as f64;
     let edges: Vec<f64> = (0..=BINS).map(|k| lo + k as f64 * width).collect();
     let density = |v: &[f64]| {
@@ -1184,9 +973,7 @@ fn hist_plot(
         for &x in v {
             c[(((x - lo) / width) as usize).min(BINS - 1)] += 1.0;
         }
-        c.iter()
-            .map(|n| n / (v.len().max(1) as f64 * width))
-            .collect::<Vec<f64>>()
+        c.iter().map(|n| n / (v.len().max(1) as f64 * width)).collect::<Vec<f64>>()
     };
     let (dr, dg) = (density(real), density(generated));
     let top = dr.iter().chain(&dg).copied().fold(0.0, f64::max).max(1e-12);
@@ -1197,20 +984,13 @@ fn hist_plot(
         .y_label_area_size(60)
         .build_cartesian_2d(lo..hi, 0.0..top * 1.1)
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(xlabel)
-        .y_desc("density")
-        .draw()
-        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc(xlabel).y_desc("density").draw().map_err(|e| e.to_string())?;
     for (d, color, label) in [(&dr, REAL_COLOR, "real"), (&dg, GEN_COLOR, "generated")] {
         chart
             .draw_series(LineSeries::new(steps(&edges, d), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
@@ -1228,9 +1008,7 @@ fn pixel_plot(area: &Area<'_>, real: &[u64], generated: &[u64]) -> std::result::
     let group = PIXEL_BINS / SHOW;
     let density = |c: &[u64]| {
         let n = c.iter().sum::<u64>().max(1) as f64;
-        c.chunks(group)
-            .map(|g| g.iter().sum::<u64>() as f64 / n * SHOW as f64)
-            .collect::<Vec<f64>>()
+        c.chunks(group).map(|g| g.iter().sum::<u64>() as f64 / n * SHOW as f64).collect::<Vec<f64>>()
     };
     let (dr, dg) = (density(real), density(generated));
     let positive = dr.iter().chain(&dg).copied().filter(|&d| d > 0.0);
@@ -1245,25 +1023,15 @@ fn pixel_plot(area: &Area<'_>, real: &[u64], generated: &[u64]) -> std::result::
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..1.0, (lo..hi).log_scale())
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("normalised pixel value")
-        .y_desc("density")
-        .draw()
-        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("normalised pixel value").y_desc("density").draw().map_err(|e| e.to_string())?;
     for (d, color, label) in [(&dr, REAL_COLOR, "real"), (&dg, GEN_COLOR, "generated")] {
         // empty bins drawn at the axis floor so the log scale stays finite
-        let pts: Vec<(f64, f64)> = steps(&edges, d)
-            .into_iter()
-            .map(|(x, y)| (x, y.max(lo)))
-            .collect();
+        let pts: Vec<(f64, f64)> = steps(&edges, d).into_iter().map(|(x, y)| (x, y.max(lo))).collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
