@@ -86,7 +86,11 @@ fn model_i(c: &mut Criterion) {
     // 300 images (cdm), rayon over all cores: the make-dataset throughput
     g.throughput(Throughput::Elements(300));
     g.bench_function("300_cdm_images_all_threads", |b| {
-        b.iter_batched(|| (), |_| simulate_dataset(&ModelI::default(), &[LensClass::Cdm], 300, 11).expect("sim"), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |_| simulate_dataset(&ModelI::default(), &[LensClass::Cdm], 300, 11).expect("sim"),
+            BatchSize::PerIteration,
+        )
     });
     g.finish();
 }

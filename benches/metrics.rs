@@ -40,10 +40,14 @@ fn bench(c: &mut Criterion) {
     let b = features("fid_generated.npy", 10_000, 2048, 2);
     let mut g = c.benchmark_group("fid");
     g.sample_size(10).measurement_time(Duration::from_secs(40));
-    g.bench_function("fid_from_features_n10000_d2048", |bn| bn.iter(|| frechet_distance_from_features(a.view(), b.view()).unwrap().value));
+    g.bench_function("fid_from_features_n10000_d2048", |bn| {
+        bn.iter(|| frechet_distance_from_features(a.view(), b.view()).unwrap().value)
+    });
     let sa = GaussianStats::from_features(a.view()).unwrap();
     let sb = GaussianStats::from_features(b.view()).unwrap();
-    g.bench_function("stats_one_set_n10000_d2048", |bn| bn.iter(|| GaussianStats::from_features(a.view()).unwrap().cov[[0, 0]]));
+    g.bench_function("stats_one_set_n10000_d2048", |bn| {
+        bn.iter(|| GaussianStats::from_features(a.view()).unwrap().cov[[0, 0]])
+    });
     g.bench_function("frechet_from_stats_d2048", |bn| bn.iter(|| frechet_distance(&sa, &sb).unwrap().value));
     g.finish();
     drop((a, b));

@@ -24,9 +24,13 @@ fn sampler_steps(c: &mut Criterion) {
     ] {
         for &(batch, size) in &[(16usize, 32usize), (8, 128)] {
             g.throughput(Throughput::Elements(steps as u64));
-            g.bench_with_input(BenchmarkId::new(name, format!("{batch}x1x{size}x{size}")), &(batch, size), |b, &(n, s)| {
-                b.iter(|| d.sample::<B, _>(&trivial, sampler, [n, 1, s, s], 0, &device, &mut |_| {}).unwrap())
-            });
+            g.bench_with_input(
+                BenchmarkId::new(name, format!("{batch}x1x{size}x{size}")),
+                &(batch, size),
+                |b, &(n, s)| {
+                    b.iter(|| d.sample::<B, _>(&trivial, sampler, [n, 1, s, s], 0, &device, &mut |_| {}).unwrap())
+                },
+            );
         }
     }
     g.finish();
@@ -40,7 +44,10 @@ fn ddim_tiny_unet(c: &mut Criterion) {
     let mut g = c.benchmark_group("ddim_50_steps_tiny_unet");
     g.sample_size(10);
     g.bench_function("unet_dim8_mults12_4x1x32x32", |b| {
-        b.iter(|| d.sample::<B, _>(&model, Sampler::Ddim { steps: 50, eta: 0.0 }, [4, 1, 32, 32], 0, &device, &mut |_| {}).unwrap())
+        b.iter(|| {
+            d.sample::<B, _>(&model, Sampler::Ddim { steps: 50, eta: 0.0 }, [4, 1, 32, 32], 0, &device, &mut |_| {})
+                .unwrap()
+        })
     });
     g.finish();
 }

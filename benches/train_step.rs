@@ -35,13 +35,13 @@
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
-use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lensing_diffusion::backend::BackendKind;
 use lensing_diffusion::config::TrainConfig;
 use lensing_diffusion::trainer::Trainer;
 use lensing_diffusion::unet::Unet;
+use lensing_diffusion::unet::UnetBackend;
 
 struct Case {
     name: &'static str,
@@ -57,18 +57,8 @@ fn cases() -> Vec<Case> {
     let mut deeplense = TrainConfig::deeplense();
     deeplense.batch_size = 4;
     vec![
-        Case {
-            name: "pipeline",
-            config: TrainConfig::small(),
-            train_batch: train(16),
-            forward_batch: fwd(100),
-        },
-        Case {
-            name: "deeplense",
-            config: deeplense,
-            train_batch: train(4),
-            forward_batch: fwd(4),
-        },
+        Case { name: "pipeline", config: TrainConfig::small(), train_batch: train(16), forward_batch: fwd(100) },
+        Case { name: "deeplense", config: deeplense, train_batch: train(4), forward_batch: fwd(4) },
     ]
 }
 
@@ -94,7 +84,11 @@ fn setup<B: UnetBackend>(case: &Case, device: &B::Device, shards: usize) -> Setu
     config.data_parallel = shards;
     let (size, channels) = (config.image_size, config.unet.channels);
     let trainer = Trainer::<Autodiff<B>>::new(config, device).expect("valid preset");
-    let images = Tensor::<Autodiff<B>, 4>::random([case.train_batch, channels, size, size], Distribution::Uniform(0.0, 1.0), device);
+    let images = Tensor::<Autodiff<B>, 4>::random(
+        [case.train_batch, channels, size, size],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    );
     let model = trainer.ema().clone();
     let n = case.forward_batch;
     let x = Tensor::<B, 4>::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device);
@@ -114,24 +108,24 @@ fn quick(reps: usize) {
         #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), kind, &dtype),
         #[cfg(feature = "cuda-untuned")]
-        (BackendKind::Cuda, "f16") => quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, &dtype),
+        (BackendKind::Cuda, "f16") => {
+            quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, &dtype)
+        }
         #[cfg(feature = "cuda-untuned")]
-        (BackendKind::Cuda, "bf16") => quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, &dtype),
-        (_, d) => panic!("TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda takes f32, f16 or bf16)"),
+        (BackendKind::Cuda, "bf16") => {
+            quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, &dtype)
+        }
+        (_, d) => panic!(
+            "TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda takes f32, f16 or bf16)"
+        ),
     }
 }
 
 fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, dtype: &str) {
-    let filter = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .unwrap_or_default();
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     let warmup = env_usize("TRAIN_STEP_WARMUP").unwrap_or(1);
     println!("backend {kind} {dtype} ({}), {warmup} warm-up + {reps} timed repetitions", B::name(device));
-    for case in cases()
-        .into_iter()
-        .filter(|c| c.name.contains(filter.as_str()))
-    {
+    for case in cases().into_iter().filter(|c| c.name.contains(filter.as_str())) {
         // The data-parallel shards the `train` command uses on this backend.
         let shards = kind.training_shards(case.config.data_parallel);
         let Setup { mut trainer, images, model, x, t, .. } = setup::<B>(&case, device, shards);
@@ -192,10 +186,7 @@ fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, 
 
 fn train_step(c: &mut Criterion) {
     lensing_diffusion::alloc::tune_allocator();
-    if let Some(reps) = std::env::var("TRAIN_STEP_QUICK")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(reps) = std::env::var("TRAIN_STEP_QUICK").ok().and_then(|v| v.parse::<usize>().ok()) {
         quick(reps.max(1));
         return;
     }
@@ -206,36 +197,22 @@ fn train_step(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("train_step_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(if case.name == "deeplense" {
-                20
-            } else {
-                8
-            }))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 20 } else { 8 }))
             .throughput(Throughput::Elements(case.train_batch as u64));
-        g.bench_function(
-            BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)),
-            |b| {
-                b.iter(|| {
-                    std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss"))
-                })
-            },
-        );
+        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)), |b| {
+            b.iter(|| std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")))
+        });
         g.finish();
 
         let n = case.forward_batch;
         let mut g = c.benchmark_group(format!("forward_{}", case.name));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(if case.name == "deeplense" {
-                10
-            } else {
-                8
-            }))
+            .measurement_time(Duration::from_secs(if case.name == "deeplense" { 10 } else { 8 }))
             .throughput(Throughput::Elements(n as u64));
-        g.bench_function(
-            BenchmarkId::new("flex", format!("{size}x{size}_batch{n}")),
-            |b| b.iter(|| std::hint::black_box(model.forward(x.clone(), t.clone()).into_data())),
-        );
+        g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{n}")), |b| {
+            b.iter(|| std::hint::black_box(model.forward(x.clone(), t.clone()).into_data()))
+        });
         g.finish();
     }
 }

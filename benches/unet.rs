@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use burn::backend::{Flex, NdArray};
-use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lensing_diffusion::unet::UnetBackend;
 use unet::{Unet, UnetConfig};
 
 fn bench_forward<B: UnetBackend>(
@@ -26,53 +26,25 @@ fn bench_forward<B: UnetBackend>(
     B::seed(&device, 0);
     let model: Unet<B> = config.init(&device).expect("valid preset");
     let mut g = c.benchmark_group(group);
-    g.sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for &n in batches {
-        let x = Tensor::<B, 4>::random(
-            [n, config.channels, 128, 128],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        let x = Tensor::<B, 4>::random([n, config.channels, 128, 128], Distribution::Normal(0.0, 1.0), &device);
         let t = Tensor::<B, 1>::from_floats(vec![500.0f32; n].as_slice(), &device);
-        g.bench_with_input(
-            BenchmarkId::new(backend, format!("128x128_batch{n}")),
-            &n,
-            |b, _| {
-                b.iter(|| {
-                    let y = model.forward(x.clone(), t.clone());
-                    std::hint::black_box(y.into_data())
-                })
-            },
-        );
+        g.bench_with_input(BenchmarkId::new(backend, format!("128x128_batch{n}")), &n, |b, _| {
+            b.iter(|| {
+                let y = model.forward(x.clone(), t.clone());
+                std::hint::black_box(y.into_data())
+            })
+        });
     }
     g.finish();
 }
 
 fn unet_forward(c: &mut Criterion) {
     lensing_diffusion::alloc::tune_allocator();
-    bench_forward::<Flex>(
-        c,
-        "unet_forward_small",
-        "flex",
-        &UnetConfig::small(),
-        &[1, 8],
-    );
-    bench_forward::<NdArray>(
-        c,
-        "unet_forward_small",
-        "ndarray",
-        &UnetConfig::small(),
-        &[1],
-    );
-    bench_forward::<Flex>(
-        c,
-        "unet_forward_deeplense",
-        "flex",
-        &UnetConfig::deeplense(),
-        &[1, 8],
-    );
+    bench_forward::<Flex>(c, "unet_forward_small", "flex", &UnetConfig::small(), &[1, 8]);
+    bench_forward::<NdArray>(c, "unet_forward_small", "ndarray", &UnetConfig::small(), &[1]);
+    bench_forward::<Flex>(c, "unet_forward_deeplense", "flex", &UnetConfig::deeplense(), &[1, 8]);
 }
 
 criterion_group!(benches, unet_forward);

@@ -11,6 +11,11 @@ fn main() -> Result<(), lensing_diffusion::Error> {
     lensing_diffusion::alloc::tune_allocator();
     let outcome = run_pipeline::<Autodiff<Flex>>(&PipelineOptions::default(), &Default::default())?;
     println!("{}", outcome.report.to_table());
-    println!("FID {:.2}, pure-noise baseline {:.2}; report: {}", outcome.report.fid, outcome.fid_noise, outcome.report_path.display());
+    println!(
+        "FID {:.2}, pure-noise baseline {:.2}; report: {}",
+        outcome.report.fid,
+        outcome.fid_noise,
+        outcome.report_path.display()
+    );
     Ok(())
 }

@@ -34,7 +34,19 @@ fn main() -> Result<(), lensing_diffusion::Error> {
     let loaded = load_model::<Flex>(&ckpt.join("ema.bpk"), None, None, &device)?;
     let card = loaded.card.clone().expect("our checkpoints carry a model card");
     let opts = SampleOptions { sampler: Sampler::DpmSolverPp2M { steps: 10 }, batch_size: 8, workers: 2, seed: 1 };
-    let images = generate(&loaded.model, &loaded.diffusion()?, [8, card.channels, card.image_size, card.image_size], None, &opts, &|| {})?;
-    println!("sampled {:?}, values in [{:.3}, {:.3}]", images.dim(), images.fold(f32::MAX, |a, &b| a.min(b)), images.fold(f32::MIN, |a, &b| a.max(b)));
+    let images = generate(
+        &loaded.model,
+        &loaded.diffusion()?,
+        [8, card.channels, card.image_size, card.image_size],
+        None,
+        &opts,
+        &|| {},
+    )?;
+    println!(
+        "sampled {:?}, values in [{:.3}, {:.3}]",
+        images.dim(),
+        images.fold(f32::MAX, |a, &b| a.min(b)),
+        images.fold(f32::MIN, |a, &b| a.max(b))
+    );
     Ok(())
 }

@@ -33,7 +33,10 @@ fn imp() -> bool {
     let to_int = |v: usize| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads start
     // allocating in earnest and returns 0 for a value it rejects.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, to_int(MMAP_THRESHOLD)) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, to_int(TRIM_THRESHOLD)) == 1 }
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, to_int(MMAP_THRESHOLD)) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, to_int(TRIM_THRESHOLD)) == 1
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

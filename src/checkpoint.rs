@@ -55,7 +55,12 @@ pub struct ModelCard {
 impl ModelCard {
     /// The card of a training configuration.
     pub fn of(config: &TrainConfig) -> Self {
-        Self { image_size: config.image_size, channels: config.unet.channels, diffusion: config.diffusion.clone(), class_names: None }
+        Self {
+            image_size: config.image_size,
+            channels: config.unet.channels,
+            diffusion: config.diffusion.clone(),
+            class_names: None,
+        }
     }
 
     /// The metadata entry that carries this card.
@@ -70,14 +75,17 @@ impl ModelCard {
         let bad = |reason: String| TrainError::Resume { path: weights.to_path_buf(), reason };
         let meta = unet::read_metadata(weights)?;
         if let Some(json) = meta.get(MODEL_CARD_KEY) {
-            return serde_json::from_str(json).map(Some).map_err(|e| bad(format!("metadata `{MODEL_CARD_KEY}` is not a valid model card: {e}")));
+            return serde_json::from_str(json)
+                .map(Some)
+                .map_err(|e| bad(format!("metadata `{MODEL_CARD_KEY}` is not a valid model card: {e}")));
         }
         let state = atomic_file::parent_dir(weights).join("state.json");
         if !state.is_file() {
             return Ok(None);
         }
         let text = fs::read_to_string(&state).map_err(io_err(&state))?;
-        let state: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::Resume { path: state.clone(), reason: format!("state.json is corrupt: {e}") })?;
+        let state: CheckpointState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Resume { path: state.clone(), reason: format!("state.json is corrupt: {e}") })?;
         Ok(Some(Self::of(&state.config)))
     }
 }
@@ -97,7 +105,10 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
             self.model.valid().save_with_metadata(&tmp.join("model.bpk"), &card)?;
             self.ema.save_with_metadata(&tmp.join("ema.bpk"), &card)?;
             let rec = recorder();
-            let res = |what: &str, e: burn::record::RecorderError| TrainError::Resume { path: tmp.join("resume").join(what), reason: format!("could not write: {e}") };
+            let res = |what: &str, e: burn::record::RecorderError| TrainError::Resume {
+                path: tmp.join("resume").join(what),
+                reason: format!("could not write: {e}"),
+            };
             rec.record(self.model.clone().into_record(), tmp.join("resume/model")).map_err(|e| res("model", e))?;
             rec.record(self.ema.clone().into_record(), tmp.join("resume/ema")).map_err(|e| res("ema", e))?;
             rec.record(self.optim.to_record(), tmp.join("resume/optim")).map_err(|e| res("optim", e))?;
@@ -121,7 +132,8 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         let resume_err = |reason: String| TrainError::Resume { path: checkpoint.to_path_buf(), reason };
         let state_path = checkpoint.join("state.json");
         let text = fs::read_to_string(&state_path).map_err(|e| resume_err(format!("cannot read state.json: {e}")))?;
-        let state: CheckpointState = serde_json::from_str(&text).map_err(|e| resume_err(format!("state.json is corrupt: {e}")))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| resume_err(format!("state.json is corrupt: {e}")))?;
         let mut trainer = Self::new(state.config, device)?;
         let rec = recorder();
         let model_rec = rec
@@ -170,8 +182,10 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
-    list_checkpoints(&path.join("checkpoints")).pop().or_else(|| list_checkpoints(path).pop()).ok_or_else(|| TrainError::Resume {
-        path: path.to_path_buf(),
-        reason: "no checkpoint found (expected a step-N folder, or a run folder with checkpoints/step-N)".into(),
+    list_checkpoints(&path.join("checkpoints")).pop().or_else(|| list_checkpoints(path).pop()).ok_or_else(|| {
+        TrainError::Resume {
+            path: path.to_path_buf(),
+            reason: "no checkpoint found (expected a step-N folder, or a run folder with checkpoints/step-N)".into(),
+        }
     })
 }

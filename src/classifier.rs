@@ -46,12 +46,23 @@ pub fn train_from_recipe<B: AutodiffBackend>(
     device: &B::Device,
     progress: impl FnMut(usize, usize, f64),
 ) -> gen_metrics::Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
-    let sim = |n, seed| crate::data::simulate_resized(n, recipe.num_pix, recipe.image_size, &LensClass::ALL, seed).map_err(sim_err);
+    let sim = |n, seed| {
+        crate::data::simulate_resized(n, recipe.num_pix, recipe.image_size, &LensClass::ALL, seed).map_err(sim_err)
+    };
     let tr = sim(recipe.n_train, recipe.train.seed)?;
     let ho = sim(recipe.n_heldout, recipe.train.seed.wrapping_add(1_000_003))?;
     let labels = |s: &lens_data::dataset::ImageSet| s.labels.clone().unwrap_or_default();
     let cfg = ExtractorConfig { image_size: recipe.image_size, ..ExtractorConfig::default() };
-    train_classifier::<B>(tr.images.view(), &labels(&tr), ho.images.view(), &labels(&ho), cfg, &recipe.train, device, progress)
+    train_classifier::<B>(
+        tr.images.view(),
+        &labels(&tr),
+        ho.images.view(),
+        &labels(&ho),
+        cfg,
+        &recipe.train,
+        device,
+        progress,
+    )
 }
 
 /// Loads the extractor cached at `path`, or trains one from `recipe` and caches it there

@@ -202,7 +202,11 @@ impl TrainConfig {
         }
         let f = self.unet.downsample_factor();
         if self.image_size == 0 || self.image_size % f != 0 {
-            return bad("image_size", self.image_size.to_string(), "must be a positive multiple of the U-Net's downsampling factor 2^(stages-1)");
+            return bad(
+                "image_size",
+                self.image_size.to_string(),
+                "must be a positive multiple of the U-Net's downsampling factor 2^(stages-1)",
+            );
         }
         if self.sample_every > 0 {
             Sampler::DpmSolverPp2M { steps: self.sample_steps }.validate(self.diffusion.timesteps)?;

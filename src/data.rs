@@ -24,19 +24,34 @@ pub fn model_i(num_pix: usize) -> ModelI {
 /// the antialiased bilinear filter. Returns the images with their class labels
 /// (`ImageSet::labels`). The one simulate-and-resize path: the diffusion model's data and the
 /// feature extractor's both come from here.
-pub fn simulate_resized(count: usize, num_pix: usize, size: usize, classes: &[LensClass], seed: u64) -> lens_data::Result<ImageSet> {
+pub fn simulate_resized(
+    count: usize,
+    num_pix: usize,
+    size: usize,
+    classes: &[LensClass],
+    seed: u64,
+) -> lens_data::Result<ImageSet> {
     simulate_resized_with(&model_i(num_pix), count, size, classes, seed)
 }
 
 /// [`simulate_resized`] with any simulator configuration (e.g. without noise).
-pub fn simulate_resized_with(config: &ModelI, count: usize, size: usize, classes: &[LensClass], seed: u64) -> lens_data::Result<ImageSet> {
+pub fn simulate_resized_with(
+    config: &ModelI,
+    count: usize,
+    size: usize,
+    classes: &[LensClass],
+    seed: u64,
+) -> lens_data::Result<ImageSet> {
     let num_pix = config.num_pix;
     let sim = simulate_dataset(config, classes, count, seed)?;
     let images = if size == num_pix {
         sim.images.mapv(|v| v as f32)
     } else {
         let r = Resizer::new((num_pix, num_pix), (size, size));
-        let out: Vec<Vec<f32>> = (0..count).into_par_iter().map(|i| r.resize(sim.images.index_axis(Axis(0), i)).into_raw_vec_and_offset().0).collect();
+        let out: Vec<Vec<f32>> = (0..count)
+            .into_par_iter()
+            .map(|i| r.resize(sim.images.index_axis(Axis(0), i)).into_raw_vec_and_offset().0)
+            .collect();
         Array3::from_shape_vec((count, size, size), out.concat()).expect("sizes agree")
     };
     let mut set = ImageSet::from_images(images);
@@ -48,7 +63,12 @@ pub fn simulate_resized_with(config: &ModelI, count: usize, size: usize, classes
 /// `ROOT/{train,val}/CLASS/*` (train and val are merged for generative training), resized to
 /// `size` x `size` and normalised per image to `[0, 1]` (`minmax`) unless `normalization` says
 /// otherwise. Bad files are skipped with a warning when `skip_bad`.
-pub fn load_resized(path: &Path, size: usize, normalization: Normalization, skip_bad: bool) -> lens_data::Result<(ImageSet, Vec<String>)> {
+pub fn load_resized(
+    path: &Path,
+    size: usize,
+    normalization: Normalization,
+    skip_bad: bool,
+) -> lens_data::Result<(ImageSet, Vec<String>)> {
     let opts = LoadOptions { target_size: Some((size, size)), normalization, skip_bad, ..Default::default() };
     let looks_labelled = path.join("train").is_dir();
     if looks_labelled {
@@ -81,7 +101,8 @@ mod tests {
         let noiseless = |num_pix| ModelI { noise: false, ..model_i(num_pix) };
         let fine = simulate_resized_with(&noiseless(150), 6, 32, &classes, 7).unwrap().images;
         let coarse = simulate_resized_with(&noiseless(75), 6, 32, &classes, 7).unwrap().images;
-        let zoomed = simulate_resized_with(&ModelI { pixel_scale: 0.05, ..noiseless(75) }, 6, 32, &classes, 7).unwrap().images;
+        let zoomed =
+            simulate_resized_with(&ModelI { pixel_scale: 0.05, ..noiseless(75) }, 6, 32, &classes, 7).unwrap().images;
         let same = mean_abs_diff(&fine, &coarse);
         let wrong = mean_abs_diff(&fine, &zoomed);
         eprintln!("mean |difference| at 32x32: same field {same:.4}, half field {wrong:.4}");

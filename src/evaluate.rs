@@ -21,7 +21,9 @@ use gen_metrics::FeatureExtractor;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 
-use crate::classifier::{cache_dir, extractor_source, heldout_accuracy, obtain_extractor, ExtractorRecipe, ExtractorSource};
+use crate::classifier::{
+    cache_dir, extractor_source, heldout_accuracy, obtain_extractor, ExtractorRecipe, ExtractorSource,
+};
 use crate::error::Error;
 
 fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
@@ -45,7 +47,10 @@ pub fn load_extractor_for<B: AutodiffBackend>(
     let cache = cache_dir();
     if let ExtractorSource::Train(p) = extractor_source(recipe, &cache) {
         if progress {
-            eprintln!("   no extractor for this recipe yet: training one on simulated data (once), cached at {}", p.display());
+            eprintln!(
+                "   no extractor for this recipe yet: training one on simulated data (once), cached at {}",
+                p.display()
+            );
         }
     }
     let pb = bar(0, "   training the lensing classifier {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}", progress);
@@ -88,7 +93,13 @@ pub fn to_size(images: ArrayView3<'_, f32>, size: usize) -> Array3<f32> {
 }
 
 /// Features of images in `[0, 1]` (any size; resized to the extractor's input), in batches.
-pub fn embed<B: Backend>(ex: &FeatureExtractor<B>, images: ArrayView3<'_, f32>, batch: usize, label: &str, progress: bool) -> Result<Array2<f64>, Error> {
+pub fn embed<B: Backend>(
+    ex: &FeatureExtractor<B>,
+    images: ArrayView3<'_, f32>,
+    batch: usize,
+    label: &str,
+    progress: bool,
+) -> Result<Array2<f64>, Error> {
     let images = to_size(images, ex.config.image_size);
     let pb = bar(images.dim().0 as u64, &format!("   features {label:>9} {{wide_bar}} {{pos}}/{{len}}"), progress);
     let f = ex.extract(images.view(), batch, &Default::default(), |k| pb.inc(k as u64))?;
@@ -98,7 +109,12 @@ pub fn embed<B: Backend>(ex: &FeatureExtractor<B>, images: ArrayView3<'_, f32>, 
 
 /// Features of the images in a file or folder (any format lens-data reads; min-max normalised
 /// per image and resized to the extractor's input on load).
-pub fn features_of_path<B: Backend>(ex: &FeatureExtractor<B>, path: &Path, batch: usize, progress: bool) -> Result<Array2<f64>, Error> {
+pub fn features_of_path<B: Backend>(
+    ex: &FeatureExtractor<B>,
+    path: &Path,
+    batch: usize,
+    progress: bool,
+) -> Result<Array2<f64>, Error> {
     let set = lens_data::load::load_path(path, &lens_data::LoadOptions::resized(ex.config.image_size))?;
     let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     embed(ex, set.images.view(), batch, &label, progress)

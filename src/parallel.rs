@@ -7,9 +7,7 @@
 
 /// Threads to use on this machine (`std::thread::available_parallelism`, at least 1).
 pub fn available_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Runs `f(i)` for `i in 0..count` on `workers` threads (thread `w` takes `i = w, w + workers,
@@ -39,27 +37,16 @@ where
             let handles: Vec<_> = (0..workers)
                 .map(|w| {
                     let mut state = init(w);
-                    scope.spawn(move || {
-                        (w..count)
-                            .step_by(workers)
-                            .map(|i| (i, f(&mut state, i)))
-                            .collect::<Vec<_>>()
-                    })
+                    scope.spawn(move || (w..count).step_by(workers).map(|i| (i, f(&mut state, i))).collect::<Vec<_>>())
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a worker thread panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("a worker thread panicked")).collect()
         });
         for (i, r) in done.into_iter().flatten() {
             slots[i] = Some(r);
         }
     }
-    slots
-        .into_iter()
-        .map(|r| r.expect("every index ran"))
-        .collect()
+    slots.into_iter().map(|r| r.expect("every index ran")).collect()
 }
 
 #[cfg(test)]

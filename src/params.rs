@@ -85,7 +85,11 @@ impl<B: Backend> ModuleMapper<B> for EmaMapper<B> {
 }
 
 /// `ema <- decay * ema + (1 - decay) * online`, parameter by parameter (matched by id).
-pub(crate) fn ema_update<B: AutodiffBackend>(online: &Unet<B>, ema: Unet<B::InnerBackend>, decay: f64) -> Unet<B::InnerBackend> {
+pub(crate) fn ema_update<B: AutodiffBackend>(
+    online: &Unet<B>,
+    ema: Unet<B::InnerBackend>,
+    decay: f64,
+) -> Unet<B::InnerBackend> {
     let mut c = CollectParams::<B::InnerBackend> { params: Default::default() };
     online.visit(&mut c);
     let mut m = EmaMapper { online: c.params, decay: decay as f32 };

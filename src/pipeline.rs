@@ -104,12 +104,22 @@ impl Default for PipelineOptions {
 impl PipelineOptions {
     /// Check the settings; the error names the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
-        let positive = [("--train-images", self.train_images), ("--eval-images", self.eval_images), ("--num-generated", self.num_generated), ("--sample-batch", self.sample_batch), ("--sim-num-pix", self.sim_num_pix)];
+        let positive = [
+            ("--train-images", self.train_images),
+            ("--eval-images", self.eval_images),
+            ("--num-generated", self.num_generated),
+            ("--sample-batch", self.sample_batch),
+            ("--sim-num-pix", self.sim_num_pix),
+        ];
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::invalid(*name, v, "must be >= 1"));
         }
         if !(self.train_minutes.is_finite() && self.train_minutes > 0.0) {
-            return Err(Error::invalid("--train-minutes", self.train_minutes, "must be a finite number of minutes > 0"));
+            return Err(Error::invalid(
+                "--train-minutes",
+                self.train_minutes,
+                "must be a finite number of minutes > 0",
+            ));
         }
         if let Some(b) = self.bandwidths.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
             return Err(Error::invalid("--bandwidths", b, "each must be finite and > 0"));
@@ -177,7 +187,10 @@ pub struct PipelineOutcome {
 }
 
 /// Run the whole job into `opts.out` with the backend `B` (see the module docs).
-pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::Device) -> Result<PipelineOutcome, Error> {
+pub fn run_pipeline<B: UnetAutodiffBackend>(
+    opts: &PipelineOptions,
+    device: &B::Device,
+) -> Result<PipelineOutcome, Error> {
     opts.validate()?;
     let start = Instant::now();
     let out = opts.out.clone();
@@ -199,10 +212,20 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::
         }
         None => {
             if show {
-                eprintln!("   simulating {} training + {} held-out Model I images", opts.train_images, opts.eval_images);
+                eprintln!(
+                    "   simulating {} training + {} held-out Model I images",
+                    opts.train_images, opts.eval_images
+                );
             }
-            let train = crate::data::simulate_resized(opts.train_images, opts.sim_num_pix, size, &LensClass::ALL, opts.seed)?;
-            let real = crate::data::simulate_resized(opts.eval_images, opts.sim_num_pix, size, &LensClass::ALL, opts.seed + 1_000_003)?;
+            let train =
+                crate::data::simulate_resized(opts.train_images, opts.sim_num_pix, size, &LensClass::ALL, opts.seed)?;
+            let real = crate::data::simulate_resized(
+                opts.eval_images,
+                opts.sim_num_pix,
+                size,
+                &LensClass::ALL,
+                opts.seed + 1_000_003,
+            )?;
             Ok((train, real))
         }
     })?;
@@ -227,18 +250,35 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::
         );
     }
     let summary = timings.time("train", show, || {
-        let ro = RunOptions { out_dir: &train_dir, time_budget: Some(Duration::from_secs_f64(opts.train_minutes * 60.0)), interrupt: None, progress: show };
+        let ro = RunOptions {
+            out_dir: &train_dir,
+            time_budget: Some(Duration::from_secs_f64(opts.train_minutes * 60.0)),
+            interrupt: None,
+            progress: show,
+        };
         Ok(run(&mut trainer, &train, &ro)?)
     })?;
 
     // 4. Sample from the EMA weights.
     let generated = timings.time("sample", show, || {
-        let so = SampleOptions { sampler: opts.sampler, batch_size: opts.sample_batch, workers: opts.backend.sample_workers(opts.sample_threads), seed: opts.seed ^ 0x5A3D_1E5E };
-        let evals = opts.sampler.model_evaluations(config.diffusion.timesteps) * opts.num_generated.div_ceil(opts.sample_batch);
+        let so = SampleOptions {
+            sampler: opts.sampler,
+            batch_size: opts.sample_batch,
+            workers: opts.backend.sample_workers(opts.sample_threads),
+            seed: opts.seed ^ 0x5A3D_1E5E,
+        };
+        let evals =
+            opts.sampler.model_evaluations(config.diffusion.timesteps) * opts.num_generated.div_ceil(opts.sample_batch);
         let pb = if show { ProgressBar::new(evals as u64) } else { ProgressBar::hidden() };
-        pb.set_style(ProgressStyle::with_template("   sample {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}").expect("valid template"));
+        pb.set_style(
+            ProgressStyle::with_template("   sample {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}")
+                .expect("valid template"),
+        );
         let c = config.unet.channels;
-        let images = generate(trainer.ema(), trainer.diffusion(), [opts.num_generated, c, size, size], None, &so, &|| pb.inc(1))?;
+        let images =
+            generate(trainer.ema(), trainer.diffusion(), [opts.num_generated, c, size, size], None, &so, &|| {
+                pb.inc(1)
+            })?;
         pb.finish_and_clear();
         // The first channel of each image.
         Ok(images.index_axis_move(Axis(1), 0))
@@ -247,7 +287,8 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::
 
     // 5. Evaluate.
     let (report, fid_noise) = timings.time("evaluate", show, || {
-        let feats = |name: &str, images: &Array3<f32>| crate::evaluate::embed(&extractor, images.view(), 100, name, show);
+        let feats =
+            |name: &str, images: &Array3<f32>| crate::evaluate::embed(&extractor, images.view(), 100, name, show);
         let real_f = feats("real", &real.images)?;
         let gen_f = feats("generated", &generated)?;
         let noise_f = feats("noise", &noise)?;
@@ -258,7 +299,9 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::
     })?;
 
     // 6. Report.
-    for (name, images) in [("real_grid.png", &real.images), ("generated_grid.png", &generated), ("noise_grid.png", &noise)] {
+    for (name, images) in
+        [("real_grid.png", &real.images), ("generated_grid.png", &generated), ("noise_grid.png", &noise)]
+    {
         let n = images.dim().0.min(64);
         let v: Vec<f32> = images.slice(ndarray::s![..n, .., ..]).iter().copied().collect();
         crate::images::save_grid(&v, n, size, size, 8, &out.join(name))?;
@@ -280,8 +323,10 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(opts: &PipelineOptions, device: &B::
     };
     let metrics = metrics_json(&outcome, opts, &extractor);
     let json_path = out.join("metrics.json");
-    atomic_file::write(&json_path, serde_json::to_string_pretty(&metrics).expect("serialisable").as_bytes()).map_err(Error::io(&json_path))?;
-    atomic_file::write(&outcome.report_path, report_markdown(&outcome, opts, &extractor).as_bytes()).map_err(Error::io(&outcome.report_path))?;
+    atomic_file::write(&json_path, serde_json::to_string_pretty(&metrics).expect("serialisable").as_bytes())
+        .map_err(Error::io(&json_path))?;
+    atomic_file::write(&outcome.report_path, report_markdown(&outcome, opts, &extractor).as_bytes())
+        .map_err(Error::io(&outcome.report_path))?;
     Ok(outcome)
 }
 
@@ -294,7 +339,11 @@ pub fn noise_baseline(n: usize, size: usize, seed: u64) -> Array3<f32> {
     })
 }
 
-fn metrics_json<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts: &PipelineOptions, ex: &FeatureExtractor<B>) -> serde_json::Value {
+fn metrics_json<B: burn::tensor::backend::Backend>(
+    o: &PipelineOutcome,
+    opts: &PipelineOptions,
+    ex: &FeatureExtractor<B>,
+) -> serde_json::Value {
     let (r, s) = (&o.report, &o.summary);
     let floor = r.noise_floor.as_ref();
     json!({
@@ -329,7 +378,11 @@ fn metrics_json<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts: &P
     })
 }
 
-fn report_markdown<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts: &PipelineOptions, ex: &FeatureExtractor<B>) -> String {
+fn report_markdown<B: burn::tensor::backend::Backend>(
+    o: &PipelineOutcome,
+    opts: &PipelineOptions,
+    ex: &FeatureExtractor<B>,
+) -> String {
     let (r, s, config) = (&o.report, &o.summary, &o.config);
     let floor = r.noise_floor.as_ref();
     let ratio = r.fid / o.fid_noise;
@@ -358,7 +411,12 @@ fn report_markdown<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts:
     m.push_str(&format!(
         "Features: 512-d pooled features of a ResNet-18 trained to classify DeepLense lensing images{}.\n\n",
         heldout_accuracy(ex)
-            .map(|a| format!(" (no_sub / cdm / axion, held-out accuracy {:.1}%; inputs resized to {}x{})", a * 100.0, ex.config.image_size, ex.config.image_size))
+            .map(|a| format!(
+                " (no_sub / cdm / axion, held-out accuracy {:.1}%; inputs resized to {}x{})",
+                a * 100.0,
+                ex.config.image_size,
+                ex.config.image_size
+            ))
             .unwrap_or_default()
     ));
     m.push_str(&format!(
@@ -372,13 +430,22 @@ fn report_markdown<B: burn::tensor::backend::Backend>(o: &PipelineOutcome, opts:
     m.push_str("| metric | generated vs real | real vs real (floor) |\n|---|---|---|\n");
     let fl = |f: &dyn Fn(&gen_metrics::TwoSample) -> String| floor.map(|x| f(&x.metrics)).unwrap_or_else(|| "-".into());
     m.push_str(&format!("| FID | {:.4} | {} |\n", r.fid, fl(&|x| format!("{:.4}", x.fid))));
-    m.push_str(&format!("| KID (mean ± std) | {:.5} ± {:.5} | {} |\n", r.kid.mean, r.kid.std, fl(&|x| format!("{:.5} ± {:.5}", x.kid.mean, x.kid.std))));
+    m.push_str(&format!(
+        "| KID (mean ± std) | {:.5} ± {:.5} | {} |\n",
+        r.kid.mean,
+        r.kid.std,
+        fl(&|x| format!("{:.5} ± {:.5}", x.kid.mean, x.kid.std))
+    ));
     m.push_str(&format!("| precision | {:.3} | {} |\n", r.precision, fl(&|x| format!("{:.3}", x.precision))));
     m.push_str(&format!("| recall | {:.3} | {} |\n", r.recall, fl(&|x| format!("{:.3}", x.recall))));
     m.push_str(&format!("| density | {:.3} | {} |\n", r.density, fl(&|x| format!("{:.3}", x.density))));
     m.push_str(&format!("| coverage | {:.3} | {} |\n", r.coverage, fl(&|x| format!("{:.3}", x.coverage))));
     for (k, v) in &r.rrke {
-        m.push_str(&format!("| RRKE (bandwidth {k}) | {:.4} | {} |\n", v, fl(&|x| x.rrke.get(k).map(|v| format!("{v:.4}")).unwrap_or_default())));
+        m.push_str(&format!(
+            "| RRKE (bandwidth {k}) | {:.4} | {} |\n",
+            v,
+            fl(&|x| x.rrke.get(k).map(|v| format!("{v:.4}")).unwrap_or_default())
+        ));
     }
     m.push_str("\n| bandwidth | RKE real | RKE generated | Vendi generated |\n|---|---|---|---|\n");
     for (k, v) in &r.rke_real {

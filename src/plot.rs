@@ -29,12 +29,7 @@ pub fn loss_curve(points: &[(usize, f32)], path: &Path) -> Result<(), String> {
             .y_label_area_size(64)
             .build_cartesian_2d(0usize..max_step, (lo * 0.9..hi * 1.1).log_scale())
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("optimizer step")
-            .y_desc("loss")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("optimizer step").y_desc("loss").draw().map_err(|e| e.to_string())?;
         chart
             .draw_series(LineSeries::new(finite.iter().map(|&(s, l)| (s, l as f64)), RGBColor(160, 190, 230)))
             .map_err(|e| e.to_string())?
@@ -53,7 +48,12 @@ pub fn loss_curve(points: &[(usize, f32)], path: &Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .label("moving average")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     write_png_rgb(rgb, w, h, path)
@@ -61,7 +61,8 @@ pub fn loss_curve(points: &[(usize, f32)], path: &Path) -> Result<(), String> {
 
 /// Encode an RGB buffer as PNG and write it atomically.
 pub fn write_png_rgb(rgb: Vec<u8>, w: u32, h: u32, path: &Path) -> Result<(), String> {
-    let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| format!("{}: buffer does not hold {w}x{h} RGB pixels", path.display()))?;
+    let img = image::RgbImage::from_raw(w, h, rgb)
+        .ok_or_else(|| format!("{}: buffer does not hold {w}x{h} RGB pixels", path.display()))?;
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| format!("{}: {e}", path.display()))?;
     atomic_file::write(path, bytes.get_ref()).map_err(|e| format!("{}: {e}", path.display()))

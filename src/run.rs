@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use unet::UnetAutodiffBackend;
 use diffusion_core::Sampler;
 use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::dataset::ImageSet;
+use unet::UnetAutodiffBackend;
 
 use crate::error::TrainError;
 use crate::trainer::Trainer;
@@ -80,19 +80,34 @@ pub fn write_sample_grid<B: UnetAutodiffBackend>(trainer: &Trainer<B>, path: &Pa
     let s = c.image_size;
     let sampler = Sampler::DpmSolverPp2M { steps: c.sample_steps };
     let device = Default::default();
-    let images = trainer.diffusion().sample::<B::InnerBackend, _>(trainer.ema(), sampler, [n, c.unet.channels, s, s], c.seed, &device, &mut |_| {})?;
-    let v: Vec<f32> = images.into_data().to_vec().map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(format!("{e:?}")) })?;
+    let images = trainer.diffusion().sample::<B::InnerBackend, _>(
+        trainer.ema(),
+        sampler,
+        [n, c.unet.channels, s, s],
+        c.seed,
+        &device,
+        &mut |_| {},
+    )?;
+    let v: Vec<f32> = images
+        .into_data()
+        .to_vec()
+        .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(format!("{e:?}")) })?;
     let cols = (n as f64).sqrt().ceil() as usize;
     // Multi-channel models: show the first channel.
     let per = c.unet.channels * s * s;
     let first: Vec<f32> = (0..n).flat_map(|i| v[i * per..i * per + s * s].to_vec()).collect();
-    crate::images::save_grid(&first, n, s, s, cols, path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
+    crate::images::save_grid(&first, n, s, s, cols, path)
+        .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// Train until `total_steps`, the time budget or an interrupt. Writes `config.json`, appends to
 /// `loss.csv`, redraws `loss.png`, writes checkpoints every `checkpoint_every` steps and at the
 /// end, and sample grids every `sample_every` steps.
-pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+pub fn run<B: UnetAutodiffBackend>(
+    trainer: &mut Trainer<B>,
+    data: &ImageSet,
+    opts: &RunOptions,
+) -> Result<RunSummary, TrainError> {
     let out = opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
     let config_path = out.join("config.json");
@@ -101,7 +116,8 @@ pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, op
     let ckpt_dir = out.join("checkpoints");
     let log_path = out.join("loss.csv");
     // A resumed run truncates the log to its step so the curve has no duplicate segments.
-    let mut log: Vec<(usize, f32)> = read_loss_log(&log_path).into_iter().filter(|(s, _)| *s <= trainer.step()).collect();
+    let mut log: Vec<(usize, f32)> =
+        read_loss_log(&log_path).into_iter().filter(|(s, _)| *s <= trainer.step()).collect();
     {
         let mut f = fs::File::create(&log_path).map_err(io_err(&log_path))?;
         writeln!(f, "step,loss").map_err(io_err(&log_path))?;
@@ -114,8 +130,10 @@ pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, op
     let total = trainer.config().total_steps;
     let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(trainer.step() as u64);
 
@@ -139,7 +157,10 @@ pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, op
             Ok(s) => s,
             Err(TrainError::NonFiniteLoss { step, loss, .. }) => {
                 bar.abandon_with_message("stopped: non-finite loss");
-                let last = last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint had been written yet)".into());
+                let last = last_checkpoint
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none (no checkpoint had been written yet)".into());
                 return Err(TrainError::NonFiniteLoss { step, loss, last_checkpoint: last });
             }
             Err(e) => return Err(e),
@@ -150,7 +171,10 @@ pub fn run<B: UnetAutodiffBackend>(trainer: &mut Trainer<B>, data: &ImageSet, op
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         let ips = (trainer.step() - first_step) as f64 * batch as f64 / secs;
         bar.set_position(stats.step as u64);
-        bar.set_message(format!("loss {:.4}  |g| {:.3}  lr {:.2e}  {:.1} img/s", stats.loss, stats.grad_norm, stats.lr, ips));
+        bar.set_message(format!(
+            "loss {:.4}  |g| {:.3}  lr {:.2e}  {:.1} img/s",
+            stats.loss, stats.grad_norm, stats.lr, ips
+        ));
         let c = trainer.config();
         if stats.step % c.checkpoint_every == 0 && stats.step < total {
             last_checkpoint = Some(trainer.save_checkpoint(&ckpt_dir)?);

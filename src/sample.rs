@@ -70,7 +70,11 @@ pub fn generate<B: UnetBackend>(
     }
     let f = model.config().downsample_factor();
     if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-        return Err(Error::invalid("image size", format!("{h}x{w}"), format!("must be a positive multiple of {f} for this U-Net")));
+        return Err(Error::invalid(
+            "image size",
+            format!("{h}x{w}"),
+            format!("must be a positive multiple of {f} for this U-Net"),
+        ));
     }
     opts.sampler.validate(diffusion.config().timesteps)?;
     let batch = opts.batch_size;
@@ -87,12 +91,18 @@ pub fn generate<B: UnetBackend>(
             let x_t = match init {
                 Some(a) => {
                     let slice = a.slice(ndarray::s![lo..hi, .., .., ..]).as_standard_layout().into_owned();
-                    Tensor::<B, 4>::from_data(TensorData::new(slice.into_raw_vec_and_offset().0, [hi - lo, c, h, w]), &device)
+                    Tensor::<B, 4>::from_data(
+                        TensorData::new(slice.into_raw_vec_and_offset().0, [hi - lo, c, h, w]),
+                        &device,
+                    )
                 }
                 None => diffusion_core::gaussian_noise::<B, 4>(&mut rng, [hi - lo, c, h, w], &device),
             };
             let images = diffusion.sample_from(&*model, opts.sampler, x_t, &mut rng, &mut |_| tick())?;
-            images.into_data().to_vec::<f32>().map_err(|e| Error::invalid("sampled tensor", format!("{e:?}"), "not f32"))
+            images
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| Error::invalid("sampled tensor", format!("{e:?}"), "not f32"))
         },
     )?;
     Ok(Array4::from_shape_vec((n, c, h, w), per_batch.concat()).expect("batches fill the shape"))
@@ -202,7 +212,12 @@ mod tests {
 
     #[test]
     fn flags_override_the_card_with_a_warning() {
-        let card = ModelCard { image_size: 64, channels: 1, diffusion: DiffusionConfig { objective: diffusion_core::Objective::PredNoise, ..Default::default() }, class_names: None };
+        let card = ModelCard {
+            image_size: 64,
+            channels: 1,
+            diffusion: DiffusionConfig { objective: diffusion_core::Objective::PredNoise, ..Default::default() },
+            class_names: None,
+        };
         let r = resolve(Some(&card), &Overrides::default());
         assert_eq!((r.image_size, r.diffusion.objective), (64, diffusion_core::Objective::PredNoise));
         assert!(r.warnings.is_empty());

@@ -186,8 +186,6 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         })
     }
 
-
-
     /// Raise the number of steps of a resumed run.
     pub fn extend_to(&mut self, total_steps: usize) {
         self.config.total_steps = self.config.total_steps.max(total_steps);
@@ -198,11 +196,18 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         let bpe = batches_per_epoch(data.len(), self.config.batch_size)?;
         let epoch = (step / bpe) as u64;
         let within = step % bpe;
-        let cfg = BatchConfig { batch_size: self.config.batch_size, shuffle: true, augment: self.config.augment, drop_last: true, seed: self.config.seed };
-        let batch = data
-            .batches(&cfg, epoch)?
-            .nth(within)
-            .ok_or_else(|| TrainError::Config { field: "batch_size", value: self.config.batch_size.to_string(), reason: "larger than the data set" })?;
+        let cfg = BatchConfig {
+            batch_size: self.config.batch_size,
+            shuffle: true,
+            augment: self.config.augment,
+            drop_last: true,
+            seed: self.config.seed,
+        };
+        let batch = data.batches(&cfg, epoch)?.nth(within).ok_or_else(|| TrainError::Config {
+            field: "batch_size",
+            value: self.config.batch_size.to_string(),
+            reason: "larger than the data set",
+        })?;
         let dims = batch.images.dim();
         let (v, _) = batch.images.into_raw_vec_and_offset();
         Ok(Tensor::from_data(TensorData::new(v, [dims.0, dims.1, dims.2, dims.3]), &self.device))
@@ -213,7 +218,11 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
 pub fn batches_per_epoch(len: usize, batch_size: usize) -> Result<usize> {
     let bpe = len / batch_size;
     if bpe == 0 {
-        return Err(TrainError::Config { field: "batch_size", value: batch_size.to_string(), reason: "larger than the data set" });
+        return Err(TrainError::Config {
+            field: "batch_size",
+            value: batch_size.to_string(),
+            reason: "larger than the data set",
+        });
     }
     Ok(bpe)
 }

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use ndarray::{Array2, Array4, ArrayD};
 
-const SUBCOMMANDS: [&str; 8] = ["pipeline", "train", "sample", "evaluate", "simulate", "make-dataset", "train-classifier", "export"];
+const SUBCOMMANDS: [&str; 8] =
+    ["pipeline", "train", "sample", "evaluate", "simulate", "make-dataset", "train-classifier", "export"];
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lensing-diffusion"));
@@ -45,7 +46,11 @@ fn every_subcommand_has_a_help_page() {
 #[test]
 fn bad_flags_fail_with_a_message_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["sample", "--checkpoint", "missing.bpk", "--out", "s.npy"][..], &["train", "--objective", "pred_eps"][..], &["frobnicate"][..]] {
+    for args in [
+        &["sample", "--checkpoint", "missing.bpk", "--out", "s.npy"][..],
+        &["train", "--objective", "pred_eps"][..],
+        &["frobnicate"][..],
+    ] {
         let out = bin().args(args).current_dir(dir.path()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && !err.contains("panicked"), "{args:?}: {err}");
@@ -66,14 +71,50 @@ fn a_tiny_job_through_every_subcommand() {
     let d = dir.path();
     ok(
         &[
-            "train", "--simulate", "24", "--image-size", "16", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "50",
-            "--schedule", "cosine", "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--out", "run",
+            "train",
+            "--simulate",
+            "24",
+            "--image-size",
+            "16",
+            "--dim",
+            "8",
+            "--dim-mults",
+            "1,2",
+            "--timesteps",
+            "50",
+            "--schedule",
+            "cosine",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--sample-every",
+            "0",
+            "--out",
+            "run",
         ],
         d,
     );
     let ema = d.join("run/checkpoints/step-0000002/ema.bpk");
     assert!(ema.is_file());
-    let out = ok(&["sample", "--checkpoint", ema.to_str().unwrap(), "--num", "3", "--sampler", "dpmpp", "--steps", "3", "--out", "s.npy", "--grid", "g.png"], d);
+    let out = ok(
+        &[
+            "sample",
+            "--checkpoint",
+            ema.to_str().unwrap(),
+            "--num",
+            "3",
+            "--sampler",
+            "dpmpp",
+            "--steps",
+            "3",
+            "--out",
+            "s.npy",
+            "--grid",
+            "g.png",
+        ],
+        d,
+    );
     let s = read4(&d.join("s.npy"));
     assert_eq!(s.dim(), (3, 1, 16, 16), "image size from the checkpoint");
     assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
@@ -82,13 +123,43 @@ fn a_tiny_job_through_every_subcommand() {
     assert!(d.join("g.png").is_file());
 
     // A flag that contradicts the checkpoint wins, with a warning.
-    let out = ok(&["sample", "--checkpoint", ema.to_str().unwrap(), "--num", "1", "--image-size", "32", "--sampler", "dpmpp:2", "--out", "s32.npy"], d);
+    let out = ok(
+        &[
+            "sample",
+            "--checkpoint",
+            ema.to_str().unwrap(),
+            "--num",
+            "1",
+            "--image-size",
+            "32",
+            "--sampler",
+            "dpmpp:2",
+            "--out",
+            "s32.npy",
+        ],
+        d,
+    );
     assert_eq!(read4(&d.join("s32.npy")).dim(), (1, 1, 32, 32));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: --image-size 32 overrides the checkpoint's 16"));
 
     // Export to safetensors (PyTorch names) and sample from it: the same images.
     ok(&["export", "--checkpoint", ema.to_str().unwrap(), "--out", "ema.safetensors"], d);
-    ok(&["sample", "--checkpoint", "ema.safetensors", "--num", "3", "--sampler", "dpmpp", "--steps", "3", "--out", "s2.npy"], d);
+    ok(
+        &[
+            "sample",
+            "--checkpoint",
+            "ema.safetensors",
+            "--num",
+            "3",
+            "--sampler",
+            "dpmpp",
+            "--steps",
+            "3",
+            "--out",
+            "s2.npy",
+        ],
+        d,
+    );
     assert_eq!(read4(&d.join("s2.npy")), s, "the exported file carries the weights and the settings");
 
     // Evaluate features written as .npy.
@@ -96,7 +167,22 @@ fn a_tiny_job_through_every_subcommand() {
     let gen = Array2::from_shape_fn((30, 4), |(i, j)| ((i * 5 + j) % 13) as f64);
     ndarray_npy::write_npy(d.join("real.npy"), &real).unwrap();
     ndarray_npy::write_npy(d.join("gen.npy"), &gen).unwrap();
-    ok(&["evaluate", "--real-features", "real.npy", "--generated-features", "gen.npy", "--bandwidths", "4", "--kid-subset-size", "20", "--json", "m.json"], d);
+    ok(
+        &[
+            "evaluate",
+            "--real-features",
+            "real.npy",
+            "--generated-features",
+            "gen.npy",
+            "--bandwidths",
+            "4",
+            "--kid-subset-size",
+            "20",
+            "--json",
+            "m.json",
+        ],
+        d,
+    );
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m.json")).unwrap()).unwrap();
     assert!(m["fid"].as_f64().unwrap() > 0.0);
 
@@ -115,8 +201,23 @@ fn a_tiny_pipeline_writes_its_report() {
     let d = dir.path();
     ok(
         &[
-            "pipeline", "--name", "tiny", "--train-images", "48", "--eval-images", "40", "--num-generated", "40", "--image-size", "16",
-            "--steps", "3", "--sample-steps", "2", "--sample-batch", "20",
+            "pipeline",
+            "--name",
+            "tiny",
+            "--train-images",
+            "48",
+            "--eval-images",
+            "40",
+            "--num-generated",
+            "40",
+            "--image-size",
+            "16",
+            "--steps",
+            "3",
+            "--sample-steps",
+            "2",
+            "--sample-batch",
+            "20",
         ],
         d,
     );
@@ -124,7 +225,8 @@ fn a_tiny_pipeline_writes_its_report() {
     for f in ["report.md", "metrics.json", "real_grid.png", "generated_grid.png", "noise_grid.png", "train/loss.csv"] {
         assert!(run.join(f).is_file(), "{f}");
     }
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["train_steps"], 3);
     assert!(m["fid"].as_f64().unwrap().is_finite() && m["fid_noise_baseline"].as_f64().unwrap() > 0.0);
 }

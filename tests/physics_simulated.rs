@@ -17,13 +17,7 @@ fn einstein_radius_agreement(count: usize, source_center_range: f64) -> (f64, f6
     let mut estimate = Vec::with_capacity(count);
     for i in 0..count {
         let theta_e = rng.random_range(0.6..1.6);
-        let config = ModelI {
-            num_pix,
-            pixel_scale,
-            main_theta_e: theta_e,
-            source_center_range,
-            ..ModelI::default()
-        };
+        let config = ModelI { num_pix, pixel_scale, main_theta_e: theta_e, source_center_range, ..ModelI::default() };
         // the macro lens is fixed per simulator, so each image gets its own
         let sim = ModelISimulator::new(config).unwrap();
         let (img, _) = sim.simulate(LensClass::ALL[i % 3], 7, i as u64);
@@ -31,15 +25,8 @@ fn einstein_radius_agreement(count: usize, source_center_range: f64) -> (f64, f6
         estimate.push(ImageStats::compute(img.view()).unwrap().einstein_radius);
     }
     let n = count as f64;
-    let (mt, me) = (
-        truth.iter().sum::<f64>() / n,
-        estimate.iter().sum::<f64>() / n,
-    );
-    let cov: f64 = truth
-        .iter()
-        .zip(&estimate)
-        .map(|(t, e)| (t - mt) * (e - me))
-        .sum();
+    let (mt, me) = (truth.iter().sum::<f64>() / n, estimate.iter().sum::<f64>() / n);
+    let cov: f64 = truth.iter().zip(&estimate).map(|(t, e)| (t - mt) * (e - me)).sum();
     let vt = truth.iter().map(|t| (t - mt).powi(2)).sum::<f64>();
     let ve = estimate.iter().map(|e| (e - me).powi(2)).sum::<f64>();
     let diff: Vec<f64> = truth.iter().zip(&estimate).map(|(t, e)| e - t).collect();
@@ -56,9 +43,7 @@ fn einstein_radius_follows_the_simulated_theta_e() {
     // profile is an azimuthal mean, and an offset source's brighter arc lies near
     // theta_E + |beta| (up to ~6 px out), the fainter counter-image inside.
     let (r, bias, scatter, rms) = einstein_radius_agreement(60, 0.35);
-    eprintln!(
-        "Model I: pearson r {r:.4}, bias {bias:.3} px, scatter {scatter:.3} px, rms {rms:.3} px"
-    );
+    eprintln!("Model I: pearson r {r:.4}, bias {bias:.3} px, scatter {scatter:.3} px, rms {rms:.3} px");
     assert!(r > 0.6, "pearson r {r}");
     assert!(scatter < 4.5, "scatter {scatter} px");
     // The source behind the lens (a full Einstein ring): the estimator itself. Measured: Pearson
@@ -66,8 +51,5 @@ fn einstein_radius_follows_the_simulated_theta_e() {
     let (r, bias, scatter, rms) = einstein_radius_agreement(60, 0.0);
     eprintln!("centred source: pearson r {r:.4}, bias {bias:.3} px, scatter {scatter:.3} px, rms {rms:.3} px");
     assert!(r > 0.98, "pearson r {r}");
-    assert!(
-        scatter < 0.5 && bias.abs() < 0.5,
-        "bias {bias} px, scatter {scatter} px"
-    );
+    assert!(scatter < 0.5 && bias.abs() < 0.5, "bias {bias} px, scatter {scatter} px");
 }

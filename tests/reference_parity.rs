@@ -9,15 +9,17 @@ use std::path::PathBuf;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use lensing_diffusion::unet::UnetBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, LossWeighting, Objective, Sampler};
+use lensing_diffusion::unet::UnetBackend;
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 use unet::{load_checkpoint, Unet, UnetConfig, Weights};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn tensor<B: Backend>(name: &str, device: &B::Device) -> Tensor<B, 4> {
@@ -27,21 +29,46 @@ fn tensor<B: Backend>(name: &str, device: &B::Device) -> Tensor<B, 4> {
 }
 
 fn model<B: Backend>(device: &B::Device) -> Unet<B> {
-    load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, Some(&UnetConfig::new(8, vec![1, 2], 1)), device).unwrap()
+    load_checkpoint::<B>(
+        &fixture("unet_state_dict.pth"),
+        Weights::Model,
+        Some(&UnetConfig::new(8, vec![1, 2], 1)),
+        device,
+    )
+    .unwrap()
 }
 
 fn losses_match<B: UnetBackend>() {
     let device = Default::default();
     let unet = model::<B>(&device);
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
     let expected = expected["losses_mse_mean"].as_object().unwrap();
     let mut checked = 0;
-    for (oname, objective) in [("pred_noise", Objective::PredNoise), ("pred_x0", Objective::PredX0), ("pred_v", Objective::PredV)] {
-        for (sname, schedule) in [("linear", BetaSchedule::Linear), ("cosine", BetaSchedule::cosine()), ("sigmoid", BetaSchedule::sigmoid())] {
-            for (wname, loss_weighting) in [("plain", LossWeighting::Plain), ("min_snr", LossWeighting::MinSnr { gamma: 5.0 })] {
-                let d = GaussianDiffusion::new(DiffusionConfig { timesteps: 1000, schedule, objective, loss_weighting, offset_noise_strength: 0.0 }).unwrap();
+    for (oname, objective) in
+        [("pred_noise", Objective::PredNoise), ("pred_x0", Objective::PredX0), ("pred_v", Objective::PredV)]
+    {
+        for (sname, schedule) in
+            [("linear", BetaSchedule::Linear), ("cosine", BetaSchedule::cosine()), ("sigmoid", BetaSchedule::sigmoid())]
+        {
+            for (wname, loss_weighting) in
+                [("plain", LossWeighting::Plain), ("min_snr", LossWeighting::MinSnr { gamma: 5.0 })]
+            {
+                let d = GaussianDiffusion::new(DiffusionConfig {
+                    timesteps: 1000,
+                    schedule,
+                    objective,
+                    loss_weighting,
+                    offset_noise_strength: 0.0,
+                })
+                .unwrap();
                 let loss: f32 = d
-                    .loss_at(&unet, tensor::<B>("loss_x0.npy", &device), &[3, 700], tensor::<B>("loss_noise.npy", &device))
+                    .loss_at(
+                        &unet,
+                        tensor::<B>("loss_x0.npy", &device),
+                        &[3, 700],
+                        tensor::<B>("loss_noise.npy", &device),
+                    )
                     .unwrap()
                     .into_scalar()
                     .elem();

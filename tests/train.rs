@@ -2,8 +2,8 @@
 
 use burn::backend::{Autodiff, Flex};
 use lens_data::dataset::ImageSet;
-use lensing_diffusion::run::{run, RunOptions, StopReason};
 use lensing_diffusion::config::TrainConfig;
+use lensing_diffusion::run::{run, RunOptions, StopReason};
 use lensing_diffusion::trainer::Trainer;
 use lensing_diffusion::TrainError;
 use ndarray::Array3;

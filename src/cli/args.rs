@@ -141,7 +141,10 @@ pub struct ModelSettingsArgs {
 impl ModelSettingsArgs {
     /// The settings to use with a checkpoint's card: these flags over the card, a warning on
     /// stderr for each flag that contradicts it.
-    pub fn resolve(&self, card: Option<&lensing_diffusion::checkpoint::ModelCard>) -> lensing_diffusion::sample::Resolved {
+    pub fn resolve(
+        &self,
+        card: Option<&lensing_diffusion::checkpoint::ModelCard>,
+    ) -> lensing_diffusion::sample::Resolved {
         let d = &self.diffusion;
         let flags = lensing_diffusion::sample::Overrides {
             image_size: self.image_size,

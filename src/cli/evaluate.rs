@@ -123,7 +123,11 @@ pub fn run(a: Args) -> CmdResult {
         vendi_max_n: a.vendi_max_n,
         kid: KidConfig { num_subsets: a.kid_subsets, subset_size: a.kid_subset_size, seed: a.seed },
         noise_floor: !a.no_noise_floor,
-        fid_infinity: a.fid_infinity.then_some(FidInfinityConfig { min_size: a.fid_inf_min, seed: a.seed, ..Default::default() }),
+        fid_infinity: a.fid_infinity.then_some(FidInfinityConfig {
+            min_size: a.fid_inf_min,
+            seed: a.seed,
+            ..Default::default()
+        }),
         seed: a.seed,
     };
     let spinner = ProgressBar::new_spinner();

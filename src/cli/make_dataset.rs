@@ -79,9 +79,13 @@ pub fn run(args: Args) -> CmdResult {
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads.unwrap_or(0)).build()?;
     let bar = ProgressBar::new(args.count as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images ({per_sec}, eta {eta})")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images ({per_sec}, eta {eta})",
+    )?);
     let t = std::time::Instant::now();
-    let summary = pool.install(|| write_model_i_dataset(&args.out, &config, &classes, args.count, args.seed, layout, &|k| bar.inc(k)))?;
+    let summary = pool.install(|| {
+        write_model_i_dataset(&args.out, &config, &classes, args.count, args.seed, layout, &|k| bar.inc(k))
+    })?;
     bar.finish();
     let secs = t.elapsed().as_secs_f64();
     eprintln!(

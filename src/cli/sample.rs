@@ -80,22 +80,31 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
     // the loader, naming the config that fits.
     let config: Option<UnetConfig> = args.unet.any().then(|| {
         let ck = &args.checkpoint;
-        let base = infer_config(&ck.checkpoint, ck.weights.unwrap_or_default()).unwrap_or_else(|_| UnetConfig::deeplense());
+        let base =
+            infer_config(&ck.checkpoint, ck.weights.unwrap_or_default()).unwrap_or_else(|_| UnetConfig::deeplense());
         args.unet.apply(&base)
     });
     let ck = &args.checkpoint;
     let loaded = load_model::<B>(&ck.checkpoint, ck.weights, config.as_ref(), &device)?;
     let resolved = args.settings.resolve(loaded.card.as_ref());
     if loaded.card.is_none() {
-        eprintln!("note: {} carries no image size or diffusion settings; using {s}x{s}, {}", ck.checkpoint.display(), describe(&resolved.diffusion), s = resolved.image_size);
+        eprintln!(
+            "note: {} carries no image size or diffusion settings; using {s}x{s}, {}",
+            ck.checkpoint.display(),
+            describe(&resolved.diffusion),
+            s = resolved.image_size
+        );
     }
     let diffusion = GaussianDiffusion::new(resolved.diffusion.clone())?;
     let sampler = args.sampler.sampler(SamplerKind::Ddim, args.steps)?;
     let channels = loaded.model.config().channels;
     let init: Option<Array4<f32>> = match &args.init_noise {
         Some(p) => {
-            let a: ArrayD<f32> = ndarray_npy::read_npy(p).map_err(|e| format!("{}: {e} (expected f32 [N,C,H,W])", p.display()))?;
-            let a = a.into_dimensionality::<Ix4>().map_err(|_| format!("{}: expected 4 dimensions [N,C,H,W]", p.display()))?;
+            let a: ArrayD<f32> =
+                ndarray_npy::read_npy(p).map_err(|e| format!("{}: {e} (expected f32 [N,C,H,W])", p.display()))?;
+            let a = a
+                .into_dimensionality::<Ix4>()
+                .map_err(|_| format!("{}: expected 4 dimensions [N,C,H,W]", p.display()))?;
             Some(a.as_standard_layout().into_owned())
         }
         None => None,
@@ -103,14 +112,26 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
     let s = resolved.image_size;
     let shape = [args.num, channels, s, s];
     let [n, _, h, w] = init.as_ref().map(|a| [a.dim().0, a.dim().1, a.dim().2, a.dim().3]).unwrap_or(shape);
-    eprintln!("{} | {} | {} | {n} images of {channels}x{h}x{w}", loaded.model.config().describe(), describe(&resolved.diffusion), sampler.describe());
+    eprintln!(
+        "{} | {} | {} | {n} images of {channels}x{h}x{w}",
+        loaded.model.config().describe(),
+        describe(&resolved.diffusion),
+        sampler.describe()
+    );
     let evals = sampler.model_evaluations(resolved.diffusion.timesteps);
     let batches = n.div_ceil(args.batch_size.max(1));
     let bar = ProgressBar::new((evals * batches) as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} sample [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} sample [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+    )?);
     bar.set_message(format!("{batches} batches"));
     let start = Instant::now();
-    let opts = SampleOptions { sampler, batch_size: args.batch_size, workers: args.backend.backend.sample_workers(args.threads), seed: args.seed };
+    let opts = SampleOptions {
+        sampler,
+        batch_size: args.batch_size,
+        workers: args.backend.backend.sample_workers(args.threads),
+        seed: args.seed,
+    };
     let arr = generate(&loaded.model, &diffusion, shape, init.as_ref().map(|a| a.view()), &opts, &|| bar.inc(1))?;
     bar.finish_with_message(format!("{n} images in {:.1} s", start.elapsed().as_secs_f64()));
 

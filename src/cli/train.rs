@@ -151,7 +151,20 @@ impl Args {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
         }
-        set!(batch_size, grad_accum, data_parallel, lr, warmup_steps, cosine_decay, weight_decay, augment, checkpoint_every, keep_last, sample_every, seed);
+        set!(
+            batch_size,
+            grad_accum,
+            data_parallel,
+            lr,
+            warmup_steps,
+            cosine_decay,
+            weight_decay,
+            augment,
+            checkpoint_every,
+            keep_last,
+            sample_every,
+            seed
+        );
         if let Some(v) = self.grad_clip {
             c.grad_clip = (v > 0.0).then_some(v);
         }
@@ -222,7 +235,13 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
         None => {
             let n = args.simulate.unwrap_or(3000);
             eprintln!("simulating {n} Model I lensing images ({0}x{0} -> {size}x{size})", args.sim_num_pix);
-            lensing_diffusion::data::simulate_resized(n, args.sim_num_pix, size, &LensClass::ALL, trainer.config().seed)?
+            lensing_diffusion::data::simulate_resized(
+                n,
+                args.sim_num_pix,
+                size,
+                &LensClass::ALL,
+                trainer.config().seed,
+            )?
         }
     };
     if args.resume.is_none() && args.epochs.is_some() && args.steps.is_none() {

@@ -60,7 +60,10 @@ pub fn run(a: Args) -> CmdResult {
         train: TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed },
     };
     let out = a.out.clone().unwrap_or_else(|| cached_extractor_path(&cache_dir(), &recipe));
-    eprintln!("simulating {} + {} images ({}px -> {}px) and training on Flex ...", a.n_train, a.n_heldout, a.num_pix, a.image_size);
+    eprintln!(
+        "simulating {} + {} images ({}px -> {}px) and training on Flex ...",
+        a.n_train, a.n_heldout, a.num_pix, a.image_size
+    );
     let device = Default::default();
     let pb = ProgressBar::new(0);
     pb.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise} (eta {eta})  {msg}")?);
@@ -72,7 +75,10 @@ pub fn run(a: Args) -> CmdResult {
     pb.finish();
     ex.save(&out)?;
     println!("epoch losses: {:?}", report.epoch_loss.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>());
-    println!("held-out accuracy: {:.4} ({} images), training {:.0} s", report.heldout_accuracy, report.n_heldout, report.seconds);
+    println!(
+        "held-out accuracy: {:.4} ({} images), training {:.0} s",
+        report.heldout_accuracy, report.n_heldout, report.seconds
+    );
     println!("confusion matrix (rows = true, columns = predicted):");
     print!("{:>8}", "");
     for c in &ex.config.class_names {

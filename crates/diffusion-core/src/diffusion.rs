@@ -155,7 +155,12 @@ impl GaussianDiffusion {
 
     /// Checks `x0`, `t` and `noise` against each other and returns the per-sample
     /// `(sqrt(a_t), sqrt(1 - a_t))` as `[N, 1, 1, 1]` tensors.
-    fn signal_noise_coefficients<B: Backend>(&self, x0: &Tensor<B, 4>, t: &[usize], noise: &Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+    fn signal_noise_coefficients<B: Backend>(
+        &self,
+        x0: &Tensor<B, 4>,
+        t: &[usize],
+        noise: &Tensor<B, 4>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let dims = x0.dims();
         self.check_t(t, dims[0])?;
         check_same(&dims, &noise.dims(), "noise")?;
@@ -181,7 +186,12 @@ impl GaussianDiffusion {
     /// Algorithm 1 of Ho et al.: draw `t ~ U{0..T-1}` and `eps ~ N(0, I)` per image from `rng`
     /// (plus offset noise if configured), and return the weighted mean-squared-error loss.
     /// `x0` holds images in `[0, 1]`.
-    pub fn loss<B: Backend, M: Denoiser<B>>(&self, model: &M, x0: Tensor<B, 4>, rng: &mut impl Rng) -> Result<Tensor<B, 1>> {
+    pub fn loss<B: Backend, M: Denoiser<B>>(
+        &self,
+        model: &M,
+        x0: Tensor<B, 4>,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor<B, 1>> {
         let dims = x0.dims();
         let device = x0.device();
         let t: Vec<usize> = (0..dims[0]).map(|_| rng.random_range(0..self.timesteps())).collect();
@@ -226,7 +236,13 @@ impl GaussianDiffusion {
     /// From a denoiser output at timestep `t` (the same for the whole batch), the predicted noise
     /// and `x_0` (denoising-diffusion-pytorch's `model_predictions`). With `clip_x0`, `x_0` is
     /// clamped to `[-1, 1]` and the noise re-derived from it.
-    pub fn predictions<B: Backend>(&self, x: Tensor<B, 4>, t: usize, model_out: Tensor<B, 4>, clip_x0: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn predictions<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        model_out: Tensor<B, 4>,
+        clip_x0: bool,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let s = &self.schedule;
         let f = |v: &[f64]| v[t] as f32;
         let clip = |x0: Tensor<B, 4>| if clip_x0 { x0.clamp(-1.0, 1.0) } else { x0 };

@@ -165,7 +165,9 @@ impl FromStr for Sampler {
         let expected = "ddpm, ddim:STEPS[:ETA] or dpmpp:STEPS";
         let steps = match (kind, parts.next()) {
             (SamplerKind::Ddpm, None) => 0,
-            (SamplerKind::Ddpm, Some(_)) => return Err(unknown("sampler", s, "ddpm without a step count (it runs all T steps)")),
+            (SamplerKind::Ddpm, Some(_)) => {
+                return Err(unknown("sampler", s, "ddpm without a step count (it runs all T steps)"))
+            }
             (_, Some(n)) => n.parse().map_err(|_| unknown("sampler steps", s, expected))?,
             (_, None) => return Err(unknown("sampler", s, expected)),
         };
@@ -212,7 +214,12 @@ mod tests {
             assert_eq!(s.to_string().parse::<BetaSchedule>().unwrap(), s, "{s}");
         }
         assert_eq!("cosine".parse::<BetaSchedule>().unwrap(), BetaSchedule::Cosine { s: 0.008 });
-        let samplers = [Sampler::Ddpm, Sampler::Ddim { steps: 50, eta: 0.0 }, Sampler::Ddim { steps: 7, eta: 0.5 }, Sampler::DpmSolverPp2M { steps: 20 }];
+        let samplers = [
+            Sampler::Ddpm,
+            Sampler::Ddim { steps: 50, eta: 0.0 },
+            Sampler::Ddim { steps: 7, eta: 0.5 },
+            Sampler::DpmSolverPp2M { steps: 20 },
+        ];
         for s in samplers {
             assert_eq!(s.to_string().parse::<Sampler>().unwrap(), s, "{s}");
         }
@@ -242,7 +249,10 @@ mod tests {
                 DiffusionError::UnknownName { what: w, .. } => assert_eq!(*w, what, "{text}: {err}"),
                 other => panic!("{text}: unexpected {other:?}"),
             }
-            assert!(err.to_string().contains(text) || err.to_string().contains(text.split(':').nth(1).unwrap_or(text)), "{err}");
+            assert!(
+                err.to_string().contains(text) || err.to_string().contains(text.split(':').nth(1).unwrap_or(text)),
+                "{err}"
+            );
         }
     }
 }

@@ -153,11 +153,22 @@ impl GaussianDiffusion {
     }
 
     /// Run the model at timestep `t` and check its output.
-    fn evaluate<B: Backend, M: Denoiser<B>>(&self, model: &M, x: &Tensor<B, 4>, t: usize, step: usize, total: usize) -> Result<Tensor<B, 4>> {
+    fn evaluate<B: Backend, M: Denoiser<B>>(
+        &self,
+        model: &M,
+        x: &Tensor<B, 4>,
+        t: usize,
+        step: usize,
+        total: usize,
+    ) -> Result<Tensor<B, 4>> {
         let dims = x.dims();
         let out = model.denoise(x.clone(), timestep_tensor::<B>(&vec![t; dims[0]], &x.device()));
         if out.dims() != dims {
-            return Err(DiffusionError::ShapeMismatch { what: "denoiser output", expected: dims.to_vec(), found: out.dims().to_vec() });
+            return Err(DiffusionError::ShapeMismatch {
+                what: "denoiser output",
+                expected: dims.to_vec(),
+                found: out.dims().to_vec(),
+            });
         }
         if !all_finite(&out) {
             return Err(DiffusionError::NonFiniteModelOutput { t, step, total });
@@ -168,7 +179,13 @@ impl GaussianDiffusion {
     /// One ancestral step from `x_t` given the model output at `t`:
     /// the posterior mean of `q(x_{t-1} | x_t, x_0)` with clipped `x_0`, plus
     /// `exp(0.5 log_var) z` for `t > 0`.
-    pub fn ddpm_step<B: Backend>(&self, x: Tensor<B, 4>, t: usize, model_out: Tensor<B, 4>, rng: &mut impl Rng) -> Tensor<B, 4> {
+    pub fn ddpm_step<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        model_out: Tensor<B, 4>,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 4> {
         let s = self.schedule();
         let (_, x0) = self.predictions(x.clone(), t, model_out, true);
         let mean = x0.mul_scalar(s.posterior_mean_coef1[t] as f32) + x.mul_scalar(s.posterior_mean_coef2[t] as f32);
@@ -180,7 +197,13 @@ impl GaussianDiffusion {
         mean + z.mul_scalar(std)
     }
 
-    fn ddpm_loop<B: Backend, M: Denoiser<B>>(&self, model: &M, mut x: Tensor<B, 4>, rng: &mut impl Rng, progress: &mut dyn FnMut(SampleProgress)) -> Result<Tensor<B, 4>> {
+    fn ddpm_loop<B: Backend, M: Denoiser<B>>(
+        &self,
+        model: &M,
+        mut x: Tensor<B, 4>,
+        rng: &mut impl Rng,
+        progress: &mut dyn FnMut(SampleProgress),
+    ) -> Result<Tensor<B, 4>> {
         let total = self.timesteps();
         for (i, t) in (0..total).rev().enumerate() {
             let out = self.evaluate(model, &x, t, i + 1, total)?;
@@ -192,7 +215,15 @@ impl GaussianDiffusion {
 
     /// One DDIM step from `x_t` to `x_{t_next}` given the model output at `t`; `t_next < 0`
     /// returns the clipped `x_0` prediction. `eta > 0` draws noise from `rng`.
-    pub fn ddim_step<B: Backend>(&self, x: Tensor<B, 4>, t: usize, t_next: i64, model_out: Tensor<B, 4>, eta: f64, rng: &mut impl Rng) -> Tensor<B, 4> {
+    pub fn ddim_step<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        t_next: i64,
+        model_out: Tensor<B, 4>,
+        eta: f64,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 4> {
         let (eps, x0) = self.predictions(x, t, model_out, true);
         if t_next < 0 {
             return x0;
@@ -211,7 +242,15 @@ impl GaussianDiffusion {
         next
     }
 
-    fn ddim_loop<B: Backend, M: Denoiser<B>>(&self, model: &M, mut x: Tensor<B, 4>, steps: usize, eta: f64, rng: &mut impl Rng, progress: &mut dyn FnMut(SampleProgress)) -> Result<Tensor<B, 4>> {
+    fn ddim_loop<B: Backend, M: Denoiser<B>>(
+        &self,
+        model: &M,
+        mut x: Tensor<B, 4>,
+        steps: usize,
+        eta: f64,
+        rng: &mut impl Rng,
+        progress: &mut dyn FnMut(SampleProgress),
+    ) -> Result<Tensor<B, 4>> {
         let pairs = ddim_time_pairs(self.timesteps(), steps);
         let total = pairs.len();
         for (i, &(t, t_next)) in pairs.iter().enumerate() {
@@ -225,7 +264,14 @@ impl GaussianDiffusion {
     /// One DPM-Solver++(2M) update from `x` at timestep `t` to `t_next`, given the clipped `x_0`
     /// predictions at `t` (`x0`) and at the previous evaluation (`prev = (t_prev, x0_prev)`, first
     /// order when `None`).
-    pub fn dpmpp_2m_step<B: Backend>(&self, x: Tensor<B, 4>, t: usize, t_next: usize, x0: Tensor<B, 4>, prev: Option<(usize, Tensor<B, 4>)>) -> Tensor<B, 4> {
+    pub fn dpmpp_2m_step<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        t_next: usize,
+        x0: Tensor<B, 4>,
+        prev: Option<(usize, Tensor<B, 4>)>,
+    ) -> Tensor<B, 4> {
         let s = self.schedule();
         let (lam, lam_next) = (s.lambda(t), s.lambda(t_next));
         let h = lam_next - lam;
@@ -243,7 +289,13 @@ impl GaussianDiffusion {
         x.mul_scalar(sigma_ratio as f32) + d.mul_scalar((alpha_next * phi) as f32)
     }
 
-    fn dpmpp_loop<B: Backend, M: Denoiser<B>>(&self, model: &M, mut x: Tensor<B, 4>, steps: usize, progress: &mut dyn FnMut(SampleProgress)) -> Result<Tensor<B, 4>> {
+    fn dpmpp_loop<B: Backend, M: Denoiser<B>>(
+        &self,
+        model: &M,
+        mut x: Tensor<B, 4>,
+        steps: usize,
+        progress: &mut dyn FnMut(SampleProgress),
+    ) -> Result<Tensor<B, 4>> {
         let ts = dpm_solver_timesteps(self.schedule(), steps);
         let total = ts.len();
         let mut prev: Option<(usize, Tensor<B, 4>)> = None;

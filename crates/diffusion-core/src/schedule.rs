@@ -7,8 +7,7 @@
 use crate::error::{DiffusionError, Result};
 
 /// How `beta_t` (equivalently `alpha_bar_t`) evolves over the `T` timesteps.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BetaSchedule {
     /// Ho et al. (2020): betas linear from `1e-4 * 1000/T` to `0.02 * 1000/T`.

@@ -105,7 +105,9 @@ fn sampling_is_reproducible_from_the_seed() {
     let model = gaussian_oracle(&d, 0.0, 0.5);
     let device = Default::default();
     let run = |seed| {
-        let x = d.sample::<B, _>(&model, Sampler::Ddim { steps: 10, eta: 1.0 }, [2, 1, 4, 4], seed, &device, &mut |_| {}).unwrap();
+        let x = d
+            .sample::<B, _>(&model, Sampler::Ddim { steps: 10, eta: 1.0 }, [2, 1, 4, 4], seed, &device, &mut |_| {})
+            .unwrap();
         x.into_data().to_vec::<f32>().unwrap()
     };
     assert_eq!(run(3), run(3));
@@ -137,7 +139,10 @@ fn deterministic_loss_matches_hand_computation() {
     let d = diffusion(Objective::PredNoise, BetaSchedule::sigmoid(), 1000);
     let device = Default::default();
     let x0 = Tensor::<B, 4>::full([2, 1, 2, 2], 0.5, &device);
-    let noise = Tensor::<B, 4>::from_data(TensorData::new(vec![1.0f32, -1.0, 2.0, 0.0, 0.5, 0.5, 0.5, 0.5], [2, 1, 2, 2]), &device);
+    let noise = Tensor::<B, 4>::from_data(
+        TensorData::new(vec![1.0f32, -1.0, 2.0, 0.0, 0.5, 0.5, 0.5, 0.5], [2, 1, 2, 2]),
+        &device,
+    );
     let model = |x: Tensor<B, 4>, _t: Tensor<B, 1>| x.zeros_like();
     let loss: f32 = d.loss_at(&model, x0, &[3, 700], noise).unwrap().into_scalar();
     let expected = ((1.0 + 1.0 + 4.0 + 0.0) / 4.0 + 0.25) / 2.0;
@@ -152,7 +157,10 @@ fn bad_input_gives_typed_errors() {
     let shape = [1, 1, 4, 4];
     let err = |sampler| d.sample::<B, _>(&ok, sampler, shape, 0, &device, &mut |_| {}).unwrap_err();
     assert_eq!(err(Sampler::Ddim { steps: 0, eta: 0.0 }), DiffusionError::InvalidSamplingSteps { steps: 0, max: 100 });
-    assert_eq!(err(Sampler::Ddim { steps: 101, eta: 0.0 }), DiffusionError::InvalidSamplingSteps { steps: 101, max: 100 });
+    assert_eq!(
+        err(Sampler::Ddim { steps: 101, eta: 0.0 }),
+        DiffusionError::InvalidSamplingSteps { steps: 101, max: 100 }
+    );
     assert_eq!(err(Sampler::DpmSolverPp2M { steps: 0 }), DiffusionError::InvalidSamplingSteps { steps: 0, max: 100 });
     assert_eq!(err(Sampler::Ddim { steps: 10, eta: -0.5 }), DiffusionError::InvalidEta(-0.5));
     assert!(matches!(err(Sampler::Ddim { steps: 10, eta: f64::NAN }), DiffusionError::InvalidEta(e) if e.is_nan()));
@@ -175,7 +183,10 @@ fn bad_input_gives_typed_errors() {
     let noise = Tensor::<B, 4>::zeros([2, 1, 4, 4], &device);
     let e = d.loss_at(&ok, x0.clone(), &[1], noise.clone()).unwrap_err();
     assert!(matches!(e, DiffusionError::ShapeMismatch { .. }), "{e}");
-    assert_eq!(d.loss_at(&ok, x0.clone(), &[1, 100], noise).unwrap_err(), DiffusionError::TimestepOutOfRange { t: 100, max: 100 });
+    assert_eq!(
+        d.loss_at(&ok, x0.clone(), &[1, 100], noise).unwrap_err(),
+        DiffusionError::TimestepOutOfRange { t: 100, max: 100 }
+    );
     let e = d.loss_at(&ok, x0, &[1, 2], Tensor::zeros([2, 1, 4, 5], &device)).unwrap_err();
     assert!(e.to_string().contains("noise"), "{e}");
 }

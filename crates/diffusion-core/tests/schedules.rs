@@ -4,12 +4,17 @@
 //! `shared/fixtures/unet/` (made by `shared/fixtures/make_fixtures.py --set public`): the float64
 //! values the library computes before casting its buffers to float32. T = 1000; min-SNR gamma 5.
 
-use diffusion_core::{BetaSchedule, DiffusionConfig, DiffusionError, GaussianDiffusion, LossWeighting, NoiseSchedule, Objective};
+use diffusion_core::{
+    BetaSchedule, DiffusionConfig, DiffusionError, GaussianDiffusion, LossWeighting, NoiseSchedule, Objective,
+};
 use ndarray::Array1;
 use ndarray_npy::read_npy;
 
 fn fixture(name: &str) -> Vec<f64> {
-    let path = format!("{}/tests/fixtures/{name}.npy", std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}.npy",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
     let a: Array1<f64> = read_npy(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     a.to_vec()
 }
@@ -27,7 +32,9 @@ fn assert_close(name: &str, ours: &[f64], reference: &[f64], tol: f64) {
 
 #[test]
 fn schedule_buffers_match_reference() {
-    for (name, kind) in [("linear", BetaSchedule::Linear), ("cosine", BetaSchedule::cosine()), ("sigmoid", BetaSchedule::sigmoid())] {
+    for (name, kind) in
+        [("linear", BetaSchedule::Linear), ("cosine", BetaSchedule::cosine()), ("sigmoid", BetaSchedule::sigmoid())]
+    {
         let s = NoiseSchedule::new(kind, 1000).unwrap();
         let pairs: [(&str, &Vec<f64>); 6] = [
             ("betas", &s.betas),
@@ -46,11 +53,7 @@ fn schedule_buffers_match_reference() {
 
 #[test]
 fn loss_weights_match_reference() {
-    let cases = [
-        ("pred_noise", Objective::PredNoise),
-        ("pred_x0", Objective::PredX0),
-        ("pred_v", Objective::PredV),
-    ];
+    let cases = [("pred_noise", Objective::PredNoise), ("pred_x0", Objective::PredX0), ("pred_v", Objective::PredV)];
     for (oname, objective) in cases {
         for (suffix, schedule, weighting) in [
             ("sigmoid_plain", BetaSchedule::sigmoid(), LossWeighting::Plain),
@@ -90,8 +93,13 @@ fn schedules_work_for_any_t_and_reject_bad_parameters() {
     assert!(matches!(bad, DiffusionError::InvalidScheduleParameter { name: "tau", .. }), "{bad}");
     let bad = NoiseSchedule::new(BetaSchedule::Cosine { s: f64::NAN }, 10).unwrap_err();
     assert!(bad.to_string().contains("`s`"), "{bad}");
-    let bad = GaussianDiffusion::new(DiffusionConfig { loss_weighting: LossWeighting::MinSnr { gamma: -1.0 }, ..Default::default() }).unwrap_err();
+    let bad = GaussianDiffusion::new(DiffusionConfig {
+        loss_weighting: LossWeighting::MinSnr { gamma: -1.0 },
+        ..Default::default()
+    })
+    .unwrap_err();
     assert!(bad.to_string().contains("min_snr_gamma"), "{bad}");
-    let bad = GaussianDiffusion::new(DiffusionConfig { offset_noise_strength: f64::INFINITY, ..Default::default() }).unwrap_err();
+    let bad = GaussianDiffusion::new(DiffusionConfig { offset_noise_strength: f64::INFINITY, ..Default::default() })
+        .unwrap_err();
     assert!(bad.to_string().contains("offset_noise_strength"), "{bad}");
 }

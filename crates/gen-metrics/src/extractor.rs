@@ -107,11 +107,16 @@ pub struct ResNet18<B: Backend> {
 impl<B: Backend> ResNet18<B> {
     /// A randomly initialised network with `num_classes` outputs.
     pub fn new(num_classes: usize, device: &B::Device) -> Self {
-        let stage = |cin: usize, cout: usize, stride: usize| vec![BasicBlock::new(cin, cout, stride, device), BasicBlock::new(cout, cout, 1, device)];
+        let stage = |cin: usize, cout: usize, stride: usize| {
+            vec![BasicBlock::new(cin, cout, stride, device), BasicBlock::new(cout, cout, 1, device)]
+        };
         Self {
             conv1: conv(1, 64, 7, 2, 3, device).init(device),
             bn1: BatchNormConfig::new(64).init(device),
-            maxpool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
             layer1: stage(64, 64, 1),
             layer2: stage(64, 128, 2),
             layer3: stage(128, 256, 2),
@@ -148,7 +153,10 @@ impl<B: Backend> ResNet18<B> {
             .with_key_remapping(r"downsample\.0\.", "downsample.conv.")
             .with_key_remapping(r"downsample\.1\.", "downsample.bn.")
             .allow_partial(true);
-        let fc = store.get_snapshot("fc.weight").map_err(|e| ck(e.to_string()))?.ok_or_else(|| ck("no key `fc.weight`".into()))?;
+        let fc = store
+            .get_snapshot("fc.weight")
+            .map_err(|e| ck(e.to_string()))?
+            .ok_or_else(|| ck("no key `fc.weight`".into()))?;
         let shape: Vec<usize> = fc.shape.iter().copied().collect();
         if shape.len() != 2 || shape[1] != FEATURE_DIM {
             return Err(ck(format!("`fc.weight` has shape {shape:?}, expected [classes, 512]")));
@@ -175,7 +183,9 @@ impl<B: Backend> ResNet18<B> {
     pub fn load_burnpack(path: &Path, num_classes: usize, device: &B::Device) -> Result<Self> {
         let mut model = Self::new(num_classes, device);
         let mut store = BurnpackStore::from_file(path).auto_extension(false);
-        let res = model.load_from(&mut store).map_err(|e| MetricsError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+        let res = model
+            .load_from(&mut store)
+            .map_err(|e| MetricsError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
         check_apply(path, &res, false)?;
         Ok(model)
     }
@@ -236,7 +246,10 @@ impl<B: Backend> FeatureExtractor<B> {
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(MetricsError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "extractor weights not found") });
+            return Err(MetricsError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "extractor weights not found"),
+            });
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         if ext == "pth" || ext == "pt" {
@@ -250,8 +263,10 @@ impl<B: Backend> FeatureExtractor<B> {
         }
         let side = sidecar_path(path);
         let text = std::fs::read_to_string(&side).map_err(|source| MetricsError::Io { path: side.clone(), source })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MetricsError::Json { path: side.clone(), message: e.to_string() })?;
-        let config: ExtractorConfig = serde_json::from_value(v.get("config").cloned().unwrap_or_default()).map_err(|e| MetricsError::Json { path: side.clone(), message: format!("key `config`: {e}") })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| MetricsError::Json { path: side.clone(), message: e.to_string() })?;
+        let config: ExtractorConfig = serde_json::from_value(v.get("config").cloned().unwrap_or_default())
+            .map_err(|e| MetricsError::Json { path: side.clone(), message: format!("key `config`: {e}") })?;
         let model = ResNet18::load_burnpack(path, config.num_classes, device)?;
         Ok(Self { model, config, info: v.get("training").cloned() })
     }
@@ -267,7 +282,13 @@ impl<B: Backend> FeatureExtractor<B> {
 
     /// 512-d features of images `[N, H, W]` with values in `[0, 1]`, already at
     /// `config.image_size` (resize first, e.g. with lens-data's loaders), in batches.
-    pub fn extract(&self, images: ArrayView3<'_, f32>, batch: usize, device: &B::Device, mut progress: impl FnMut(usize)) -> Result<Array2<f64>> {
+    pub fn extract(
+        &self,
+        images: ArrayView3<'_, f32>,
+        batch: usize,
+        device: &B::Device,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Array2<f64>> {
         let (n, h, w) = images.dim();
         if h != self.config.image_size || w != self.config.image_size {
             return Err(MetricsError::InvalidParameter {

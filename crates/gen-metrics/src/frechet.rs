@@ -217,7 +217,10 @@ fn trace_sqrt_product(s1: &Array2<f64>, s2: &Array2<f64>, skip_cholesky: bool) -
 }
 
 /// Fréchet distance straight from two `[n, d]` feature matrices (statistics included).
-pub fn frechet_distance_from_features(real: ArrayView2<'_, f64>, generated: ArrayView2<'_, f64>) -> Result<FrechetDistance> {
+pub fn frechet_distance_from_features(
+    real: ArrayView2<'_, f64>,
+    generated: ArrayView2<'_, f64>,
+) -> Result<FrechetDistance> {
     crate::features::check_same_dim(real, "real features", generated, "generated features")?;
     let a = GaussianStats::from_features_named(real, "real features")?;
     let b = GaussianStats::from_features_named(generated, "generated features")?;
@@ -257,7 +260,11 @@ pub struct FidInfinity {
 /// features of sizes `linspace(min_size, N)` against the fixed real statistics, a least-squares
 /// line in `1/N`, and its intercept. As in the reference, the generated set is reshuffled
 /// before each size (seeded).
-pub fn fid_infinity(real: &GaussianStats, generated: ArrayView2<'_, f64>, cfg: &FidInfinityConfig) -> Result<FidInfinity> {
+pub fn fid_infinity(
+    real: &GaussianStats,
+    generated: ArrayView2<'_, f64>,
+    cfg: &FidInfinityConfig,
+) -> Result<FidInfinity> {
     validate(generated, "generated features", 2)?;
     let n = generated.nrows();
     if cfg.num_points < 2 {

@@ -85,7 +85,11 @@ pub fn rke_mc(x: ArrayView2<'_, f64>, bandwidths: &[f64], n_samples: usize, seed
     validate(x, "features", 1)?;
     validate_bandwidths(bandwidths)?;
     if n_samples == 0 {
-        return Err(crate::MetricsError::InvalidParameter { name: "n_samples", value: "0".into(), reason: "must be > 0".into() });
+        return Err(crate::MetricsError::InvalidParameter {
+            name: "n_samples",
+            value: "0".into(),
+            reason: "must be > 0".into(),
+        });
     }
     let n = x.nrows();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -127,7 +131,11 @@ pub fn rrke(x: ArrayView2<'_, f64>, y: ArrayView2<'_, f64>, bandwidths: &[f64], 
     check_same_dim(x, "real features", y, "generated features")?;
     validate_bandwidths(bandwidths)?;
     if rows == 0 {
-        return Err(crate::MetricsError::InvalidParameter { name: "rows", value: "0".into(), reason: "must be > 0".into() });
+        return Err(crate::MetricsError::InvalidParameter {
+            name: "rows",
+            value: "0".into(),
+            reason: "must be > 0".into(),
+        });
     }
     let xs = crate::linalg::standard(x.slice(ndarray::s![..rows.min(x.nrows()), ..]));
     let ys = crate::linalg::standard(y.slice(ndarray::s![..rows.min(y.nrows()), ..]));

@@ -45,15 +45,18 @@ pub mod frechet;
 pub mod kernel;
 pub mod kid;
 mod linalg;
+pub mod physics;
+pub mod prdc;
 mod simd;
 mod symeig;
-pub mod prdc;
-pub mod physics;
 pub use physics::{ImageStats, PhysicsComparison, PhysicsSet, StatComparison};
 
 pub use error::{MetricsError, Result};
 pub use features::load_features_npy;
-pub use frechet::{fid_infinity, frechet_distance, frechet_distance_from_features, FidInfinity, FidInfinityConfig, FrechetDistance, GaussianStats};
+pub use frechet::{
+    fid_infinity, frechet_distance, frechet_distance_from_features, FidInfinity, FidInfinityConfig, FrechetDistance,
+    GaussianStats,
+};
 pub use kernel::{rke_exact, rke_mc, rrke, vendi};
 pub use kid::{kid, mmd2_unbiased_cubic, Kid, KidConfig};
 pub use prdc::{prdc, Prdc};

@@ -28,7 +28,16 @@ pub struct Prdc {
 /// Euclidean distances of a block of rows of `a` to all rows of `b`, as sklearn computes them
 /// (`sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))`, exact 0 on the diagonal when `same`).
 #[allow(clippy::too_many_arguments)]
-fn dist_block(a: &Array2<f64>, an: &[f64], r0: usize, r1: usize, b: &Array2<f64>, bn: &[f64], same: bool, out: &mut Vec<f64>) {
+fn dist_block(
+    a: &Array2<f64>,
+    an: &[f64],
+    r0: usize,
+    r1: usize,
+    b: &Array2<f64>,
+    bn: &[f64],
+    same: bool,
+    out: &mut Vec<f64>,
+) {
     let d = a.ncols();
     let nb = b.nrows();
     out.resize((r1 - r0) * nb, 0.0);

@@ -146,7 +146,12 @@ fn keyed(bws: &[f64], vals: Vec<f64>) -> BTreeMap<String, f64> {
     bws.iter().map(|&b| bandwidth_key(b)).zip(vals).collect()
 }
 
-fn two_sample(real: ArrayView2<'_, f64>, gen: ArrayView2<'_, f64>, real_stats: Option<&GaussianStats>, cfg: &EvalConfig) -> Result<TwoSample> {
+fn two_sample(
+    real: ArrayView2<'_, f64>,
+    gen: ArrayView2<'_, f64>,
+    real_stats: Option<&GaussianStats>,
+    cfg: &EvalConfig,
+) -> Result<TwoSample> {
     let own;
     let rs = match real_stats {
         Some(s) => s,
@@ -160,7 +165,11 @@ fn two_sample(real: ArrayView2<'_, f64>, gen: ArrayView2<'_, f64>, real_stats: O
     let rr = crate::kernel::rrke(real, gen, &cfg.bandwidths, cfg.rrke_rows)?;
     let k = kid(real, gen, &cfg.kid)?;
     let pr = prdc(real, gen, cfg.k_precision_recall)?;
-    let dc = if cfg.k_density_coverage == cfg.k_precision_recall { pr.clone() } else { prdc(real, gen, cfg.k_density_coverage)? };
+    let dc = if cfg.k_density_coverage == cfg.k_precision_recall {
+        pr.clone()
+    } else {
+        prdc(real, gen, cfg.k_density_coverage)?
+    };
     Ok(TwoSample {
         fid: fd.value,
         fid_warning: fd.warning,
@@ -179,7 +188,11 @@ pub fn real_vs_real(real: ArrayView2<'_, f64>, cfg: &EvalConfig) -> Result<Noise
     let n = real.nrows();
     let kmax = cfg.k_density_coverage.max(cfg.k_precision_recall);
     if n < 2 * (kmax + 1) {
-        return Err(MetricsError::TooFewSamples { what: "real features (noise floor halves)".into(), needed: 2 * (kmax + 1), got: n });
+        return Err(MetricsError::TooFewSamples {
+            what: "real features (noise floor halves)".into(),
+            needed: 2 * (kmax + 1),
+            got: n,
+        });
     }
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_f100));
@@ -206,7 +219,12 @@ pub fn evaluate_features(
     validate_bandwidths(&cfg.bandwidths)?;
     if let Some(s) = real_stats {
         if s.dim() != real.ncols() {
-            return Err(MetricsError::DimensionMismatch { left: "cached real statistics".into(), left_dim: s.dim(), right: "real features".into(), right_dim: real.ncols() });
+            return Err(MetricsError::DimensionMismatch {
+                left: "cached real statistics".into(),
+                left_dim: s.dim(),
+                right: "real features".into(),
+                right_dim: real.ncols(),
+            });
         }
     }
     let ts = two_sample(real, generated, real_stats, cfg)?;
@@ -226,7 +244,8 @@ pub fn evaluate_features(
     };
     let vendi_n = vendi_view.nrows();
     let vendi = crate::kernel::vendi(vendi_view, &cfg.bandwidths)?;
-    let noise_floor = if cfg.noise_floor && real.nrows() >= 2 * (kmax + 1) { Some(real_vs_real(real, cfg)?) } else { None };
+    let noise_floor =
+        if cfg.noise_floor && real.nrows() >= 2 * (kmax + 1) { Some(real_vs_real(real, cfg)?) } else { None };
     let fid_inf = match &cfg.fid_infinity {
         Some(c) => {
             let own;
@@ -313,7 +332,8 @@ impl EvaluationReport {
     /// Writes the report as pretty JSON, atomically (temporary file + rename).
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = serde_json::to_string_pretty(self).map_err(|e| MetricsError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| MetricsError::Json { path: path.to_path_buf(), message: e.to_string() })?;
         crate::features::write_atomic(path, text.as_bytes())
     }
 }

@@ -98,7 +98,14 @@ pub(crate) fn has_avx2_fma() -> bool {
 }
 
 /// Dispatching wrapper of the row kernel (see `gauss_row_sums_impl`).
-pub(crate) fn gauss_row_sums(g: &mut [f64], ni: f64, norms: &[f64], diag: Option<usize>, coef: &[f64], acc: &mut [f64]) {
+pub(crate) fn gauss_row_sums(
+    g: &mut [f64],
+    ni: f64,
+    norms: &[f64],
+    diag: Option<usize>,
+    coef: &[f64],
+    acc: &mut [f64],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx512() {

@@ -567,7 +567,10 @@ mod tests {
         let got = sym_eigenvalues(w.as_ref(), "test").unwrap();
         let norm = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-12 * norm * (n as f64).sqrt().max(1.0), "n = {n}, eigenvalue {i}: {g} vs faer {w}");
+            assert!(
+                (g - w).abs() <= 1e-12 * norm * (n as f64).sqrt().max(1.0),
+                "n = {n}, eigenvalue {i}: {g} vs faer {w}"
+            );
         }
         assert_eq!(got.len(), n);
     }
@@ -598,7 +601,9 @@ mod tests {
             let mut a = random_symmetric(50, 31);
             a[(37, 12)] = bad;
             match sym_eigenvalues(a.as_ref(), "the test matrix") {
-                Err(MetricsError::Linalg(m)) => assert!(m.contains("the test matrix") && m.contains("non-finite"), "{m}"),
+                Err(MetricsError::Linalg(m)) => {
+                    assert!(m.contains("the test matrix") && m.contains("non-finite"), "{m}")
+                }
                 other => panic!("expected a Linalg error for {bad}, got {other:?}"),
             }
         }
@@ -625,4 +630,3 @@ mod tests {
         assert!(ours_err <= 8e-9, "ours off by {ours_err:e} (faer {faer_err:e})");
     }
 }
-

@@ -54,7 +54,11 @@ pub struct TrainReport {
     pub config: TrainConfig,
 }
 
-fn batch_tensor<B: burn::tensor::backend::Backend>(images: ArrayView3<'_, f32>, idx: &[usize], device: &B::Device) -> Tensor<B, 4> {
+fn batch_tensor<B: burn::tensor::backend::Backend>(
+    images: ArrayView3<'_, f32>,
+    idx: &[usize],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let (_, h, w) = images.dim();
     let mut v = Vec::with_capacity(idx.len() * h * w);
     for &i in idx {
@@ -64,13 +68,19 @@ fn batch_tensor<B: burn::tensor::backend::Backend>(images: ArrayView3<'_, f32>, 
 }
 
 /// Predicted class of each image (eval mode, batches of `batch`).
-pub fn predict<B: burn::tensor::backend::Backend>(model: &ResNet18<B>, images: ArrayView3<'_, f32>, batch: usize, device: &B::Device) -> Result<Vec<usize>> {
+pub fn predict<B: burn::tensor::backend::Backend>(
+    model: &ResNet18<B>,
+    images: ArrayView3<'_, f32>,
+    batch: usize,
+    device: &B::Device,
+) -> Result<Vec<usize>> {
     let n = images.dim().0;
     let mut out = Vec::with_capacity(n);
     let idx: Vec<usize> = (0..n).collect();
     for ch in idx.chunks(batch.max(1)) {
         let p = model.forward(batch_tensor::<B>(images, ch, device)).argmax(1).into_data();
-        let v: Vec<i64> = p.convert::<i64>().to_vec().map_err(|e| MetricsError::Linalg(format!("prediction readback: {e:?}")))?;
+        let v: Vec<i64> =
+            p.convert::<i64>().to_vec().map_err(|e| MetricsError::Linalg(format!("prediction readback: {e:?}")))?;
         out.extend(v.into_iter().map(|c| c as usize));
     }
     Ok(out)
@@ -92,16 +102,32 @@ pub fn train_classifier<B: AutodiffBackend>(
 ) -> Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
     let (n, h, w) = images.dim();
     if n != labels.len() || heldout.dim().0 != heldout_labels.len() {
-        return Err(MetricsError::InvalidParameter { name: "labels", value: format!("{} / {}", labels.len(), heldout_labels.len()), reason: "one label per image".into() });
+        return Err(MetricsError::InvalidParameter {
+            name: "labels",
+            value: format!("{} / {}", labels.len(), heldout_labels.len()),
+            reason: "one label per image".into(),
+        });
     }
     if h != extractor.image_size || w != extractor.image_size || heldout.dim().1 != h || heldout.dim().2 != w {
-        return Err(MetricsError::InvalidParameter { name: "images", value: format!("{h}x{w}"), reason: format!("expected {0}x{0}", extractor.image_size) });
+        return Err(MetricsError::InvalidParameter {
+            name: "images",
+            value: format!("{h}x{w}"),
+            reason: format!("expected {0}x{0}", extractor.image_size),
+        });
     }
     if let Some(&bad) = labels.iter().chain(heldout_labels).find(|&&l| l >= extractor.num_classes) {
-        return Err(MetricsError::InvalidParameter { name: "labels", value: bad.to_string(), reason: format!("must be < {}", extractor.num_classes) });
+        return Err(MetricsError::InvalidParameter {
+            name: "labels",
+            value: bad.to_string(),
+            reason: format!("must be < {}", extractor.num_classes),
+        });
     }
     if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(MetricsError::InvalidParameter { name: "train", value: format!("n = {n}, batch = {}, epochs = {}", cfg.batch_size, cfg.epochs), reason: "need images, batch > 0, epochs > 0".into() });
+        return Err(MetricsError::InvalidParameter {
+            name: "train",
+            value: format!("n = {n}, batch = {}, epochs = {}", cfg.batch_size, cfg.epochs),
+            reason: "need images, batch > 0, epochs > 0".into(),
+        });
     }
     let t0 = std::time::Instant::now();
     B::seed(device, cfg.seed);
@@ -122,7 +148,12 @@ pub fn train_classifier<B: AutodiffBackend>(
             let y: Vec<i64> = ch.iter().map(|&i| labels[i] as i64).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [ch.len()]), device);
             let loss = loss_fn.forward(model.forward(x), y);
-            let lv: f64 = loss.clone().into_data().convert::<f64>().to_vec::<f64>().map_err(|e| MetricsError::Linalg(format!("loss readback: {e:?}")))?[0];
+            let lv: f64 = loss
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .map_err(|e| MetricsError::Linalg(format!("loss readback: {e:?}")))?[0];
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
             sum += lv;

@@ -8,7 +8,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 fn gauss(n: usize, d: usize, seed: u64, shift: f64) -> Array2<f64> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    Array2::from_shape_simple_fn((n, d), || { let z: f64 = StandardNormal.sample(&mut r); shift + z })
+    Array2::from_shape_simple_fn((n, d), || {
+        let z: f64 = StandardNormal.sample(&mut r);
+        shift + z
+    })
 }
 
 #[test]
@@ -24,10 +27,16 @@ fn bad_inputs_are_typed_errors() {
     inf[[0, 0]] = f64::INFINITY;
     assert!(matches!(rke_exact(inf.view(), &[1.0]), Err(MetricsError::NonFinite { .. })));
     let b = gauss(20, 5, 2, 0.0);
-    assert!(matches!(frechet_distance_from_features(a.view(), b.view()), Err(MetricsError::DimensionMismatch { left_dim: 4, right_dim: 5, .. })));
+    assert!(matches!(
+        frechet_distance_from_features(a.view(), b.view()),
+        Err(MetricsError::DimensionMismatch { left_dim: 4, right_dim: 5, .. })
+    ));
     assert!(matches!(rrke(a.view(), b.view(), &[1.0], 500), Err(MetricsError::DimensionMismatch { .. })));
     let one = gauss(1, 4, 3, 0.0);
-    assert!(matches!(GaussianStats::from_features(one.view()), Err(MetricsError::TooFewSamples { needed: 2, got: 1, .. })));
+    assert!(matches!(
+        GaussianStats::from_features(one.view()),
+        Err(MetricsError::TooFewSamples { needed: 2, got: 1, .. })
+    ));
     assert!(matches!(kid(one.view(), a.view(), &KidConfig::default()), Err(MetricsError::TooFewSamples { .. })));
     for bw in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(matches!(rke_exact(a.view(), &[8.0, bw]), Err(MetricsError::InvalidBandwidth(_))), "bw {bw}");
@@ -153,7 +162,21 @@ fn kid_seeded_and_report_json() {
     let p = dir.path().join("report.json");
     r.write_json(&p).unwrap();
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    for k in ["fid", "rke_real", "rke_generated", "rrke", "vendi_generated", "kid", "precision", "recall", "density", "coverage", "n_real", "n_generated", "dim"] {
+    for k in [
+        "fid",
+        "rke_real",
+        "rke_generated",
+        "rrke",
+        "vendi_generated",
+        "kid",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "n_real",
+        "n_generated",
+        "dim",
+    ] {
         assert!(v.get(k).is_some(), "missing key {k}");
     }
     assert!(v["rke_real"]["2.0"].as_f64().unwrap() > 1.0);
@@ -177,15 +200,21 @@ fn fid_infinity_fits_a_line() {
     // Intercept of the least-squares line through (1/N, FID), fitted independently.
     let xs: Vec<f64> = fi.sizes.iter().map(|&s| 1.0 / s as f64).collect();
     let (mx, my) = (xs.iter().sum::<f64>() / 5.0, fi.fids.iter().sum::<f64>() / 5.0);
-    let slope = xs.iter().zip(&fi.fids).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / xs.iter().map(|x| (x - mx) * (x - mx)).sum::<f64>();
+    let slope = xs.iter().zip(&fi.fids).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>()
+        / xs.iter().map(|x| (x - mx) * (x - mx)).sum::<f64>();
     assert!((fi.value - (my - slope * mx)).abs() < 1e-9);
-    assert!(matches!(fid_infinity(&sa, b.view(), &FidInfinityConfig { min_size: 700, ..cfg }), Err(MetricsError::InvalidParameter { .. })));
+    assert!(matches!(
+        fid_infinity(&sa, b.view(), &FidInfinityConfig { min_size: 700, ..cfg }),
+        Err(MetricsError::InvalidParameter { .. })
+    ));
 }
 
 #[test]
 fn missing_extractor_weights_name_the_file() {
     let path = std::path::Path::new("no/such/dir/extractor.bpk");
-    let err = FeatureExtractor::<burn::backend::Flex>::load(path, &Default::default()).err().expect("missing file is an error");
+    let err = FeatureExtractor::<burn::backend::Flex>::load(path, &Default::default())
+        .err()
+        .expect("missing file is an error");
     match &err {
         MetricsError::Io { path: p, source } => {
             assert_eq!(p, path);

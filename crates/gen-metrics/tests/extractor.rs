@@ -10,7 +10,8 @@ use ndarray_npy::ReadNpyExt;
 type B = Flex;
 
 fn fixture_dir() -> std::path::PathBuf {
-    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("../../target/resnet-fixture")
+    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("../../target/resnet-fixture")
 }
 
 #[test]
@@ -36,7 +37,11 @@ fn torchvision_state_dict_features_match_torch() {
 fn checkpoint_round_trip_and_extract() {
     let dev = Default::default();
     let cfg = ExtractorConfig { image_size: 32, ..ExtractorConfig::default() };
-    let ex = FeatureExtractor::<B> { model: ResNet18::new(3, &dev), config: cfg.clone(), info: Some(serde_json::json!({"heldout_accuracy": 0.5})) };
+    let ex = FeatureExtractor::<B> {
+        model: ResNet18::new(3, &dev),
+        config: cfg.clone(),
+        info: Some(serde_json::json!({"heldout_accuracy": 0.5})),
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("extractor.bpk");
     ex.save(&p).unwrap();

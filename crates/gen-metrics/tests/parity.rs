@@ -6,7 +6,9 @@ use ndarray::Array2;
 use serde_json::Value;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn load() -> (Array2<f64>, Array2<f64>, Value) {
@@ -77,7 +79,9 @@ fn prdc_matches() {
     let (a, b, e) = load();
     for (k, key) in [(3, "prdc_k3"), (5, "prdc_k5")] {
         let p = prdc(a.view(), b.view(), k).unwrap();
-        for (name, got) in [("precision", p.precision), ("recall", p.recall), ("density", p.density), ("coverage", p.coverage)] {
+        for (name, got) in
+            [("precision", p.precision), ("recall", p.recall), ("density", p.density), ("coverage", p.coverage)]
+        {
             close(got, e[key][name].as_f64().unwrap(), 1e-9, &format!("{key} {name}"));
         }
     }

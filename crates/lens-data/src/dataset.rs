@@ -217,7 +217,11 @@ impl<'a> BatchIter<'a> {
         }
         let (h, w) = set.image_shape();
         if config.augment && h != w {
-            return Err(LensDataError::invalid("augment", format!("{h}x{w} images"), "dihedral augmentation needs square images"));
+            return Err(LensDataError::invalid(
+                "augment",
+                format!("{h}x{w} images"),
+                "dihedral augmentation needs square images",
+            ));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         rng.set_stream(epoch);

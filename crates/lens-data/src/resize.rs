@@ -105,7 +105,13 @@ impl Resizer {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
+    unsafe fn run_avx2<T: Copy + Into<f64>, O>(
+        &self,
+        src: &[T],
+        dst: &mut [O],
+        scratch: &mut Vec<f64>,
+        conv: impl Fn(f64) -> O,
+    ) {
         self.run_generic(src, dst, scratch, conv)
     }
 
@@ -114,7 +120,13 @@ impl Resizer {
     /// Every output is still `sum_k w_k x_k` accumulated from 0 in tap order, exactly as PIL's
     /// horizontal-then-vertical loops.
     #[inline(always)]
-    fn run_generic<T: Copy + Into<f64>, O>(&self, src: &[T], dst: &mut [O], scratch: &mut Vec<f64>, conv: impl Fn(f64) -> O) {
+    fn run_generic<T: Copy + Into<f64>, O>(
+        &self,
+        src: &[T],
+        dst: &mut [O],
+        scratch: &mut Vec<f64>,
+        conv: impl Fn(f64) -> O,
+    ) {
         let (ih, iw) = self.in_shape;
         let (oh, ow) = self.out_shape;
         assert_eq!(src.len(), ih * iw, "input length");

@@ -149,7 +149,8 @@ fn png_jpeg_tiff_8_and_16_bit() {
     let (w, h) = (20u32, 12u32);
     let g8 = image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 12 + y) as u8]));
     g8.save(d.join("a.png")).unwrap();
-    let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Luma([(x * 3000 + y) as u16]));
+    let g16 =
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Luma([(x * 3000 + y) as u16]));
     g16.save(d.join("b.png")).unwrap();
     g16.save(d.join("c.tiff")).unwrap();
     let rgb = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 10) as u8, (y * 20) as u8, 7]));

@@ -51,12 +51,8 @@ fn kwargs_to_profile(kind: &str, kw: &serde_json::Value) -> serde_json::Value {
 fn pointwise_deflections_and_light_match_lenstronomy() {
     let text = std::fs::read_to_string(fixtures().join("deflections.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let pts: Vec<(f64, f64)> = v["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
-        .collect();
+    let pts: Vec<(f64, f64)> =
+        v["points"].as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap())).collect();
     let mut checked = 0;
     for case in v["lens"].as_array().unwrap() {
         let kind = case["type"].as_str().unwrap();
@@ -86,7 +82,11 @@ fn pointwise_deflections_and_light_match_lenstronomy() {
             let mut out = [0.0];
             add_surface_brightness(&spec.source[0], &[x], &[y], &mut out);
             let want = case["value"][k].as_f64().unwrap();
-            assert!((out[0] - want).abs() <= 1e-12 * want.abs().max(1e-300), "{kind} at ({x},{y}): {} vs {want}", out[0]);
+            assert!(
+                (out[0] - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{kind} at ({x},{y}): {} vs {want}",
+                out[0]
+            );
             checked += 1;
         }
     }
@@ -95,7 +95,11 @@ fn pointwise_deflections_and_light_match_lenstronomy() {
 
 #[test]
 fn spec_errors_are_typed_and_named() {
-    let base = |lens: &str| format!(r#"{{"num_pix": 10, "pixel_scale": 0.1, "supersampling": 1, "psf": null, "lens": [{lens}], "source": [{{"type": "SERSIC", "amp": 1, "R_sersic": 0.2, "n_sersic": 1}}]}}"#);
+    let base = |lens: &str| {
+        format!(
+            r#"{{"num_pix": 10, "pixel_scale": 0.1, "supersampling": 1, "psf": null, "lens": [{lens}], "source": [{{"type": "SERSIC", "amp": 1, "R_sersic": 0.2, "n_sersic": 1}}]}}"#
+        )
+    };
     match SimulationSpec::from_json_str(&base(r#"{"type": "SPEP", "theta_E": 1}"#)) {
         Err(LensDataError::UnknownProfile { section, index, name, .. }) => {
             assert_eq!((section.as_str(), index, name.as_str()), ("lens", 0, "SPEP"))

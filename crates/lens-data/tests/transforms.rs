@@ -18,7 +18,8 @@ fn fixtures() -> PathBuf {
 /// The formula image of scripts/make_lens_data_refs.py.
 fn pattern(n: usize) -> Array2<f64> {
     Array2::from_shape_fn((n, n), |(i, j)| {
-        let mut v = 0.5 + 0.5 * (0.37 * i as f64).sin() * (0.23 * j as f64).cos() + ((7 * i + 13 * j) % 17) as f64 / 17.0;
+        let mut v =
+            0.5 + 0.5 * (0.37 * i as f64).sin() * (0.23 * j as f64).cos() + ((7 * i + 13 * j) % 17) as f64 / 17.0;
         if (40..60).contains(&i) && (70..90).contains(&j) {
             v += 2.0;
         }
@@ -176,7 +177,8 @@ fn writer_round_trips_through_the_loaders() {
         done.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
     };
     let out = td.path().join("lab");
-    let sum = write_model_i_dataset(&out, &cfg, &classes, 10, 5, DatasetLayout::Labelled { val_fraction: 0.25 }, &inc).unwrap();
+    let sum = write_model_i_dataset(&out, &cfg, &classes, 10, 5, DatasetLayout::Labelled { val_fraction: 0.25 }, &inc)
+        .unwrap();
     assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 10);
     // classes cycle: no_sub gets 4, cdm 3, axion 3; val = round(n * 0.25)
     assert_eq!(sum.per_class, vec![("no_sub".into(), 3, 1), ("cdm".into(), 2, 1), ("axion".into(), 2, 1)]);
@@ -196,5 +198,14 @@ fn writer_round_trips_through_the_loaders() {
     assert!(csv.starts_with("file,class\nsample1.npy,no_sub\nsample2.npy,cdm\n"));
     // no temporary files left behind
     assert!(std::fs::read_dir(&flat).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')));
-    assert!(write_model_i_dataset(&flat, &cfg, &[LensClass::Cdm, LensClass::Cdm], 2, 0, DatasetLayout::Samples, &|_| {}).is_err());
+    assert!(write_model_i_dataset(
+        &flat,
+        &cfg,
+        &[LensClass::Cdm, LensClass::Cdm],
+        2,
+        0,
+        DatasetLayout::Samples,
+        &|_| {}
+    )
+    .is_err());
 }

@@ -91,9 +91,7 @@ fn silu_grad(z: f32) -> f32 {
 /// The (image, first pixel, pixels) tasks of a call.
 fn tasks(g: &Geometry) -> Vec<(usize, usize, usize)> {
     let chunks = g.p.div_ceil(CHUNK);
-    (0..g.n)
-        .flat_map(|i| (0..chunks).map(move |k| (i, k * CHUNK, CHUNK.min(g.p - k * CHUNK))))
-        .collect()
+    (0..g.n).flat_map(|i| (0..chunks).map(move |k| (i, k * CHUNK, CHUNK.min(g.p - k * CHUNK)))).collect()
 }
 
 /// `max(sqrt(sum_c x[c][j]^2), EPS)` for the `len` pixels from `j0` of image `xi` `[c, p]`.

@@ -267,7 +267,16 @@ mod direct {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(x: *const f32, plane: usize, r: usize, k: usize, cin: usize, w: *const f32, dst: *mut f32, dst_stride: usize) {
+    unsafe fn tile(
+        x: *const f32,
+        plane: usize,
+        r: usize,
+        k: usize,
+        cin: usize,
+        w: *const f32,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm512_setzero_ps(); 3]; CO];
         for c in 0..cin {
@@ -277,9 +286,8 @@ mod direct {
             for dy in 0..k {
                 for dx in 0..k {
                     let src = unsafe { xc.add(dy * r + dx) };
-                    let (x0, x1, x2) = unsafe {
-                        (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)), _mm512_loadu_ps(src.add(32)))
-                    };
+                    let (x0, x1, x2) =
+                        unsafe { (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)), _mm512_loadu_ps(src.add(32))) };
                     let wt = unsafe { wc.add((dy * k + dx) * CO) };
                     for (o, acc) in acc.iter_mut().enumerate() {
                         let wv = _mm512_set1_ps(unsafe { *wt.add(o) });
@@ -560,10 +568,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::None))
             .collect()
     } else {
-        x.chunks(img_in)
-            .zip(grad.chunks(img_out))
-            .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::Rayon(0)))
-            .collect()
+        x.chunks(img_in).zip(grad.chunks(img_out)).map(|(xi, gi)| one(xi, gi, gemm::Parallelism::Rayon(0))).collect()
     };
     let mut parts = parts.into_iter();
     let mut dwt = parts.next().expect("n > 0 images");
@@ -623,7 +628,8 @@ mod tests {
     /// The textbook sum, in f64.
     fn direct(g: &Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
         let plane = g.h * g.w;
-        let mut out: Vec<f64> = (0..g.n * g.cout * plane).map(|o| bias.map_or(0.0, |b| b[(o / plane) % g.cout] as f64)).collect();
+        let mut out: Vec<f64> =
+            (0..g.n * g.cout * plane).map(|o| bias.map_or(0.0, |b| b[(o / plane) % g.cout] as f64)).collect();
         for (o, i, w) in taps(g) {
             out[o] += x[i] as f64 * wt[w] as f64;
         }
@@ -731,6 +737,9 @@ mod tests {
         assert!(input_grad(&g, &values(36, 1), &[]).is_empty());
         assert_eq!(weight_grad(&g, &[], &[]), vec![0.0; 36]);
         let g = Geometry { n: 2, cin: 0, h: 2, w: 2, cout: 2, k: 3 };
-        assert_eq!(forward(&g, &[], &[], Some(&[1.0, -2.0])), vec![1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, 1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0]);
+        assert_eq!(
+            forward(&g, &[], &[], Some(&[1.0, -2.0])),
+            vec![1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, 1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0]
+        );
     }
 }

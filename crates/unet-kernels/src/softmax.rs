@@ -87,13 +87,21 @@ fn lane_sum(v: &[f32]) -> f32 {
 /// `len * inner`): over rows when `inner` is 1 (the last axis), else over the columns of each
 /// `[len, inner]` matrix, vectorised across them.
 pub fn forward(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
-    if inner == 1 { forward_rows(x, len) } else { forward_cols(x, len, inner) }
+    if inner == 1 {
+        forward_rows(x, len)
+    } else {
+        forward_cols(x, len, inner)
+    }
 }
 
 /// The gradient of [`forward`] given its output `y` and the output's gradient `grad`:
 /// `y * (grad - sum(grad * y))` over the same `len` values.
 pub fn backward(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
-    if inner == 1 { backward_rows(y, grad, len) } else { backward_cols(y, grad, len, inner) }
+    if inner == 1 {
+        backward_rows(y, grad, len)
+    } else {
+        backward_cols(y, grad, len, inner)
+    }
 }
 
 /// Softmax over rows of length `len` of `x` (`x.len()` a multiple of `len`).
@@ -102,9 +110,7 @@ fn forward_rows(x: &[f32], len: usize) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let chunk = rows_per_task(len) * len;
     let arch = pulp::Arch::new();
-    y.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(y, x)| arch.dispatch(Forward { x, y, len }));
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| arch.dispatch(Forward { x, y, len }));
     y
 }
 

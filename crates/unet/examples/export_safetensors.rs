@@ -18,39 +18,22 @@ fn run(args: &[String]) -> Result<(), String> {
     let device = Default::default();
     let model = match args {
         [flag, json, _out] if flag == "--init" => {
-            let config: UnetConfig =
-                serde_json::from_str(json).map_err(|e| format!("config: {e}"))?;
+            let config: UnetConfig = serde_json::from_str(json).map_err(|e| format!("config: {e}"))?;
             config.init::<Flex>(&device).map_err(|e| e.to_string())?
         }
         [input, _out] | [input, _out, _] => {
-            let weights: Weights = args
-                .get(2)
-                .map(|s| s.parse())
-                .transpose()?
-                .unwrap_or_default();
-            load_checkpoint::<Flex>(Path::new(input), weights, None, &device)
-                .map_err(|e| e.to_string())?
+            let weights: Weights = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or_default();
+            load_checkpoint::<Flex>(Path::new(input), weights, None, &device).map_err(|e| e.to_string())?
         }
         _ => {
-            return Err(
-                "usage: export_safetensors IN OUT.safetensors [model|ema]\n       \
+            return Err("usage: export_safetensors IN OUT.safetensors [model|ema]\n       \
                         export_safetensors --init CONFIG_JSON OUT.safetensors"
-                    .into(),
-            )
+                .into())
         }
     };
-    let out = Path::new(if args[0] == "--init" {
-        &args[2]
-    } else {
-        &args[1]
-    });
+    let out = Path::new(if args[0] == "--init" { &args[2] } else { &args[1] });
     model.export_safetensors(out).map_err(|e| e.to_string())?;
-    println!(
-        "{} -> {} ({} parameters)",
-        model.config().describe(),
-        out.display(),
-        model.config().num_params()
-    );
+    println!("{} -> {} ({} parameters)", model.config().describe(), out.display(), model.config().num_params());
     Ok(())
 }
 

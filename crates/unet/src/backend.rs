@@ -157,7 +157,11 @@ fn burn_softmax<B: Backend>(x: FloatTensor<B>, axis: SoftmaxAxis) -> FloatTensor
 }
 
 /// The softmax's gradient `y * (grad - sum(grad * y))` over `axis`, in burn's tensor operations.
-fn burn_softmax_backward<B: Backend>(y: FloatTensor<B>, output_grad: FloatTensor<B>, axis: SoftmaxAxis) -> FloatTensor<B> {
+fn burn_softmax_backward<B: Backend>(
+    y: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    axis: SoftmaxAxis,
+) -> FloatTensor<B> {
     let (y, shape) = softmax_view::<B>(y, axis);
     let (g, _) = softmax_view::<B>(output_grad, axis);
     let dot = g.clone().mul(y.clone()).sum_dim(1);
@@ -217,10 +221,7 @@ fn burn_rms_norm_act<B: Backend>(
     let ones = Tensor::<B, 3>::ones([1, 1, c], &x.device());
     let sq = x.clone().powi_scalar(2);
     let norm = ones.matmul(sq).sqrt().clamp_min(unet_kernels::norm_act::EPS as f64).repeat_dim(1, c);
-    let y = x
-        .div(norm)
-        .mul(per_sample_channels(float::<B, 1>(gain), n))
-        .reshape([n, c, h, w]);
+    let y = x.div(norm).mul(per_sample_channels(float::<B, 1>(gain), n)).reshape([n, c, h, w]);
     let y = match modulation {
         Some((scale, shift)) => {
             let (scale, shift) = (float::<B, 2>(scale), float::<B, 2>(shift));
@@ -340,11 +341,7 @@ fn burn_conv2d_same_weight_backward<B: Backend>(
 }
 
 /// [`UnetBackend::conv2d_same`] on tensors.
-pub fn conv2d_same<B: UnetBackend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
-    bias: Option<Tensor<B, 1>>,
-) -> Tensor<B, 4> {
+pub fn conv2d_same<B: UnetBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(B::conv2d_same(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
@@ -419,7 +416,11 @@ impl FlexNormOperands {
         gain: burn_flex::FlexTensor,
         modulation: Option<(burn_flex::FlexTensor, burn_flex::FlexTensor)>,
     ) -> Self {
-        Self { x: contiguous(x), gain: contiguous(gain), modulation: modulation.map(|(s, b)| (contiguous(s), contiguous(b))) }
+        Self {
+            x: contiguous(x),
+            gain: contiguous(gain),
+            modulation: modulation.map(|(s, b)| (contiguous(s), contiguous(b))),
+        }
     }
 
     fn params(&self, silu: bool) -> unet_kernels::norm_act::Params<'_> {
@@ -598,11 +599,7 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
         if bias.is_some() {
             return burn_conv2d_same::<Self>(x, weight, bias);
         }
-        match ConvSameBackward
-            .prepare::<C>([x.node.clone(), weight.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
+        match ConvSameBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
@@ -663,7 +660,10 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
         let state = (x.primitive, gain.primitive, inner_modulation, silu);
         match modulation {
             Some((scale, shift)) => {
-                let kind = NormActBackward.prepare::<C>([x.node, gain.node, scale.node, shift.node]).compute_bound().stateful();
+                let kind = NormActBackward
+                    .prepare::<C>([x.node, gain.node, scale.node, shift.node])
+                    .compute_bound()
+                    .stateful();
                 finish(kind, state, output)
             }
             None => finish(NormActBackward.prepare::<C>([x.node, gain.node]).compute_bound().stateful(), state, output),
@@ -778,13 +778,26 @@ mod tests {
             )))
         };
         let even = Tensor::<F, 4>::random([4, 3, 2, 2], Distribution::Normal(0.0, 0.3), &dev);
-        assert!(flex_geometry(&x.clone().into_primitive().tensor(), &even.clone().into_primitive().tensor(), Operand::None).is_none());
+        assert!(flex_geometry(
+            &x.clone().into_primitive().tensor(),
+            &even.clone().into_primitive().tensor(),
+            Operand::None
+        )
+        .is_none());
         let got = conv2d_same(x.clone(), even.clone(), None);
         assert_eq!(got.dims(), [2, 4, 7, 6]);
         got.into_data().assert_eq(&burns(x.clone(), even).into_data(), true);
 
-        let (x64, w64) = (x.cast(DType::F64), Tensor::<F, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.3), &dev).cast(DType::F64));
-        assert!(flex_geometry(&x64.clone().into_primitive().tensor(), &w64.clone().into_primitive().tensor(), Operand::None).is_none());
+        let (x64, w64) = (
+            x.cast(DType::F64),
+            Tensor::<F, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.3), &dev).cast(DType::F64),
+        );
+        assert!(flex_geometry(
+            &x64.clone().into_primitive().tensor(),
+            &w64.clone().into_primitive().tensor(),
+            Operand::None
+        )
+        .is_none());
         let got = conv2d_same(x64.clone(), w64.clone(), None);
         assert_eq!(got.dtype(), DType::F64);
         got.into_data().assert_eq(&burns(x64, w64).into_data(), true);
@@ -808,13 +821,20 @@ mod tests {
             for (with_bias, track_x) in [(false, true), (true, true), (false, false)] {
                 let x = Tensor::<A<B>, 4>::random([n, cin, hw, hw], Distribution::Normal(0.0, 1.0), &dev);
                 let x = if track_x { x.require_grad() } else { x };
-                let wt = Tensor::<A<B>, 4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.3), &dev).require_grad();
-                let b = with_bias.then(|| Tensor::<A<B>, 1>::random([cout], Distribution::Normal(0.0, 0.3), &dev).require_grad());
+                let wt =
+                    Tensor::<A<B>, 4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.3), &dev).require_grad();
+                let b = with_bias
+                    .then(|| Tensor::<A<B>, 1>::random([cout], Distribution::Normal(0.0, 0.3), &dev).require_grad());
                 // A non-uniform output gradient (sum of squares).
                 let y = conv2d_same(x.clone(), wt.clone(), b.clone());
                 let g = y.clone().powf_scalar(2.0).sum().backward();
                 let p = k / 2;
-                let y2 = burn::tensor::module::conv2d(x.clone(), wt.clone(), b.clone(), ConvOptions::new([1, 1], [p, p], [1, 1], 1));
+                let y2 = burn::tensor::module::conv2d(
+                    x.clone(),
+                    wt.clone(),
+                    b.clone(),
+                    ConvOptions::new([1, 1], [p, p], [1, 1], 1),
+                );
                 let g2 = y2.clone().powf_scalar(2.0).sum().backward();
                 check(y.into_data(), y2.into_data());
                 if track_x {
@@ -839,7 +859,12 @@ mod tests {
 
     /// burn's composition of [`UnetBackend::rms_norm_act`] on tensors (the reference both the
     /// fused Flex kernel and the tracked operation are checked against).
-    fn composed<B: Backend>(x: Tensor<B, 4>, gain: Tensor<B, 1>, modulation: Option<(Tensor<B, 2>, Tensor<B, 2>)>, silu: bool) -> Tensor<B, 4> {
+    fn composed<B: Backend>(
+        x: Tensor<B, 4>,
+        gain: Tensor<B, 1>,
+        modulation: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+        silu: bool,
+    ) -> Tensor<B, 4> {
         float(burn_rms_norm_act::<B>(
             x.into_primitive().tensor(),
             gain.into_primitive().tensor(),
@@ -851,7 +876,9 @@ mod tests {
     /// Shapes and operand sets the network uses: with and without modulation and SiLU, pixel
     /// counts below, at and above the kernel's chunk, one channel, an all-zero image (the norm's
     /// clamp).
-    fn norm_cases<B: Backend>(dev: &B::Device) -> Vec<(Tensor<B, 4>, Tensor<B, 1>, Option<(Tensor<B, 2>, Tensor<B, 2>)>, bool)> {
+    fn norm_cases<B: Backend>(
+        dev: &B::Device,
+    ) -> Vec<(Tensor<B, 4>, Tensor<B, 1>, Option<(Tensor<B, 2>, Tensor<B, 2>)>, bool)> {
         let mut cases = Vec::new();
         for &(n, c, h, w) in &[(2usize, 5usize, 3usize, 4usize), (3, 8, 32, 40), (1, 1, 5, 5), (2, 16, 33, 31)] {
             for (modulated, silu) in [(true, true), (false, true), (false, false), (true, false)] {
@@ -882,11 +909,17 @@ mod tests {
             let expected = composed(x.clone(), gain.clone(), modulation.clone(), silu);
             let got = rms_norm_act(x.clone(), gain.clone(), modulation.clone(), silu);
             assert_eq!(got.dims(), x.dims());
-            got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-5).set_relative(1e-5));
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-5).set_relative(1e-5));
         }
         let big = Tensor::<F, 1>::from_floats([-200.0f32, -90.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 90.0, 200.0], &dev);
         let x = big.reshape([1, 1, 3, 3]);
-        let got = rms_norm_act(x.clone().sign(), Tensor::ones([1], &dev), Some((x.clone().reshape([1, 9]).narrow(1, 0, 1), x.clone().reshape([1, 9]).narrow(1, 4, 1))), true);
+        let got = rms_norm_act(
+            x.clone().sign(),
+            Tensor::ones([1], &dev),
+            Some((x.clone().reshape([1, 9]).narrow(1, 0, 1), x.clone().reshape([1, 9]).narrow(1, 4, 1))),
+            true,
+        );
         assert!(got.into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
     }
 
@@ -915,7 +948,9 @@ mod tests {
             let track = |t: Tensor<B, 4>| Tensor::<A<B>, 4>::from_inner(t).require_grad();
             let x = track(x);
             let gain = Tensor::<A<B>, 1>::from_inner(gain).require_grad();
-            let modulation = modulation.map(|(s, b)| (Tensor::<A<B>, 2>::from_inner(s).require_grad(), Tensor::<A<B>, 2>::from_inner(b).require_grad()));
+            let modulation = modulation.map(|(s, b)| {
+                (Tensor::<A<B>, 2>::from_inner(s).require_grad(), Tensor::<A<B>, 2>::from_inner(b).require_grad())
+            });
             // A non-uniform output gradient.
             let weights = Tensor::<A<B>, 4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
             let y = rms_norm_act(x.clone(), gain.clone(), modulation.clone(), silu);
@@ -928,7 +963,9 @@ mod tests {
                 // constant eps there, so the gradient is PyTorch's `grad / eps` (finite).
                 let gx = x.grad(&g).unwrap();
                 assert!(gx.clone().into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
-                gx.narrow(0, 0, 1).into_data().assert_approx_eq::<f32>(&x.grad(&g2).unwrap().narrow(0, 0, 1).into_data(), tol);
+                gx.narrow(0, 0, 1)
+                    .into_data()
+                    .assert_approx_eq::<f32>(&x.grad(&g2).unwrap().narrow(0, 0, 1).into_data(), tol);
                 continue;
             }
             y.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
@@ -999,12 +1036,17 @@ mod tests {
                 }
                 let got: Vec<f32> = x.grad(&g).unwrap().into_data().iter::<f32>().collect();
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                    assert!((*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{axis:?} {dims:?} std {std}: gradient at {i}: {a} vs {e}");
+                    assert!(
+                        (*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+                        "{axis:?} {dims:?} std {std}: gradient at {i}: {a} vs {e}"
+                    );
                 }
             }
         }
         let x = Tensor::<B, 3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2);
-        softmax_on(x.clone(), axis).into_data().assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, dim - 1).into_data(), tol);
+        softmax_on(x.clone(), axis)
+            .into_data()
+            .assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, dim - 1).into_data(), tol);
     }
 
     #[test]

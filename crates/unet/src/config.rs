@@ -171,20 +171,14 @@ impl UnetConfig {
 
     /// Number of trainable parameters of the network this config describes.
     pub fn num_params(&self) -> usize {
-        crate::keys::param_specs(self)
-            .iter()
-            .map(|s| s.torch_shape.iter().product::<usize>())
-            .sum()
+        crate::keys::param_specs(self).iter().map(|s| s.torch_shape.iter().product::<usize>()).sum()
     }
 
     /// Checks that the numbers describe a network that can be built.
     pub fn validate(&self) -> Result<(), UnetError> {
         let bad = |reason: String| Err(UnetError::InvalidConfig { reason });
         if self.dim == 0 || self.channels == 0 {
-            return bad(format!(
-                "dim ({}) and channels ({}) must be positive",
-                self.dim, self.channels
-            ));
+            return bad(format!("dim ({}) and channels ({}) must be positive", self.dim, self.channels));
         }
         if self.dim < 4 || !self.dim.is_multiple_of(2) {
             return bad(format!(
@@ -194,10 +188,7 @@ impl UnetConfig {
             ));
         }
         if self.dim_mults.is_empty() || self.dim_mults.contains(&0) {
-            return bad(format!(
-                "dim_mults must be non-empty and positive, got {:?}",
-                self.dim_mults
-            ));
+            return bad(format!("dim_mults must be non-empty and positive, got {:?}", self.dim_mults));
         }
         if self.dim_mults.len() > 16 {
             return bad(format!("at most 16 stages, got {}", self.dim_mults.len()));
@@ -269,20 +260,14 @@ impl UnetConfig {
             s += &format!(", attn_dim_head={}", self.attn_dim_head);
         }
         if let Some(f) = &self.full_attn {
-            let f: Vec<&str> = f
-                .iter()
-                .map(|b| if *b { "True" } else { "False" })
-                .collect();
+            let f: Vec<&str> = f.iter().map(|b| if *b { "True" } else { "False" }).collect();
             s += &format!(", full_attn=({})", f.join(","));
         }
         if self.dropout != 0.0 {
             s += &format!(", dropout={}", self.dropout);
         }
         if self.sinusoidal_pos_emb_theta != default_theta() {
-            s += &format!(
-                ", sinusoidal_pos_emb_theta={}",
-                self.sinusoidal_pos_emb_theta
-            );
+            s += &format!(", sinusoidal_pos_emb_theta={}", self.sinusoidal_pos_emb_theta);
         }
         s + ")"
     }

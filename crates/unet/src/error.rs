@@ -15,12 +15,7 @@ pub struct ShapeMismatch {
 
 fn list(keys: &[String]) -> String {
     const MAX: usize = 12;
-    let mut s = keys
-        .iter()
-        .take(MAX)
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = keys.iter().take(MAX).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
     if keys.len() > MAX {
         s += &format!(" and {} more", keys.len() - MAX);
     }
@@ -32,12 +27,7 @@ fn shapes(m: &[ShapeMismatch]) -> String {
     let mut s = m
         .iter()
         .take(MAX)
-        .map(|m| {
-            format!(
-                "`{}`: expected {:?}, found {:?}",
-                m.key, m.expected, m.found
-            )
-        })
+        .map(|m| format!("`{}`: expected {:?}, found {:?}", m.key, m.expected, m.found))
         .collect::<Vec<_>>()
         .join("; ");
     if m.len() > MAX {

@@ -52,33 +52,18 @@ fn join(prefix: &str, name: &str) -> String {
 
 impl Builder {
     fn push(&mut self, tk: String, bp: String, shape: Vec<usize>, layout: Layout) {
-        self.specs.push(ParamSpec {
-            torch_key: tk,
-            burn_path: bp,
-            torch_shape: shape,
-            layout,
-        });
+        self.specs.push(ParamSpec { torch_key: tk, burn_path: bp, torch_shape: shape, layout });
     }
 
     fn conv(&mut self, tp: &str, bp: &str, cin: usize, cout: usize, k: usize, bias: bool) {
-        self.push(
-            join(tp, "weight"),
-            join(bp, "weight"),
-            vec![cout, cin, k, k],
-            Layout::Same,
-        );
+        self.push(join(tp, "weight"), join(bp, "weight"), vec![cout, cin, k, k], Layout::Same);
         if bias {
             self.push(join(tp, "bias"), join(bp, "bias"), vec![cout], Layout::Same);
         }
     }
 
     fn linear(&mut self, tp: &str, bp: &str, din: usize, dout: usize) {
-        self.push(
-            join(tp, "weight"),
-            join(bp, "weight"),
-            vec![dout, din],
-            Layout::LinearWeight,
-        );
+        self.push(join(tp, "weight"), join(bp, "weight"), vec![dout, din], Layout::LinearWeight);
         self.push(join(tp, "bias"), join(bp, "bias"), vec![dout], Layout::Same);
     }
 
@@ -94,53 +79,21 @@ impl Builder {
             self.rmsnorm(&join(&t, "norm"), &join(&b, "norm"), dout);
         }
         if din != dout {
-            self.conv(
-                &join(tp, "res_conv"),
-                &join(bp, "res_conv"),
-                din,
-                dout,
-                1,
-                true,
-            );
+            self.conv(&join(tp, "res_conv"), &join(bp, "res_conv"), din, dout, 1, true);
         }
     }
 
     /// `bp` is the path of the attention module itself (variant included for stage attention).
     fn attention(&mut self, tp: &str, bp: &str, dim: usize, heads: usize, dh: usize, full: bool) {
         let hidden = heads * dh;
-        let mem = if full {
-            vec![2, heads, NUM_MEM_KV, dh]
-        } else {
-            vec![2, heads, dh, NUM_MEM_KV]
-        };
+        let mem = if full { vec![2, heads, NUM_MEM_KV, dh] } else { vec![2, heads, dh, NUM_MEM_KV] };
         self.push(join(tp, "mem_kv"), join(bp, "mem_kv"), mem, Layout::Same);
         self.rmsnorm(&join(tp, "norm"), &join(bp, "norm"), dim);
-        self.conv(
-            &join(tp, "to_qkv"),
-            &join(bp, "to_qkv"),
-            dim,
-            3 * hidden,
-            1,
-            false,
-        );
+        self.conv(&join(tp, "to_qkv"), &join(bp, "to_qkv"), dim, 3 * hidden, 1, false);
         if full {
-            self.conv(
-                &join(tp, "to_out"),
-                &join(bp, "to_out"),
-                hidden,
-                dim,
-                1,
-                true,
-            );
+            self.conv(&join(tp, "to_out"), &join(bp, "to_out"), hidden, dim, 1, true);
         } else {
-            self.conv(
-                &join(tp, "to_out.0"),
-                &join(bp, "to_out"),
-                hidden,
-                dim,
-                1,
-                true,
-            );
+            self.conv(&join(tp, "to_out.0"), &join(bp, "to_out"), hidden, dim, 1, true);
             self.rmsnorm(&join(tp, "to_out.1"), &join(bp, "out_norm"), dim);
         }
     }
@@ -165,32 +118,11 @@ pub fn param_specs(config: &UnetConfig) -> Vec<ParamSpec> {
         b.resnet(&join(&tp, "0"), &join(&bp, "block1"), din, din, tdim);
         b.resnet(&join(&tp, "1"), &join(&bp, "block2"), din, din, tdim);
         let variant = if full[i] { "attn.Full" } else { "attn.Linear" };
-        b.attention(
-            &join(&tp, "2"),
-            &join(&bp, variant),
-            din,
-            heads,
-            dh,
-            full[i],
-        );
+        b.attention(&join(&tp, "2"), &join(&bp, variant), din, heads, dh, full[i]);
         if i + 1 < n {
-            b.conv(
-                &join(&tp, "3.1"),
-                &join(&bp, "resample.PixelUnshuffle"),
-                4 * din,
-                dout,
-                1,
-                true,
-            );
+            b.conv(&join(&tp, "3.1"), &join(&bp, "resample.PixelUnshuffle"), 4 * din, dout, 1, true);
         } else {
-            b.conv(
-                &join(&tp, "3"),
-                &join(&bp, "resample.Same"),
-                din,
-                dout,
-                3,
-                true,
-            );
+            b.conv(&join(&tp, "3"), &join(&bp, "resample.Same"), din, dout, 3, true);
         }
     }
 
@@ -201,57 +133,18 @@ pub fn param_specs(config: &UnetConfig) -> Vec<ParamSpec> {
 
     for (i, (&(din, dout), &f)) in in_out.iter().rev().zip(full.iter().rev()).enumerate() {
         let (tp, bp) = (format!("ups.{i}"), format!("ups.{i}"));
-        b.resnet(
-            &join(&tp, "0"),
-            &join(&bp, "block1"),
-            dout + din,
-            dout,
-            tdim,
-        );
-        b.resnet(
-            &join(&tp, "1"),
-            &join(&bp, "block2"),
-            dout + din,
-            dout,
-            tdim,
-        );
+        b.resnet(&join(&tp, "0"), &join(&bp, "block1"), dout + din, dout, tdim);
+        b.resnet(&join(&tp, "1"), &join(&bp, "block2"), dout + din, dout, tdim);
         let variant = if f { "attn.Full" } else { "attn.Linear" };
         b.attention(&join(&tp, "2"), &join(&bp, variant), dout, heads, dh, f);
         if i + 1 < n {
-            b.conv(
-                &join(&tp, "3.1"),
-                &join(&bp, "resample.NearestUp"),
-                dout,
-                din,
-                3,
-                true,
-            );
+            b.conv(&join(&tp, "3.1"), &join(&bp, "resample.NearestUp"), dout, din, 3, true);
         } else {
-            b.conv(
-                &join(&tp, "3"),
-                &join(&bp, "resample.Same"),
-                dout,
-                din,
-                3,
-                true,
-            );
+            b.conv(&join(&tp, "3"), &join(&bp, "resample.Same"), dout, din, 3, true);
         }
     }
 
-    b.resnet(
-        "final_res_block",
-        "final_res_block",
-        2 * init_dim,
-        init_dim,
-        tdim,
-    );
-    b.conv(
-        "final_conv",
-        "final_conv",
-        init_dim,
-        config.resolved_out_dim(),
-        1,
-        true,
-    );
+    b.resnet("final_res_block", "final_res_block", 2 * init_dim, init_dim, tdim);
+    b.conv("final_conv", "final_conv", init_dim, config.resolved_out_dim(), 1, true);
     b.specs
 }

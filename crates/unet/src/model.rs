@@ -9,21 +9,15 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::backend::{conv2d_same, per_sample_channels, rms_norm_act, softmax_cols, softmax_last, UnetBackend};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
-fn conv<B: Backend>(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    bias: bool,
-    device: &B::Device,
-) -> Conv2d<B> {
+fn conv<B: Backend>(cin: usize, cout: usize, k: usize, bias: bool, device: &B::Device) -> Conv2d<B> {
     let p = k / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
@@ -63,9 +57,7 @@ fn conv_same<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> 
     match &conv.bias {
         Some(b) => {
             let [n, _, h, w] = y.dims();
-            y.reshape([n, cout, h * w])
-                .add(per_sample_channels(b.val(), n))
-                .reshape([n, cout, h, w])
+            y.reshape([n, cout, h * w]).add(per_sample_channels(b.val(), n)).reshape([n, cout, h, w])
         }
         None => y,
     }
@@ -80,9 +72,7 @@ pub struct RmsNorm<B: Backend> {
 
 impl<B: Backend> RmsNorm<B> {
     fn new(dim: usize, device: &B::Device) -> Self {
-        Self {
-            g: Initializer::Ones.init([1, dim, 1, 1], device),
-        }
+        Self { g: Initializer::Ones.init([1, dim, 1, 1], device) }
     }
 
     /// `g * sqrt(C)` as a `[C]` vector (the gain [`UnetBackend::rms_norm_act`] takes).
@@ -209,11 +199,7 @@ impl<B: Backend> LinearAttention<B> {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal {
-                mean: 0.0,
-                std: 1.0,
-            }
-            .init([2, heads, dim_head, NUM_MEM_KV], device),
+            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, dim_head, NUM_MEM_KV], device),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             out_norm: RmsNorm::new(dim, device),
@@ -237,26 +223,13 @@ impl<B: UnetBackend> LinearAttention<B> {
         // `softmax_cols`: on burn Flex a softmax (and its autodiff decomposition) over a middle
         // axis goes through strided element-by-element copies, and computing q transposed for a
         // last-axis softmax left permuted copies in the forward and backward instead.
-        let rows = |i: usize| {
-            self.to_qkv
-                .weight
-                .val()
-                .narrow(0, i * hidden, hidden)
-                .reshape([1, hidden, c])
-        };
+        let rows = |i: usize| self.to_qkv.weight.val().narrow(0, i * hidden, hidden).reshape([1, hidden, c]);
         let q = rows(0).matmul(x.clone()).reshape([b, heads, dh, n]);
         let k = rows(1).matmul(x.clone()).reshape([b, heads, dh, n]);
         let v = rows(2).matmul(x).reshape([b, heads, dh, n]);
         let mem = self.mem_kv.val();
-        let mk = mem
-            .clone()
-            .narrow(0, 0, 1)
-            .reshape([1, heads, dh, NUM_MEM_KV])
-            .expand([b, heads, dh, NUM_MEM_KV]);
-        let mv = mem
-            .narrow(0, 1, 1)
-            .reshape([1, heads, dh, NUM_MEM_KV])
-            .expand([b, heads, dh, NUM_MEM_KV]);
+        let mk = mem.clone().narrow(0, 0, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
+        let mv = mem.narrow(0, 1, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
         let k = Tensor::cat(vec![mk, k], 3);
         let v = Tensor::cat(vec![mv, v], 3);
         let q = softmax_cols(q).mul_scalar((dh as f64).powf(-0.5));
@@ -293,11 +266,7 @@ impl<B: Backend> FullAttention<B> {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal {
-                mean: 0.0,
-                std: 1.0,
-            }
-            .init([2, heads, NUM_MEM_KV, dim_head], device),
+            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, NUM_MEM_KV, dim_head], device),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             heads,
@@ -319,15 +288,8 @@ impl<B: UnetBackend> FullAttention<B> {
         let k = to_seq(qkv.pop().expect("3 chunks"));
         let q = to_seq(qkv.pop().expect("3 chunks"));
         let mem = self.mem_kv.val();
-        let mk = mem
-            .clone()
-            .narrow(0, 0, 1)
-            .reshape([1, heads, NUM_MEM_KV, dh])
-            .expand([b, heads, NUM_MEM_KV, dh]);
-        let mv = mem
-            .narrow(0, 1, 1)
-            .reshape([1, heads, NUM_MEM_KV, dh])
-            .expand([b, heads, NUM_MEM_KV, dh]);
+        let mk = mem.clone().narrow(0, 0, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
+        let mv = mem.narrow(0, 1, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
         let k = Tensor::cat(vec![mk, k], 2);
         let v = Tensor::cat(vec![mv, v], 2);
         // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh], as the reference `Attend` computes it
@@ -396,9 +358,7 @@ impl<B: UnetBackend> Resample<B> {
 /// `b c (h p1) (w p2) -> b (c p1 p2) h w` with `p1 = p2 = 2`.
 pub fn pixel_unshuffle<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h / 2, 2, w / 2, 2])
-        .permute([0, 1, 3, 5, 2, 4])
-        .reshape([b, c * 4, h / 2, w / 2])
+    x.reshape([b, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([b, c * 4, h / 2, w / 2])
 }
 
 /// Nearest-neighbour upsampling by 2 (`nn.Upsample(scale_factor=2, mode='nearest')`).
@@ -462,8 +422,7 @@ impl<B: Backend> TimeMlp<B> {
     pub fn embed(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
         let n = t.dims()[0];
         let half = self.freqs.len();
-        let freqs =
-            Tensor::<B, 1>::from_data(TensorData::new(self.freqs.clone(), [half]), &t.device());
+        let freqs = Tensor::<B, 1>::from_data(TensorData::new(self.freqs.clone(), [half]), &t.device());
         let arg = t.reshape([n, 1]).mul(freqs.reshape([1, half]));
         Tensor::cat(vec![arg.clone().sin(), arg.cos()], 1)
     }
@@ -480,9 +439,7 @@ impl<B: Backend> TimeMlp<B> {
 pub fn sinusoidal_freqs(dim: usize, theta: f64) -> Vec<f32> {
     let half = dim / 2;
     let step = (theta.ln() / (half as f64 - 1.0)) as f32;
-    (0..half)
-        .map(|i| ((i as f32 * -step) as f64).exp() as f32)
-        .collect()
+    (0..half).map(|i| ((i as f32 * -step) as f64).exp() as f32).collect()
 }
 
 /// The denoising-diffusion-pytorch 2.x `Unet`.
@@ -560,12 +517,7 @@ impl<B: Backend> Unet<B> {
             .collect();
         Self {
             init_conv: conv(config.channels, init_dim, 7, true, device),
-            time_mlp: TimeMlp::new(
-                config.dim,
-                time_dim,
-                config.sinusoidal_pos_emb_theta,
-                device,
-            ),
+            time_mlp: TimeMlp::new(config.dim, time_dim, config.sinusoidal_pos_emb_theta, device),
             downs,
             mid_block1: resnet(mid, mid),
             mid_attn: FullAttention::new(mid, heads, dh, device),
@@ -607,11 +559,7 @@ impl<B: UnetBackend> Unet<B> {
         self.check_input(x.dims())?;
         if t.dims()[0] != x.dims()[0] {
             return Err(UnetError::BadInput {
-                reason: format!(
-                    "batch of x is {} but t has {} timesteps",
-                    x.dims()[0],
-                    t.dims()[0]
-                ),
+                reason: format!("batch of x is {} but t has {} timesteps", x.dims()[0], t.dims()[0]),
             });
         }
         Ok(self.forward_unchecked(x, t))

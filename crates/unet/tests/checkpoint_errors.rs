@@ -20,13 +20,7 @@ fn fixture_config() -> UnetConfig {
 
 /// The fixture's weights under their PyTorch names.
 fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let m = load_checkpoint::<B>(
-        &fixture("unet_state_dict.pth"),
-        Weights::Model,
-        None,
-        &Default::default(),
-    )
-    .unwrap();
+    let m = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, None, &Default::default()).unwrap();
     m.torch_state_dict()
 }
 
@@ -34,22 +28,12 @@ fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, s, v)| {
-            (
-                k.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(k, s, b)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
+            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
         })
         .collect();
     let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
@@ -64,17 +48,12 @@ fn load(path: &Path, config: Option<&UnetConfig>) -> UnetError {
 fn missing_keys_are_listed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("missing.safetensors");
-    let t: Vec<_> = fixture_tensors()
-        .into_iter()
-        .filter(|(k, _, _)| k != "mid_attn.mem_kv" && k != "final_conv.bias")
-        .collect();
+    let t: Vec<_> =
+        fixture_tensors().into_iter().filter(|(k, _, _)| k != "mid_attn.mem_kv" && k != "final_conv.bias").collect();
     write_safetensors(&path, &t);
     match load(&path, Some(&fixture_config())) {
         UnetError::MissingKeys { keys, path: p } => {
-            assert_eq!(
-                keys,
-                vec!["mid_attn.mem_kv".to_string(), "final_conv.bias".to_string()]
-            );
+            assert_eq!(keys, vec!["mid_attn.mem_kv".to_string(), "final_conv.bias".to_string()]);
             assert_eq!(p, path);
         }
         e => panic!("wrong error: {e}"),
@@ -119,20 +98,12 @@ fn shape_mismatches_name_key_expected_and_found() {
         }
         e => panic!("wrong error: {e}"),
     }
-    assert!(
-        e.to_string()
-            .contains("expected [1, 16, 1, 1], found [1, 16]"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("expected [1, 16, 1, 1], found [1, 16]"), "{e}");
 }
 
 #[test]
 fn wrong_config_says_which_config_fits() {
-    for wrong in [
-        UnetConfig::deeplense(),
-        UnetConfig::new(8, vec![1, 2, 4], 1),
-        UnetConfig::new(8, vec![1, 2], 3),
-    ] {
+    for wrong in [UnetConfig::deeplense(), UnetConfig::new(8, vec![1, 2, 4], 1), UnetConfig::new(8, vec![1, 2], 3)] {
         let e = load(&fixture("unet_state_dict.pth"), Some(&wrong));
         match &e {
             UnetError::ConfigMismatch { inferred, fits, .. } => {
@@ -141,11 +112,7 @@ fn wrong_config_says_which_config_fits() {
             }
             e => panic!("wrong error: {e}"),
         }
-        assert!(
-            e.to_string()
-                .contains("the file holds Unet(dim=8, dim_mults=(1,2), channels=1)"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("the file holds Unet(dim=8, dim_mults=(1,2), channels=1)"), "{e}");
     }
 }
 
@@ -156,24 +123,15 @@ fn pre_2_0_groupnorm_checkpoint_is_refused_with_the_reason() {
     for config in [None, Some(fixture_config())] {
         let e = load(&path, config.as_ref());
         match &e {
-            UnetError::LegacyCheckpoint { key, .. } => assert!(
-                key.ends_with(".norm.weight")
-                    || key.ends_with(".norm.bias")
-                    || key.contains(".fn."),
-                "{key}"
-            ),
+            UnetError::LegacyCheckpoint { key, .. } => {
+                assert!(key.ends_with(".norm.weight") || key.ends_with(".norm.bias") || key.contains(".fn."), "{key}")
+            }
             e => panic!("wrong error: {e}"),
         }
         let msg = e.to_string();
-        assert!(
-            msg.contains("< 2.0") && msg.contains("GroupNorm") && msg.contains("RMSNorm"),
-            "{msg}"
-        );
+        assert!(msg.contains("< 2.0") && msg.contains("GroupNorm") && msg.contains("RMSNorm"), "{msg}");
     }
-    assert!(matches!(
-        unet::infer_config(&path, Weights::Model),
-        Err(UnetError::LegacyCheckpoint { .. })
-    ));
+    assert!(matches!(unet::infer_config(&path, Weights::Model), Err(UnetError::LegacyCheckpoint { .. })));
 }
 
 #[test]
@@ -184,10 +142,7 @@ fn truncated_pytorch_file() {
     for cut in [bytes.len() / 2, bytes.len() - 30, 100] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let e = load(&path, None);
-        assert!(
-            matches!(e, UnetError::NotACheckpoint { .. }),
-            "cut {cut}: {e}"
-        );
+        assert!(matches!(e, UnetError::NotACheckpoint { .. }), "cut {cut}: {e}");
         assert!(e.to_string().contains("truncated.pth"), "{e}");
     }
 }
@@ -197,17 +152,11 @@ fn non_pytorch_files() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.pth");
     std::fs::write(&text, "these are not weights\n").unwrap();
-    assert!(matches!(
-        load(&text, None),
-        UnetError::NotACheckpoint { .. }
-    ));
+    assert!(matches!(load(&text, None), UnetError::NotACheckpoint { .. }));
     let empty = dir.path().join("empty.pth");
     std::fs::write(&empty, b"").unwrap();
     let e = load(&empty, None);
-    assert!(
-        matches!(e, UnetError::NotACheckpoint { .. }) && e.to_string().contains("empty"),
-        "{e}"
-    );
+    assert!(matches!(e, UnetError::NotACheckpoint { .. }) && e.to_string().contains("empty"), "{e}");
     let npy = dir.path().join("image.pth");
     std::fs::copy(fixture("forward_x.npy"), &npy).unwrap();
     assert!(matches!(load(&npy, None), UnetError::NotACheckpoint { .. }));
@@ -217,13 +166,7 @@ fn non_pytorch_files() {
 
 #[test]
 fn ema_from_a_file_without_ema_weights() {
-    let e = load_checkpoint::<B>(
-        &fixture("unet_state_dict.pth"),
-        Weights::Ema,
-        None,
-        &Default::default(),
-    )
-    .unwrap_err();
+    let e = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Ema, None, &Default::default()).unwrap_err();
     match &e {
         UnetError::WrongContents { reason, .. } => {
             assert!(reason.contains("Weights::Model"), "{reason}")
@@ -236,10 +179,7 @@ fn ema_from_a_file_without_ema_weights() {
 fn a_file_without_a_unet() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.safetensors");
-    write_safetensors(
-        &path,
-        &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])],
-    );
+    write_safetensors(&path, &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])]);
     let e = load(&path, None);
     assert!(matches!(e, UnetError::WrongContents { .. }), "{e}");
     assert!(e.to_string().contains("init_conv.weight"), "{e}");
@@ -250,17 +190,9 @@ fn state_dict_inspection() {
     let sd = read_state_dict(&fixture("trainer_checkpoint.pt"), Weights::Model).unwrap();
     assert_eq!(sd.format(), unet::CheckpointFormat::TrainerModel);
     assert_eq!(sd.shapes()["time_mlp.1.weight"], vec![32, 8]);
-    assert_eq!(
-        unet::infer_config(&fixture("trainer_checkpoint.pt"), Weights::Ema).unwrap(),
-        fixture_config()
-    );
-    assert!(Unet::<B>::from_pytorch(
-        &fixture("diffusion_state_dict.pth"),
-        Weights::Model,
-        None,
-        &Default::default()
-    )
-    .is_ok());
+    assert_eq!(unet::infer_config(&fixture("trainer_checkpoint.pt"), Weights::Ema).unwrap(), fixture_config());
+    assert!(Unet::<B>::from_pytorch(&fixture("diffusion_state_dict.pth"), Weights::Model, None, &Default::default())
+        .is_ok());
 }
 
 #[test]
@@ -269,9 +201,7 @@ fn nested_and_prefixed_state_dicts() {
     let device = Default::default();
     let base = fixture_tensors();
     let prefixed = |p: &str| -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        base.iter()
-            .map(|(k, s, v)| (format!("{p}{k}"), s.clone(), v.clone()))
-            .collect()
+        base.iter().map(|(k, s, v)| (format!("{p}{k}"), s.clone(), v.clone())).collect()
     };
     // A Lightning-style `{"state_dict": unet.state_dict()}`, flattened.
     let path = dir.path().join("nested.safetensors");
@@ -299,12 +229,6 @@ fn nested_and_prefixed_state_dicts() {
     let mut t = prefixed("ckpt.ema.ema_model.model.");
     t.extend(prefixed("ckpt.model.model."));
     write_safetensors(&path, &t);
-    assert_eq!(
-        read_state_dict(&path, Weights::Ema).unwrap().prefix(),
-        "ckpt.ema.ema_model.model."
-    );
-    assert_eq!(
-        read_state_dict(&path, Weights::Model).unwrap().prefix(),
-        "ckpt.model.model."
-    );
+    assert_eq!(read_state_dict(&path, Weights::Ema).unwrap().prefix(), "ckpt.ema.ema_model.model.");
+    assert_eq!(read_state_dict(&path, Weights::Model).unwrap().prefix(), "ckpt.model.model.");
 }

@@ -28,24 +28,12 @@ fn fixture_config_has_78_985_parameters() {
 /// The key table must name every burn parameter exactly once with the right shape.
 fn check_table(config: &UnetConfig) {
     let model = config.init::<B>(&Default::default()).unwrap();
-    let collected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
-        .collect();
-    let table: BTreeMap<String, Vec<usize>> = param_specs(config)
-        .iter()
-        .map(|s| (s.burn_path.clone(), s.burn_shape()))
-        .collect();
-    assert_eq!(
-        table.len(),
-        param_specs(config).len(),
-        "duplicate burn paths"
-    );
-    assert_eq!(
-        collected, table,
-        "key table out of sync with the module for {config:?}"
-    );
+    let collected: BTreeMap<String, Vec<usize>> =
+        model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
+    let table: BTreeMap<String, Vec<usize>> =
+        param_specs(config).iter().map(|s| (s.burn_path.clone(), s.burn_shape())).collect();
+    assert_eq!(table.len(), param_specs(config).len(), "duplicate burn paths");
+    assert_eq!(collected, table, "key table out of sync with the module for {config:?}");
     assert_eq!(model.num_params(), config.num_params());
 }
 
@@ -78,9 +66,7 @@ fn forward_shapes() {
 #[test]
 fn bad_input_is_an_error() {
     let device = Default::default();
-    let model = UnetConfig::new(8, vec![1, 2, 2], 1)
-        .init::<B>(&device)
-        .unwrap();
+    let model = UnetConfig::new(8, vec![1, 2, 2], 1).init::<B>(&device).unwrap();
     // 10 is not a multiple of 4
     let x = Tensor::<B, 4>::zeros([1, 1, 10, 8], &device);
     let t = Tensor::<B, 1>::zeros([1], &device);
@@ -111,10 +97,7 @@ fn invalid_configs_are_rejected() {
     ];
     for c in cases {
         let err = c.init::<B>(&Default::default()).unwrap_err();
-        assert!(
-            matches!(err, UnetError::InvalidConfig { .. }),
-            "{c:?}: {err}"
-        );
+        assert!(matches!(err, UnetError::InvalidConfig { .. }), "{c:?}: {err}");
     }
 }
 
@@ -124,13 +107,9 @@ fn config_json_round_trip_and_describe() {
     let json = serde_json::to_string(&c).unwrap();
     let back: UnetConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(c, back);
-    assert_eq!(
-        c.describe(),
-        "Unet(dim=64, dim_mults=(1,2,4,8), channels=1)"
-    );
+    assert_eq!(c.describe(), "Unet(dim=64, dim_mults=(1,2,4,8), channels=1)");
     // Defaults fill in omitted fields, as in Python.
-    let minimal: UnetConfig =
-        serde_json::from_str(r#"{"dim": 64, "dim_mults": [1,2,4,8], "channels": 1}"#).unwrap();
+    let minimal: UnetConfig = serde_json::from_str(r#"{"dim": 64, "dim_mults": [1,2,4,8], "channels": 1}"#).unwrap();
     assert_eq!(minimal, c);
 }
 
@@ -146,23 +125,14 @@ fn sinusoidal_frequencies_follow_the_reference() {
 
 #[test]
 fn unet_is_a_diffusion_core_denoiser() {
-    fn run<D: diffusion_core::Denoiser<B>>(
-        d: &D,
-        x: Tensor<B, 4>,
-        t: Tensor<B, 1>,
-    ) -> Tensor<B, 4> {
+    fn run<D: diffusion_core::Denoiser<B>>(d: &D, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Tensor<B, 4> {
         d.denoise(x, t)
     }
     let device = Default::default();
-    let model = UnetConfig::new(8, vec![1, 2], 1)
-        .init::<B>(&device)
-        .unwrap();
+    let model = UnetConfig::new(8, vec![1, 2], 1).init::<B>(&device).unwrap();
     let x = Tensor::<B, 4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let t = Tensor::<B, 1>::from_floats([3.0, 700.0], &device);
-    let a: Vec<f32> = run(&model, x.clone(), t.clone())
-        .into_data()
-        .to_vec()
-        .unwrap();
+    let a: Vec<f32> = run(&model, x.clone(), t.clone()).into_data().to_vec().unwrap();
     let b: Vec<f32> = model.forward(x, t).into_data().to_vec().unwrap();
     assert_eq!(a, b);
 }
@@ -173,10 +143,7 @@ fn gradients_flow_to_every_parameter_under_autodiff() {
     use burn::module::Param;
     type AB = Autodiff<Flex>;
     let device = Default::default();
-    let model = UnetConfig::new(8, vec![1, 2], 1)
-        .with_dropout(0.1)
-        .init::<AB>(&device)
-        .unwrap();
+    let model = UnetConfig::new(8, vec![1, 2], 1).with_dropout(0.1).init::<AB>(&device).unwrap();
     let x = Tensor::<AB, 4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let t = Tensor::<AB, 1>::from_floats([3.0, 700.0], &device);
     let loss = model.forward(x, t).powi_scalar(2).mean();
@@ -186,10 +153,7 @@ fn gradients_flow_to_every_parameter_under_autodiff() {
     let checks = [
         ("init_conv", g(&model.init_conv.weight)),
         ("mid_attn.mem_kv", g(&model.mid_attn.mem_kv)),
-        (
-            "final_res_block.block1.norm.g",
-            g(&model.final_res_block.block1.norm.g),
-        ),
+        ("final_res_block.block1.norm.g", g(&model.final_res_block.block1.norm.g)),
     ];
     for (name, v) in checks {
         assert!(v.is_finite() && v > 0.0, "{name}: |grad| sum = {v}");
@@ -208,14 +172,6 @@ fn gradients_flow_to_every_parameter_under_autodiff() {
         assert_eq!(inner.config(), model.config());
         assert_eq!(inner.num_params(), model.num_params());
     }
-    let lin = model
-        .time_mlp
-        .linear1
-        .weight
-        .grad(&grads)
-        .expect("gradient")
-        .abs()
-        .sum()
-        .into_scalar();
+    let lin = model.time_mlp.linear1.weight.grad(&grads).expect("gradient").abs().sum().into_scalar();
     assert!(lin.is_finite() && lin > 0.0);
 }

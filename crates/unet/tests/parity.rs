@@ -25,10 +25,7 @@ fn inputs<B: Backend>(device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 1>) {
     let x: ArrayD<f32> = read_npy(fixture("forward_x.npy")).unwrap();
     let t: ArrayD<i64> = read_npy(fixture("forward_t.npy")).unwrap();
     let shape: Vec<usize> = x.shape().to_vec();
-    let x = Tensor::from_data(
-        TensorData::new(x.into_raw_vec_and_offset().0, shape),
-        device,
-    );
+    let x = Tensor::from_data(TensorData::new(x.into_raw_vec_and_offset().0, shape), device);
     let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
     let n = t.len();
     (x, Tensor::from_data(TensorData::new(t, [n]), device))
@@ -41,10 +38,7 @@ fn expected(name: &str) -> ArrayD<f32> {
 fn max_abs_diff<B: Backend>(y: Tensor<B, 4>, want: &ArrayD<f32>) -> f32 {
     assert_eq!(y.dims().to_vec(), want.shape().to_vec());
     let got: Vec<f32> = y.into_data().to_vec().unwrap();
-    got.iter()
-        .zip(want.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
 fn check<B: unet::UnetBackend>(model: &Unet<B>, out: &str, device: &B::Device) {
@@ -53,10 +47,7 @@ fn check<B: unet::UnetBackend>(model: &Unet<B>, out: &str, device: &B::Device) {
     let d = max_abs_diff(model.forward(x, t), &want);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     eprintln!("{out}: max abs diff {d:e}, output scale {scale}");
-    assert!(
-        d <= 1e-5,
-        "{out}: max |diff| = {d:e} (output scale {scale})"
-    );
+    assert!(d <= 1e-5, "{out}: max |diff| = {d:e} (output scale {scale})");
 }
 
 #[test]
@@ -65,9 +56,7 @@ fn bare_state_dict_matches_pytorch_forward() {
     let sd = read_state_dict(&fixture("unet_state_dict.pth"), Weights::Model).unwrap();
     assert_eq!(sd.format(), CheckpointFormat::UnetStateDict);
     assert_eq!(sd.infer_config().unwrap(), fixture_config());
-    let model = sd
-        .into_unet::<Flex>(Some(&fixture_config()), &device)
-        .unwrap();
+    let model = sd.into_unet::<Flex>(Some(&fixture_config()), &device).unwrap();
     check(&model, "forward_out.npy", &device);
 }
 
@@ -88,25 +77,15 @@ fn trainer_checkpoint_model_and_ema_weights() {
     let path = fixture("trainer_checkpoint.pt");
     let ema = load_checkpoint::<Flex>(&path, Weights::Ema, None, &device).unwrap();
     check(&ema, "forward_out_ema.npy", &device);
-    let online =
-        load_checkpoint::<Flex>(&path, Weights::Model, Some(&fixture_config()), &device).unwrap();
+    let online = load_checkpoint::<Flex>(&path, Weights::Model, Some(&fixture_config()), &device).unwrap();
     check(&online, "forward_out.npy", &device);
-    assert_eq!(
-        read_state_dict(&path, Weights::Ema).unwrap().format(),
-        CheckpointFormat::TrainerEma
-    );
+    assert_eq!(read_state_dict(&path, Weights::Ema).unwrap().format(), CheckpointFormat::TrainerEma);
 }
 
 #[test]
 fn bare_state_dict_on_ndarray() {
     let device = Default::default();
-    let model = load_checkpoint::<NdArray>(
-        &fixture("unet_state_dict.pth"),
-        Weights::Model,
-        None,
-        &device,
-    )
-    .unwrap();
+    let model = load_checkpoint::<NdArray>(&fixture("unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
     check(&model, "forward_out.npy", &device);
 }
 
@@ -123,10 +102,7 @@ fn non_default_config_matches_pytorch_forward() {
     let x: ArrayD<f32> = read_npy(fixture("odd_x.npy")).unwrap();
     let t: ArrayD<i64> = read_npy(fixture("odd_t.npy")).unwrap();
     let shape = x.shape().to_vec();
-    let x = Tensor::<Flex, 4>::from_data(
-        TensorData::new(x.into_raw_vec_and_offset().0, shape),
-        &device,
-    );
+    let x = Tensor::<Flex, 4>::from_data(TensorData::new(x.into_raw_vec_and_offset().0, shape), &device);
     let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
     let t = Tensor::<Flex, 1>::from_data(TensorData::new(t, [2]), &device);
     let d = max_abs_diff(model.forward(x, t), &expected("odd_out.npy"));

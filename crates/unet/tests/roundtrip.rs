@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use unet::{
-    load_checkpoint, read_state_dict, CheckpointFormat, Unet, UnetConfig, UnetError, Weights,
-};
+use unet::{load_checkpoint, read_state_dict, CheckpointFormat, Unet, UnetConfig, UnetError, Weights};
 
 type B = Flex;
 
@@ -48,10 +46,7 @@ fn safetensors_export_round_trip() {
         // Same keys as PyTorch's state_dict, config restored from the metadata.
         let sd = read_state_dict(&path, Weights::Model).unwrap();
         assert_eq!(sd.format(), CheckpointFormat::Safetensors);
-        let mut want: Vec<String> = unet::keys::param_specs(&config)
-            .into_iter()
-            .map(|s| s.torch_key)
-            .collect();
+        let mut want: Vec<String> = unet::keys::param_specs(&config).into_iter().map(|s| s.torch_key).collect();
         want.sort();
         assert_eq!(sd.keys(), want);
         assert_eq!(sd.infer_config().unwrap(), config);
@@ -69,13 +64,7 @@ fn export_reproduces_the_pytorch_tensors_exactly() {
     // (checks names, Linear transposes and layouts).
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
-    let model = load_checkpoint::<B>(
-        &fixture("unet_state_dict.pth"),
-        Weights::Model,
-        None,
-        &device,
-    )
-    .unwrap();
+    let model = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
     let out = dir.path().join("export.safetensors");
     model.export_safetensors(&out).unwrap();
     let ours = std::fs::read(&out).unwrap();
@@ -87,11 +76,7 @@ fn export_reproduces_the_pytorch_tensors_exactly() {
         let (shape, want) = original.tensor_f32(&k).unwrap().unwrap();
         let view = ours.tensor(&k).unwrap();
         assert_eq!(view.shape(), shape.as_slice(), "{k}");
-        let got: Vec<f32> = view
-            .data()
-            .chunks(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let got: Vec<f32> = view.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         assert_eq!(got, want, "{k}");
     }
     // Linear weights are [out, in] in the export, as in torch.
@@ -108,24 +93,16 @@ fn burnpack_save_load_round_trip() {
     let path = dir.path().join("model.bpk");
     model.save(&path).unwrap();
     // no temporary file left behind
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
     let back = Unet::<B>::load(&path, &device).unwrap();
-    assert_eq!(
-        back.config(),
-        &config,
-        "dropout and everything else restored"
-    );
+    assert_eq!(back.config(), &config, "dropout and everything else restored");
     assert_eq!(outputs(&model), outputs(&back));
     let auto = load_checkpoint::<B>(&path, Weights::Model, None, &device).unwrap();
     assert_eq!(outputs(&model), outputs(&auto));
     assert_eq!(unet::infer_config(&path, Weights::Model).unwrap(), config);
     // asking for another architecture is refused
-    let e = load_checkpoint::<B>(&path, Weights::Model, Some(&UnetConfig::small()), &device)
-        .unwrap_err();
+    let e = load_checkpoint::<B>(&path, Weights::Model, Some(&UnetConfig::small()), &device).unwrap_err();
     assert!(matches!(e, UnetError::ConfigMismatch { .. }), "{e}");
 }
 
@@ -133,9 +110,7 @@ fn burnpack_save_load_round_trip() {
 fn damaged_burnpack_and_unwritable_paths() {
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
-    let model = UnetConfig::new(8, vec![1, 2], 1)
-        .init::<B>(&device)
-        .unwrap();
+    let model = UnetConfig::new(8, vec![1, 2], 1).init::<B>(&device).unwrap();
     let path = dir.path().join("model.bpk");
     model.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -147,8 +122,5 @@ fn damaged_burnpack_and_unwritable_paths() {
     assert!(Unet::<B>::load(&cut, &device).is_err());
     let nowhere = dir.path().join("no/such/dir/model.bpk");
     assert!(matches!(model.save(&nowhere), Err(UnetError::Write { .. })));
-    assert!(matches!(
-        model.export_safetensors(&nowhere),
-        Err(UnetError::Write { .. })
-    ));
+    assert!(matches!(model.export_safetensors(&nowhere), Err(UnetError::Write { .. })));
 }

@@ -21,11 +21,7 @@ struct BurnpackMeta {
 }
 
 fn burnpack_err(path: &Path, reason: impl ToString) -> UnetError {
-    UnetError::NotACheckpoint {
-        path: path.to_path_buf(),
-        expected: "burnpack".into(),
-        reason: reason.to_string(),
-    }
+    UnetError::NotACheckpoint { path: path.to_path_buf(), expected: "burnpack".into(), reason: reason.to_string() }
 }
 
 /// The string metadata in a burnpack file's header.
@@ -34,17 +30,13 @@ pub(super) fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, Une
     // the CBOR metadata (burn-store's burnpack format, version 1).
     let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let mut header = [0u8; 10];
-    f.read_exact(&mut header)
-        .map_err(|e| burnpack_err(path, format!("header: {e}")))?;
+    f.read_exact(&mut header).map_err(|e| burnpack_err(path, format!("header: {e}")))?;
     if &header[..4] != b"NRUB" {
         return Err(burnpack_err(path, "bad magic number"));
     }
     let version = u16::from_le_bytes([header[4], header[5]]);
     if version != 1 {
-        return Err(burnpack_err(
-            path,
-            format!("unsupported burnpack version {version}"),
-        ));
+        return Err(burnpack_err(path, format!("unsupported burnpack version {version}")));
     }
     let size = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as u64;
     let len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
@@ -52,25 +44,22 @@ pub(super) fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, Une
         return Err(burnpack_err(path, "truncated metadata"));
     }
     let mut meta = vec![0u8; size as usize];
-    f.read_exact(&mut meta)
-        .map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
-    let meta: BurnpackMeta = ciborium::from_reader(meta.as_slice())
-        .map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
+    f.read_exact(&mut meta).map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
+    let meta: BurnpackMeta =
+        ciborium::from_reader(meta.as_slice()).map_err(|e| burnpack_err(path, format!("metadata: {e}")))?;
     Ok(meta.metadata)
 }
 
 /// Reads the [`UnetConfig`] stored in the metadata of a burnpack file written by [`Unet::save`].
 pub(super) fn read_config(path: &Path) -> Result<UnetConfig, UnetError> {
     let meta = read_metadata(path)?;
-    let json = meta
-        .get(CONFIG_METADATA_KEY)
-        .ok_or_else(|| UnetError::WrongContents {
-            path: path.to_path_buf(),
-            reason: format!(
-                "burnpack file without `{CONFIG_METADATA_KEY}` metadata; it was not written by \
+    let json = meta.get(CONFIG_METADATA_KEY).ok_or_else(|| UnetError::WrongContents {
+        path: path.to_path_buf(),
+        reason: format!(
+            "burnpack file without `{CONFIG_METADATA_KEY}` metadata; it was not written by \
              Unet::save"
-            ),
-        })?;
+        ),
+    })?;
     serde_json::from_str(json).map_err(|e| UnetError::WrongContents {
         path: path.to_path_buf(),
         reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
@@ -87,22 +76,15 @@ impl<B: Backend> Unet<B> {
     /// [`Unet::save`] with more string metadata beside the config (an application records
     /// what else is needed to use the weights, e.g. image size and diffusion settings; read it
     /// back with [`read_metadata`](crate::read_metadata)). The key `unet_config` is reserved.
-    pub fn save_with_metadata(
-        &self,
-        path: &Path,
-        extra: &BTreeMap<String, String>,
-    ) -> Result<(), UnetError> {
+    pub fn save_with_metadata(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<(), UnetError> {
         let json = serde_json::to_string(&self.config).expect("config serialises");
         write_atomic(path, |tmp| {
-            let mut store = BurnpackStore::from_file(tmp)
-                .auto_extension(false)
-                .overwrite(true);
+            let mut store = BurnpackStore::from_file(tmp).auto_extension(false).overwrite(true);
             for (k, v) in extra.iter().filter(|(k, _)| k.as_str() != CONFIG_METADATA_KEY) {
                 store = store.metadata(k, v.clone());
             }
-            let mut store = store
-                .metadata(CONFIG_METADATA_KEY, json)
-                .metadata("unet_crate_version", env!("CARGO_PKG_VERSION"));
+            let mut store =
+                store.metadata(CONFIG_METADATA_KEY, json).metadata("unet_crate_version", env!("CARGO_PKG_VERSION"));
             self.save_into(&mut store).map_err(|e| e.to_string())
         })
     }
@@ -112,9 +94,7 @@ impl<B: Backend> Unet<B> {
         let config = read_config(path)?;
         let mut model = config.init::<B>(device)?;
         let mut store = BurnpackStore::from_file(path).auto_extension(false);
-        let result = model
-            .load_from(&mut store)
-            .map_err(|e| burnpack_err(path, e))?;
+        let result = model.load_from(&mut store).map_err(|e| burnpack_err(path, e))?;
         check_apply(path, result, "burnpack does not match its own config")?;
         Ok(model)
     }

@@ -12,9 +12,7 @@ fn get_shape(shapes: &BTreeMap<String, Vec<usize>>, key: &str) -> Option<Vec<usi
 ///
 /// Reads `init_conv` (channels, init_dim), `time_mlp.1` (dim), each down stage (dim_mults),
 /// the attention layers (full or linear per stage, heads, dim_head) and `final_conv` (out_dim).
-pub fn infer_config_from_shapes(
-    shapes: &BTreeMap<String, Vec<usize>>,
-) -> Result<UnetConfig, String> {
+pub fn infer_config_from_shapes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<UnetConfig, String> {
     let need = |key: &str, rank: usize| -> Result<Vec<usize>, String> {
         match get_shape(shapes, key) {
             Some(s) if s.len() == rank => Ok(s),
@@ -27,9 +25,7 @@ pub fn infer_config_from_shapes(
     let t1 = need("time_mlp.1.weight", 2)?;
     let dim = t1[1];
     if t1[0] != 4 * dim {
-        return Err(format!(
-            "`time_mlp.1.weight` is {t1:?}; a Unet with dim {dim} has [4*dim, dim]"
-        ));
+        return Err(format!("`time_mlp.1.weight` is {t1:?}; a Unet with dim {dim} has [4*dim, dim]"));
     }
     let mut mults = Vec::new();
     let mut full = Vec::new();
@@ -41,31 +37,23 @@ pub fn infer_config_from_shapes(
         } else if let Some(s) = get_shape(shapes, &format!("downs.{i}.3.weight")) {
             (s[0], true)
         } else {
-            return Err(format!(
-                "down stage {i} has no downsample (`downs.{i}.3...`)"
-            ));
+            return Err(format!("down stage {i} has no downsample (`downs.{i}.3...`)"));
         };
         if out % dim != 0 {
-            return Err(format!(
-                "down stage {i} outputs {out} channels, not a multiple of dim {dim}"
-            ));
+            return Err(format!("down stage {i} outputs {out} channels, not a multiple of dim {dim}"));
         }
         mults.push(out / dim);
         let is_full = shapes.contains_key(&format!("downs.{i}.2.to_out.weight"));
         full.push(is_full);
         let mem = need(&format!("downs.{i}.2.mem_kv"), 4)?;
-        let hd = if is_full {
-            (mem[1], mem[3])
-        } else {
-            (mem[1], mem[2])
-        };
+        let hd = if is_full { (mem[1], mem[3]) } else { (mem[1], mem[2]) };
         match heads_dh {
             None => heads_dh = Some(hd),
             Some(prev) if prev != hd => {
                 return Err(format!(
-                "attention heads/dim_head differ between stages ({prev:?} vs {hd:?}); per-stage \
+                    "attention heads/dim_head differ between stages ({prev:?} vs {hd:?}); per-stage \
                      attention sizes are not supported"
-            ))
+                ))
             }
             _ => {}
         }

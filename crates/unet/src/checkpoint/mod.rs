@@ -32,7 +32,6 @@ pub use state_dict::{ShapedValues, StateDict};
 /// Metadata key under which our files store the [`UnetConfig`] as JSON.
 pub const CONFIG_METADATA_KEY: &str = "unet_config";
 
-
 /// Which weights of a checkpoint to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
@@ -51,9 +50,7 @@ impl std::str::FromStr for Weights {
         match s.to_ascii_lowercase().as_str() {
             "model" | "online" => Ok(Self::Model),
             "ema" => Ok(Self::Ema),
-            other => Err(format!(
-                "unknown weights `{other}`; expected `model` or `ema`"
-            )),
+            other => Err(format!("unknown weights `{other}`; expected `model` or `ema`")),
         }
     }
 }
@@ -92,12 +89,8 @@ impl CheckpointFormat {
     }
 }
 
-
 fn io_err(path: &Path, source: std::io::Error) -> UnetError {
-    UnetError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    UnetError::Io { path: path.to_path_buf(), source }
 }
 
 /// The first bytes of a file, to tell formats apart.
@@ -133,7 +126,6 @@ fn file_kind(path: &Path) -> Result<FileKind, UnetError> {
     }
     Ok(FileKind::Pytorch)
 }
-
 
 /// Reads the U-Net weights of a PyTorch checkpoint (any of the three wrappers, detected from the
 /// keys) or of a safetensors file, under their PyTorch keys.
@@ -211,12 +203,7 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, UnetError>
 }
 
 /// Writes through a temporary sibling, then renames (see the `atomic-file` crate).
-fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), UnetError> {
-    atomic_file::write_with(path, write).map_err(|e| UnetError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), UnetError> {
+    atomic_file::write_with(path, write)
+        .map_err(|e| UnetError::Write { path: path.to_path_buf(), reason: e.to_string() })
 }

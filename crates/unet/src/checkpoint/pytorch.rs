@@ -19,10 +19,8 @@ const MODEL_PREFIXES: [(&str, CheckpointFormat); 3] = [
     ("model.", CheckpointFormat::DiffusionStateDict),
     ("model.model.", CheckpointFormat::TrainerModel),
 ];
-const EMA_PREFIXES: [(&str, CheckpointFormat); 2] = [
-    ("ema.ema_model.model.", CheckpointFormat::TrainerEma),
-    ("ema_model.model.", CheckpointFormat::EmaStateDict),
-];
+const EMA_PREFIXES: [(&str, CheckpointFormat); 2] =
+    [("ema.ema_model.model.", CheckpointFormat::TrainerEma), ("ema_model.model.", CheckpointFormat::EmaStateDict)];
 
 fn not_pytorch(path: &Path, reason: impl ToString) -> UnetError {
     UnetError::NotACheckpoint {
@@ -41,19 +39,11 @@ pub(super) fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, U
     let reader = std::panic::catch_unwind(move || PytorchReader::new(&owned))
         .map_err(|_| not_pytorch(path, "the PyTorch reader crashed on this file"))?
         .map_err(|e| {
-            let zip = sniff(path)
-                .map(|h| h.starts_with(b"PK\x03\x04"))
-                .unwrap_or(false);
+            let zip = sniff(path).map(|h| h.starts_with(b"PK\x03\x04")).unwrap_or(false);
             if zip {
-                not_pytorch(
-                    path,
-                    format!("a zip archive that cannot be read, truncated or damaged ({e})"),
-                )
+                not_pytorch(path, format!("a zip archive that cannot be read, truncated or damaged ({e})"))
             } else {
-                not_pytorch(
-                    path,
-                    format!("neither a PyTorch zip archive nor a legacy pickle checkpoint ({e})"),
-                )
+                not_pytorch(path, format!("neither a PyTorch zip archive nor a legacy pickle checkpoint ({e})"))
             }
         })?;
     let all: HashMap<String, TensorSnapshot> = reader.into_tensors();
@@ -76,9 +66,7 @@ pub(super) fn select_unet(
         Weights::Model => &MODEL_PREFIXES,
         Weights::Ema => &EMA_PREFIXES,
     };
-    let found = prefixes
-        .iter()
-        .find(|(p, _)| has(&format!("{p}init_conv.weight")));
+    let found = prefixes.iter().find(|(p, _)| has(&format!("{p}init_conv.weight")));
     let (prefix, format) = match found {
         Some(&(p, f)) => (p.to_string(), f),
         None => {
@@ -105,37 +93,23 @@ pub(super) fn select_unet(
                             "the file holds {} U-Nets (under the prefixes {}); this loader \
                              cannot tell which one is meant",
                             candidates.len(),
-                            candidates
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
                         ),
                     })
                 }
             }
         }
     };
-    let tensors: BTreeMap<String, TensorSnapshot> = all
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|s| (s.to_string(), v)))
-        .collect();
+    let tensors: BTreeMap<String, TensorSnapshot> =
+        all.into_iter().filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|s| (s.to_string(), v))).collect();
     Ok((prefix, format, tensors))
 }
 
-fn explain_no_unet(
-    path: &Path,
-    weights: Weights,
-    all: &HashMap<String, TensorSnapshot>,
-) -> UnetError {
+fn explain_no_unet(path: &Path, weights: Weights, all: &HashMap<String, TensorSnapshot>) -> UnetError {
     let mut keys: Vec<&String> = all.keys().collect();
     keys.sort();
-    let has_ema = all
-        .keys()
-        .any(|k| k.contains("ema_model.model.init_conv.weight"));
-    let has_model = MODEL_PREFIXES
-        .iter()
-        .any(|(p, _)| all.contains_key(&format!("{p}init_conv.weight")));
+    let has_ema = all.keys().any(|k| k.contains("ema_model.model.init_conv.weight"));
+    let has_model = MODEL_PREFIXES.iter().any(|(p, _)| all.contains_key(&format!("{p}init_conv.weight")));
     let reason = match weights {
         Weights::Ema if has_model && !has_ema => {
             let f = MODEL_PREFIXES
@@ -162,10 +136,7 @@ fn explain_no_unet(
             )
         }
     };
-    UnetError::WrongContents {
-        path: path.to_path_buf(),
-        reason,
-    }
+    UnetError::WrongContents { path: path.to_path_buf(), reason }
 }
 
 impl<B: Backend> Unet<B> {

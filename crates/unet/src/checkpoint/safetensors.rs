@@ -17,28 +17,17 @@ use crate::error::UnetError;
 use crate::model::Unet;
 
 fn safetensors_err(path: &Path, e: impl ToString) -> UnetError {
-    UnetError::NotACheckpoint {
-        path: path.to_path_buf(),
-        expected: "safetensors".into(),
-        reason: e.to_string(),
-    }
+    UnetError::NotACheckpoint { path: path.to_path_buf(), expected: "safetensors".into(), reason: e.to_string() }
 }
 
 pub(super) fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| safetensors_err(path, e))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| safetensors_err(path, e))?;
-    let config_hint = match meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
-    {
-        Some(json) => Some(serde_json::from_str::<UnetConfig>(json).map_err(|e| {
-            UnetError::WrongContents {
-                path: path.to_path_buf(),
-                reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
-            }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| safetensors_err(path, e))?;
+    let config_hint = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
+        Some(json) => Some(serde_json::from_str::<UnetConfig>(json).map_err(|e| UnetError::WrongContents {
+            path: path.to_path_buf(),
+            reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
         })?),
         None => None,
     };
@@ -58,29 +47,17 @@ pub(super) fn read_safetensors(path: &Path, weights: Weights) -> Result<StateDic
             }
         };
         let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
-        let snap = TensorSnapshot::from_data(
-            data,
-            name.split('.').map(String::from).collect(),
-            vec![],
-            ParamId::new(),
-        );
+        let snap = TensorSnapshot::from_data(data, name.split('.').map(String::from).collect(), vec![], ParamId::new());
         all.insert(name, snap);
     }
     let (prefix, _, tensors) = select_unet(path, weights, all)?;
-    Ok(StateDict::new(
-        path,
-        CheckpointFormat::Safetensors,
-        prefix,
-        tensors,
-        config_hint,
-    ))
+    Ok(StateDict::new(path, CheckpointFormat::Safetensors, prefix, tensors, config_hint))
 }
 
 /// The `__metadata__` of a safetensors file (empty when it has none).
 pub(super) fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, UnetError> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| safetensors_err(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| safetensors_err(path, e))?;
     Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
 }
 
@@ -109,25 +86,15 @@ impl<B: Backend> Unet<B> {
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
         for (k, shape, b) in &bytes {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .map_err(|e| UnetError::Write {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map_err(|e| UnetError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
             views.push((k.clone(), view));
         }
-        let mut meta: HashMap<String, String> =
-            extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        meta.insert(
-            CONFIG_METADATA_KEY.to_string(),
-            serde_json::to_string(&self.config).expect("config serialises"),
-        );
+        let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        meta.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(&self.config).expect("config serialises"));
         meta.insert("format".into(), "pt".into());
-        let data = safetensors::serialize(views, Some(meta)).map_err(|e| UnetError::Write {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let data = safetensors::serialize(views, Some(meta))
+            .map_err(|e| UnetError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
         write_atomic(path, |tmp| {
             let mut f = std::fs::File::create(tmp).map_err(|e| e.to_string())?;
             f.write_all(&data).map_err(|e| e.to_string())?;
@@ -137,11 +104,7 @@ impl<B: Backend> Unet<B> {
 
     /// Loads a safetensors file with PyTorch names (e.g. written by
     /// [`Unet::export_safetensors`] or `safetensors.torch.save_file(unet.state_dict(), ...)`).
-    pub fn from_safetensors(
-        path: &Path,
-        config: Option<&UnetConfig>,
-        device: &B::Device,
-    ) -> Result<Self, UnetError> {
+    pub fn from_safetensors(path: &Path, config: Option<&UnetConfig>, device: &B::Device) -> Result<Self, UnetError> {
         read_safetensors(path, Weights::Model)?.into_unet(config, device)
     }
 }

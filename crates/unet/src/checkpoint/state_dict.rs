@@ -65,13 +65,7 @@ impl StateDict {
         tensors: BTreeMap<String, TensorSnapshot>,
         config_hint: Option<UnetConfig>,
     ) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            format,
-            prefix,
-            tensors,
-            config_hint,
-        }
+        Self { path: path.to_path_buf(), format, prefix, tensors, config_hint }
     }
 
     /// The file it was read from.
@@ -111,22 +105,17 @@ impl StateDict {
         };
         let data = to_f32_data(&self.path, key, snap)?;
         let shape = data.shape.to_vec();
-        let values = data
-            .to_vec::<f32>()
-            .map_err(|e| UnetError::NotACheckpoint {
-                path: self.path.clone(),
-                expected: "PyTorch or safetensors".into(),
-                reason: format!("cannot read `{key}`: {e:?}"),
-            })?;
+        let values = data.to_vec::<f32>().map_err(|e| UnetError::NotACheckpoint {
+            path: self.path.clone(),
+            expected: "PyTorch or safetensors".into(),
+            reason: format!("cannot read `{key}`: {e:?}"),
+        })?;
         Ok(Some((shape, values)))
     }
 
     /// Shape of every tensor, by PyTorch key.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.to_vec()))
-            .collect()
+        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.to_vec())).collect()
     }
 
     /// The config stored in the file's metadata if any (our safetensors exports), else the one
@@ -144,10 +133,7 @@ impl StateDict {
 
     fn check_legacy(&self) -> Result<(), UnetError> {
         if let Some(k) = self.tensors.keys().find(|k| is_legacy_key(k)) {
-            return Err(UnetError::LegacyCheckpoint {
-                path: self.path.clone(),
-                key: k.clone(),
-            });
+            return Err(UnetError::LegacyCheckpoint { path: self.path.clone(), key: k.clone() });
         }
         Ok(())
     }
@@ -167,30 +153,15 @@ impl StateDict {
             }
         }
         let specs = param_specs(config);
-        let missing: Vec<String> = specs
-            .iter()
-            .filter(|s| !self.tensors.contains_key(&s.torch_key))
-            .map(|s| s.torch_key.clone())
-            .collect();
+        let missing: Vec<String> =
+            specs.iter().filter(|s| !self.tensors.contains_key(&s.torch_key)).map(|s| s.torch_key.clone()).collect();
         if !missing.is_empty() {
-            return Err(UnetError::MissingKeys {
-                path: self.path.clone(),
-                keys: missing,
-            });
+            return Err(UnetError::MissingKeys { path: self.path.clone(), keys: missing });
         }
-        let known: std::collections::HashSet<&str> =
-            specs.iter().map(|s| s.torch_key.as_str()).collect();
-        let unexpected: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .cloned()
-            .collect();
+        let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.torch_key.as_str()).collect();
+        let unexpected: Vec<String> = self.tensors.keys().filter(|k| !known.contains(k.as_str())).cloned().collect();
         if !unexpected.is_empty() {
-            return Err(UnetError::UnexpectedKeys {
-                path: self.path.clone(),
-                keys: unexpected,
-            });
+            return Err(UnetError::UnexpectedKeys { path: self.path.clone(), keys: unexpected });
         }
         let mismatches: Vec<ShapeMismatch> = specs
             .iter()
@@ -204,21 +175,14 @@ impl StateDict {
             })
             .collect();
         if !mismatches.is_empty() {
-            return Err(UnetError::ShapeMismatch {
-                path: self.path.clone(),
-                mismatches,
-            });
+            return Err(UnetError::ShapeMismatch { path: self.path.clone(), mismatches });
         }
         Ok(())
     }
 
     /// Builds the U-Net and loads these weights into it. `config: None` infers it
     /// ([`StateDict::infer_config`]).
-    pub fn into_unet<B: Backend>(
-        self,
-        config: Option<&UnetConfig>,
-        device: &B::Device,
-    ) -> Result<Unet<B>, UnetError> {
+    pub fn into_unet<B: Backend>(self, config: Option<&UnetConfig>, device: &B::Device) -> Result<Unet<B>, UnetError> {
         let config = match config {
             Some(c) => c.clone(),
             None => self.infer_config()?,
@@ -255,18 +219,8 @@ pub(super) fn check_apply(path: &Path, result: burn_store::ApplyResult, what: &s
             reason: format!(
                 "{what}: {} error(s) {:?}, missing {:?}, unused {:?}",
                 result.errors.len(),
-                result
-                    .errors
-                    .iter()
-                    .take(4)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>(),
-                result
-                    .missing
-                    .iter()
-                    .take(8)
-                    .map(|m| &m.0)
-                    .collect::<Vec<_>>(),
+                result.errors.iter().take(4).map(|e| e.to_string()).collect::<Vec<_>>(),
+                result.missing.iter().take(8).map(|m| &m.0).collect::<Vec<_>>(),
                 result.unused.iter().take(8).collect::<Vec<_>>()
             ),
         });
@@ -289,11 +243,8 @@ impl<B: Backend> Unet<B> {
     /// as f32, in `state_dict()` order.
     pub fn torch_state_dict(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let specs = param_specs(&self.config);
-        let by_path: HashMap<String, TensorSnapshot> = self
-            .collect(None, None, false)
-            .into_iter()
-            .map(|s| (s.full_path(), s))
-            .collect();
+        let by_path: HashMap<String, TensorSnapshot> =
+            self.collect(None, None, false).into_iter().map(|s| (s.full_path(), s)).collect();
         specs
             .iter()
             .map(|s| {
@@ -303,11 +254,7 @@ impl<B: Backend> Unet<B> {
                     Layout::Same => data,
                     Layout::LinearWeight => transpose2(&data, s.torch_shape[1], s.torch_shape[0]),
                 };
-                (
-                    s.torch_key.clone(),
-                    s.torch_shape.clone(),
-                    data.to_vec::<f32>().expect("f32"),
-                )
+                (s.torch_key.clone(), s.torch_shape.clone(), data.to_vec::<f32>().expect("f32"))
             })
             .collect()
     }
