@@ -52,13 +52,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("flex_forward_backward", |b| {
         b.iter(|| {
             let grads = block(x.clone(), &w).sum().backward();
-            w.iter().map(|w| w.grad(&grads).expect("weight gradient").into_data()).count()
+            w.iter().map(|w| w.grad(&grads).expect("weight gradient").into_data()).collect::<Vec<_>>()
         })
     });
     g.bench_function("ours_forward_backward", |b| {
         b.iter(|| {
             let grads = block_ours(x.clone(), &w).sum().backward();
-            w.iter().map(|w| w.grad(&grads).expect("weight gradient").into_data()).count()
+            w.iter().map(|w| w.grad(&grads).expect("weight gradient").into_data()).collect::<Vec<_>>()
         })
     });
     g.finish();

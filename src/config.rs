@@ -24,7 +24,7 @@ pub struct EmaConfig {
 impl EmaConfig {
     /// The decay applied at optimizer step `step` (1-based), or `None` when no update happens.
     pub fn decay_at(&self, step: usize) -> Option<f64> {
-        if step % self.update_every != 0 {
+        if !step.is_multiple_of(self.update_every) {
             return None;
         }
         if step <= self.start_step {
@@ -56,8 +56,8 @@ pub struct TrainConfig {
     /// thread and one autodiff graph each (data parallelism on the CPU; 1 = off). burn's CPU
     /// kernels only parallelise large operations, so small models use one core unless this is
     /// > 1. At most one shard per image. The gradient is the same weighted sum of shard
-    /// gradients, but each shard draws its own timesteps and noise, so a run's trajectory
-    /// depends on this value.
+    /// >    gradients, but each shard draws its own timesteps and noise, so a run's trajectory
+    /// >    depends on this value.
     #[serde(default = "one")]
     pub data_parallel: usize,
     /// Total optimizer steps.
@@ -161,7 +161,7 @@ impl TrainConfig {
         if self.data_parallel == 0 {
             return bad("data_parallel", "0".into(), "must be >= 1 (1 = no data parallelism)");
         }
-        if self.grad_accum == 0 || self.batch_size % self.grad_accum != 0 {
+        if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
             return bad("grad_accum", self.grad_accum.to_string(), "must be >= 1 and divide batch_size");
         }
         if self.total_steps == 0 {
@@ -201,7 +201,7 @@ impl TrainConfig {
             return bad("keep_last", "0".into(), "must be >= 1");
         }
         let f = self.unet.downsample_factor();
-        if self.image_size == 0 || self.image_size % f != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(f) {
             return bad(
                 "image_size",
                 self.image_size.to_string(),

@@ -111,7 +111,7 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         let mut parts = 0;
         for start in (0..n).step_by(micro) {
             let end = (start + micro).min(n);
-            let x = images.clone().slice([start..end]);
+            let x = images.clone().narrow(0, start, end - start);
             let shards = self.config.data_parallel.min(end - start);
             let value = if shards <= 1 {
                 let loss = self.diffusion.loss(&self.model, x, &mut rng)?;
@@ -171,7 +171,7 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
                 .zip(&seeds)
                 .map(|(&(a, b), &seed)| {
                     let model = Unet::<B>::from_inner(self.model.valid());
-                    let xs = x.clone().slice([a..b]);
+                    let xs = x.clone().narrow(0, a, b - a);
                     let weight = (b - a) as f32 / (m as f32 * accum as f32);
                     scope.spawn(move || -> Result<(f32, GradientsParams)> {
                         let mut r = DiffusionRng::seed_from_u64(seed);
@@ -192,7 +192,7 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
     }
 
     /// The data batches for optimizer step `step + 1` onwards, starting mid-epoch if needed.
-    pub fn batch_for_step<'a>(&self, data: &'a ImageSet, step: usize) -> Result<Tensor<B, 4>> {
+    pub fn batch_for_step(&self, data: &ImageSet, step: usize) -> Result<Tensor<B, 4>> {
         let bpe = batches_per_epoch(data.len(), self.config.batch_size)?;
         let epoch = (step / bpe) as u64;
         let within = step % bpe;

@@ -31,6 +31,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once per process; boxing the larger flag sets would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Simulate -> train -> sample -> evaluate, and write runs/NAME/report.md.
     Pipeline(pipeline::Args),

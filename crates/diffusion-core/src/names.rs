@@ -187,7 +187,7 @@ impl fmt::Display for Sampler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Ddpm => f.write_str("ddpm"),
-            Self::Ddim { steps, eta } if eta == 0.0 => write!(f, "ddim:{steps}"),
+            Self::Ddim { steps, eta: 0.0 } => write!(f, "ddim:{steps}"),
             Self::Ddim { steps, eta } => write!(f, "ddim:{steps}:{eta}"),
             Self::DpmSolverPp2M { steps } => write!(f, "dpmpp:{steps}"),
         }

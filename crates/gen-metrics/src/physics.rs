@@ -63,7 +63,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use ndarray::{ArrayView2, ArrayView3, Axis};

@@ -380,7 +380,7 @@ unsafe fn symv_columns_v4(cols: Cols, c0: usize, lo: usize, hi: usize, v: &[f64]
         let mut r = c + G;
         // Scalar rows up to the next 64-byte boundary of the first column (the other columns,
         // v and y share its alignment when the leading dimensions are multiples of 8).
-        while r < k && (p[0].add(r) as usize) % 64 != 0 {
+        while r < k && !(p[0].add(r) as usize).is_multiple_of(64) {
             let vr = *vp.add(r);
             let mut yr = *yp.add(r);
             for q in 0..G {

@@ -212,9 +212,8 @@ fn fid_infinity_fits_a_line() {
 #[test]
 fn missing_extractor_weights_name_the_file() {
     let path = std::path::Path::new("no/such/dir/extractor.bpk");
-    let err = FeatureExtractor::<burn::backend::Flex>::load(path, &Default::default())
-        .err()
-        .expect("missing file is an error");
+    let err =
+        FeatureExtractor::<burn::backend::Flex>::load(path, &Default::default()).expect_err("missing file is an error");
     match &err {
         MetricsError::Io { path: p, source } => {
             assert_eq!(p, path);

@@ -124,7 +124,7 @@ mod direct {
     pub(super) fn available(g: &Geometry) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            g.cout % CO == 0 && std::arch::is_x86_feature_detected!("avx512f")
+            g.cout.is_multiple_of(CO) && std::arch::is_x86_feature_detected!("avx512f")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -221,6 +221,9 @@ mod direct {
             // One group of tiles: every block of output channels over the group's tiles, so
             // that the group's input rows are read from the L2 cache by all blocks.
             let one = |first: usize| {
+                // Rebinding moves the whole `SharedMut` (Send + Sync) into the closure; without
+                // it the closure would capture the bare raw pointer field, which is neither.
+                #[allow(clippy::redundant_locals)]
                 let shared = shared;
                 for block in 0..blocks {
                     for t in first..(first + group).min(m / PX) {

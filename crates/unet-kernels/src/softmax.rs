@@ -106,7 +106,7 @@ pub fn backward(y: &[f32], grad: &[f32], len: usize, inner: usize) -> Vec<f32> {
 
 /// Softmax over rows of length `len` of `x` (`x.len()` a multiple of `len`).
 fn forward_rows(x: &[f32], len: usize) -> Vec<f32> {
-    assert!(len > 0 && x.len() % len == 0, "softmax: {} values are not rows of {len}", x.len());
+    assert!(len > 0 && x.len().is_multiple_of(len), "softmax: {} values are not rows of {len}", x.len());
     let mut y = vec![0f32; x.len()];
     let chunk = rows_per_task(len) * len;
     let arch = pulp::Arch::new();
@@ -116,7 +116,7 @@ fn forward_rows(x: &[f32], len: usize) -> Vec<f32> {
 
 /// The gradient of [`forward_rows`] given its output `y` and the output's gradient `grad`.
 fn backward_rows(y: &[f32], grad: &[f32], len: usize) -> Vec<f32> {
-    assert!(len > 0 && y.len() % len == 0, "softmax: {} values are not rows of {len}", y.len());
+    assert!(len > 0 && y.len().is_multiple_of(len), "softmax: {} values are not rows of {len}", y.len());
     assert_eq!(y.len(), grad.len(), "softmax: gradient length");
     let mut dx = vec![0f32; y.len()];
     let chunk = rows_per_task(len) * len;
@@ -221,10 +221,12 @@ where
     F: Fn(usize, (usize, usize), SharedMut) + Sync,
 {
     let group = len * inner;
-    assert!(group > 0 && total % group == 0, "softmax: {total} values are not [{len}, {inner}] matrices");
+    assert!(group > 0 && total.is_multiple_of(group), "softmax: {total} values are not [{len}, {inner}] matrices");
     let fill = |out: *mut f32| {
         let dst = SharedMut(out);
         col_tasks(total / group, inner).into_par_iter().for_each(|(g, j0, cols)| {
+            // Moves the whole `SharedMut` in (see same_conv's fill), not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             // SAFETY: in bounds: group `g` of the output.
             task(g, (j0, cols), SharedMut(unsafe { dst.0.add(g * group) }))

@@ -876,9 +876,10 @@ mod tests {
     /// Shapes and operand sets the network uses: with and without modulation and SiLU, pixel
     /// counts below, at and above the kernel's chunk, one channel, an all-zero image (the norm's
     /// clamp).
-    fn norm_cases<B: Backend>(
-        dev: &B::Device,
-    ) -> Vec<(Tensor<B, 4>, Tensor<B, 1>, Option<(Tensor<B, 2>, Tensor<B, 2>)>, bool)> {
+    /// `(x, gain, modulation (scale, shift), silu)`.
+    type NormCase<B> = (Tensor<B, 4>, Tensor<B, 1>, Option<(Tensor<B, 2>, Tensor<B, 2>)>, bool);
+
+    fn norm_cases<B: Backend>(dev: &B::Device) -> Vec<NormCase<B>> {
         let mut cases = Vec::new();
         for &(n, c, h, w) in &[(2usize, 5usize, 3usize, 4usize), (3, 8, 32, 40), (1, 1, 5, 5), (2, 16, 33, 31)] {
             for (modulated, silu) in [(true, true), (false, true), (false, false), (true, false)] {
