@@ -1,5 +1,6 @@
 //! Images to features to metrics: the lensing feature extractor (the shipped one unless told
-//! otherwise), resizing to its input, and gen-metrics' report.
+//! otherwise), resizing to its input, gen-metrics' report, and the physical statistics of the
+//! images themselves (Einstein radii, arc profiles, multipoles, spectra; [`physics`]).
 //!
 //! ```no_run
 //! use burn::backend::{Autodiff, Flex};
@@ -17,7 +18,8 @@
 use std::path::Path;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use gen_metrics::FeatureExtractor;
+use gen_metrics::physics::{compare_sets, write_plots, PhysicsComparison, PhysicsSet};
+use gen_metrics::{EvaluationReport, FeatureExtractor};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 
@@ -118,4 +120,42 @@ pub fn features_of_path<B: Backend>(
     let set = lens_data::load::load_path(path, &lens_data::LoadOptions::resized(ex.config.image_size))?;
     let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     embed(ex, set.images.view(), batch, &label, progress)
+}
+
+/// Physical statistics of two image sets (`gen_metrics::physics`), each at its own resolution
+/// (min-max normalised per image): the comparison, and the plots in `plots` when given. The sets
+/// must share a size; the error says both when they do not.
+pub fn physics<T: Copy + Into<f64> + Sync, U: Copy + Into<f64> + Sync>(
+    real: ArrayView3<'_, T>,
+    generated: ArrayView3<'_, U>,
+    seed: u64,
+    plots: Option<&Path>,
+) -> Result<(PhysicsComparison, Vec<String>), Error> {
+    let r = PhysicsSet::compute(real, "real images", seed)?;
+    let g = PhysicsSet::compute(generated, "generated images", seed)?;
+    let cmp = compare_sets(&r, &g)?;
+    let files = match plots {
+        Some(dir) => write_plots(dir, &r, &g)?,
+        None => vec![],
+    };
+    Ok((cmp, files))
+}
+
+/// The images of a file or folder at their own size (min-max normalised per image), for
+/// [`physics`].
+pub fn images_of_path(path: &Path) -> Result<Array3<f32>, Error> {
+    Ok(lens_data::load::load_path(path, &lens_data::LoadOptions::default())?.images)
+}
+
+/// `report` as JSON with a `physics` object beside the feature metrics, written atomically.
+pub fn write_json(path: &Path, report: &EvaluationReport, physics: Option<&PhysicsComparison>) -> Result<(), Error> {
+    let mut v = serde_json::to_value(report).map_err(|e| Error::invalid("report", e, "not serialisable"))?;
+    if let (Some(p), Some(obj)) = (physics, v.as_object_mut()) {
+        obj.insert(
+            "physics".into(),
+            serde_json::to_value(p).map_err(|e| Error::invalid("physics", e, "not serialisable"))?,
+        );
+    }
+    let text = serde_json::to_string_pretty(&v).expect("a JSON value prints");
+    atomic_file::write(path, text.as_bytes()).map_err(Error::io(path))
 }

@@ -1,7 +1,7 @@
 //! The end-to-end job: simulate (or load) lensing images, train a DDPM, sample from its EMA
-//! weights, evaluate with the lensing feature extractor, and write `report.md` and
-//! `metrics.json` with image grids, the loss curve, the real-vs-real floor and a pure-noise
-//! baseline.
+//! weights, evaluate with the lensing feature extractor and by physical statistics of the images
+//! (Einstein radii, ring widths, multipoles, spectra), and write `report.md` and `metrics.json`
+//! with image grids, plots, the loss curve, the real-vs-real floor and a pure-noise baseline.
 //!
 //! ```no_run
 //! use burn::backend::{Autodiff, Flex};
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use diffusion_core::{DiffusionRng, Sampler};
+use gen_metrics::physics::PhysicsComparison;
 use gen_metrics::{frechet_distance_from_features, EvalConfig, EvaluationReport, FeatureExtractor};
 use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::simulate::LensClass;
@@ -184,6 +185,10 @@ pub struct PipelineOutcome {
     pub n_real: usize,
     /// `report.md`.
     pub report_path: PathBuf,
+    /// Physical statistics of generated vs held-out real images (plots in `physics/`).
+    pub physics: PhysicsComparison,
+    /// The physics plots written, relative to the output folder.
+    pub physics_plots: Vec<String>,
 }
 
 /// Run the whole job into `opts.out` with the backend `B` (see the module docs).
@@ -298,7 +303,14 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         Ok((report, fid_noise))
     })?;
 
-    // 6. Report.
+    // 6. Physical statistics of the images themselves (at the training size).
+    let (physics, physics_plots) = timings.time("physics", show, || {
+        let (cmp, files) =
+            crate::evaluate::physics(real.images.view(), generated.view(), opts.seed, Some(&out.join("physics")))?;
+        Ok((cmp, files.into_iter().map(|f| format!("physics/{f}")).collect::<Vec<_>>()))
+    })?;
+
+    // 7. Report.
     for (name, images) in
         [("real_grid.png", &real.images), ("generated_grid.png", &generated), ("noise_grid.png", &noise)]
     {
@@ -320,6 +332,8 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         n_train: train.len(),
         n_real: real.len(),
         report_path: out.join("report.md"),
+        physics,
+        physics_plots,
     };
     let metrics = metrics_json(&outcome, opts, &extractor);
     let json_path = out.join("metrics.json");
@@ -375,6 +389,7 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "sampler": opts.sampler.kind().to_string(),
         "sample_steps": opts.sampler.model_evaluations(o.config.diffusion.timesteps),
         "backend": opts.backend.to_string(),
+        "physics": o.physics,
     })
 }
 
@@ -460,6 +475,21 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
         m.push_str(&format!("\nNote: {w}\n"));
     }
     m.push_str(&format!("\n{} real images, {} generated, feature dimension {}.\n", o.n_real, r.n_generated, r.dim));
+    m.push_str("\n## Physical statistics\n\n");
+    m.push_str(&format!(
+        "Measured on the images themselves at {0}x{0} (min-max normalised, centred): the distance between generated and \
+         held-out real images next to the same distance between two halves of the real set (the floor); a distance near its \
+         floor is as close as real images are to each other. Radii and widths in pixels; what each statistic is: \
+         crates/gen-metrics/ARCHITECTURE.md.\n\n",
+        config.image_size
+    ));
+    m.push_str(&o.physics.to_table());
+    m.push('\n');
+    for f in &o.physics_plots {
+        let stem = f.trim_start_matches("physics/").trim_end_matches(".png");
+        m.push_str(&format!("![{stem}]({f}) "));
+    }
+    m.push_str("\n\nPer class: not yet; the generated images carry no class (an unconditional model).\n");
     m.push_str("\n## Training\n\n![loss](loss.png)\n\nThe training run (checkpoints, `loss.csv`, `config.json`) is in `train/`.\n\n");
     m.push_str("## Timings\n\n| stage | seconds |\n|---|---|\n");
     for (k, v) in &o.timings.0 {

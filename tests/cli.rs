@@ -190,8 +190,37 @@ fn a_tiny_job_through_every_subcommand() {
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/lens-data/tests/fixtures/model_i_nopsf.json");
     ok(&["simulate", "--spec", spec.to_str().unwrap(), "--out", "one.npy"], d);
     assert!(d.join("one.npy").is_file());
-    ok(&["make-dataset", "--out", "ds", "--count", "6", "--num-pix", "32", "--layout", "samples"], d);
-    assert!(d.join("ds/sample6.npy").is_file());
+    ok(&["make-dataset", "--out", "ds", "--count", "12", "--num-pix", "32", "--layout", "samples"], d);
+    assert!(d.join("ds/sample12.npy").is_file());
+
+    // Images in: feature metrics and the physical statistics, with their plots.
+    ok(&["make-dataset", "--out", "ds2", "--count", "12", "--num-pix", "32", "--layout", "samples", "--seed", "5"], d);
+    ok(
+        &[
+            "evaluate",
+            "--real",
+            "ds",
+            "--generated",
+            "ds2",
+            "--no-noise-floor",
+            "--k",
+            "3",
+            "--pr-k",
+            "3",
+            "--bandwidths",
+            "8",
+            "--json",
+            "mi.json",
+            "--plots",
+            "plots",
+        ],
+        d,
+    );
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("mi.json")).unwrap()).unwrap();
+    let er = &m["physics"]["einstein_radius"];
+    assert!(er["distance"].as_f64().unwrap() >= 0.0 && er["real_mean"].as_f64().unwrap() > 2.0, "{er}");
+    assert!(m["physics"]["multipoles"]["4"]["floor"].is_number());
+    assert_eq!(std::fs::read_dir(d.join("plots")).unwrap().count(), 6);
 }
 
 /// The whole pipeline at toy size (simulated data, the shipped extractor): a report and metrics.
@@ -229,4 +258,8 @@ fn a_tiny_pipeline_writes_its_report() {
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["train_steps"], 3);
     assert!(m["fid"].as_f64().unwrap().is_finite() && m["fid_noise_baseline"].as_f64().unwrap() > 0.0);
+    assert!(m["physics"]["ring_width"]["floor"].is_number());
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Physical statistics") && report.contains("physics/radial_profile.png"));
+    assert!(run.join("physics/radial_profile.png").is_file());
 }

@@ -3,15 +3,17 @@
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
+use gen_metrics::physics::PhysicsComparison;
 use gen_metrics::{evaluate_features, EvalConfig, FidInfinityConfig, GaussianStats, KidConfig};
 use indicatif::ProgressBar;
-use lensing_diffusion::evaluate::{features_of_path, load_extractor};
+use lensing_diffusion::evaluate::{features_of_path, images_of_path, load_extractor};
 use ndarray::Array2;
 
 use super::CmdResult;
 
 /// FID / RKE / RRKE / Vendi / KID / PRDC of generated vs real images or features, with the
-/// real-vs-real noise floor.
+/// real-vs-real noise floor; for images also physical statistics a lensing scientist reads
+/// (Einstein radii, ring widths, multipoles along the ring, power spectra, pixel histograms).
 ///
 /// Image inputs (npy/npz/png/jpeg/tiff files or folders) are min-max normalised, resized to the
 /// extractor's input size and embedded with the lensing-trained ResNet-18: by default the one
@@ -88,6 +90,18 @@ pub struct Args {
     /// Images per extractor batch.
     #[arg(long, default_value_t = 64)]
     pub(crate) batch_size: usize,
+    /// Physical statistics of the images (Einstein radius, ring width, multipoles along the
+    /// ring, power spectrum, pixel histogram, asymmetry, ellipticity), real vs generated with
+    /// the real-vs-real floor. On by default when images are given; sets of different sizes
+    /// are then skipped with a warning (an error with --physics).
+    #[arg(long, conflicts_with = "no_physics")]
+    pub(crate) physics: bool,
+    /// Skip the physical statistics.
+    #[arg(long)]
+    pub(crate) no_physics: bool,
+    /// Write the physical statistics' plots (PNG) into this folder.
+    #[arg(long)]
+    pub(crate) plots: Option<PathBuf>,
 }
 
 fn features(a: &Args) -> Result<(Array2<f64>, Array2<f64>), Box<dyn std::error::Error>> {
@@ -102,8 +116,36 @@ fn features(a: &Args) -> Result<(Array2<f64>, Array2<f64>), Box<dyn std::error::
     }
 }
 
+/// The physical statistics of the image sets, when asked for or by default with images.
+fn physics(a: &Args) -> Result<Option<PhysicsComparison>, Box<dyn std::error::Error>> {
+    let (Some(r), Some(g)) = (&a.real, &a.generated) else {
+        if a.physics {
+            return Err("--physics needs images: give --real and --generated".into());
+        }
+        return Ok(None);
+    };
+    if a.no_physics {
+        return Ok(None);
+    }
+    let (real, gen) = (images_of_path(r)?, images_of_path(g)?);
+    let (rs, gs) = ((real.dim().1, real.dim().2), (gen.dim().1, gen.dim().2));
+    if rs != gs && !a.physics {
+        eprintln!(
+            "warning: physical statistics skipped: real images are {}x{}, generated {}x{}; they compare images of one size (resize one set, or --no-physics)",
+            rs.0, rs.1, gs.0, gs.1
+        );
+        return Ok(None);
+    }
+    let (cmp, files) = lensing_diffusion::evaluate::physics(real.view(), gen.view(), a.seed, a.plots.as_deref())?;
+    if let Some(dir) = &a.plots {
+        eprintln!("wrote {} plots to {}", files.len(), dir.display());
+    }
+    Ok(Some(cmp))
+}
+
 pub fn run(a: Args) -> CmdResult {
     let (real, gen) = features(&a)?;
+    let physics = physics(&a)?;
     if let Some(dir) = &a.save_features {
         for (name, x) in [("real_features.npy", &real), ("generated_features.npy", &gen)] {
             let mut buf = Vec::new();
@@ -137,9 +179,13 @@ pub fn run(a: Args) -> CmdResult {
     let report = evaluate_features(real.view(), gen.view(), Some(&real_stats), &cfg)?;
     spinner.finish_and_clear();
     print!("{}", report.to_table());
+    if let Some(p) = &physics {
+        println!("\nPhysical statistics (distance generated vs real; floor: two halves of the real set)\n");
+        print!("{}", p.to_table());
+    }
     eprintln!("metrics computed in {:.2} s", t.elapsed().as_secs_f64());
     if let Some(p) = &a.json {
-        report.write_json(p)?;
+        lensing_diffusion::evaluate::write_json(p, &report, physics.as_ref())?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())
