@@ -141,7 +141,7 @@ fn corrupt_or_missing_checkpoints_are_clear_errors() {
 }
 
 #[test]
-fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
+fn an_interrupted_checkpoint_write_leaves_the_last_good_one() {
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let data = data();
@@ -149,12 +149,22 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
     losses(&mut t, &data, 1);
     let good = t.save_checkpoint(dir.path()).unwrap();
     losses(&mut t, &data, 2);
-    // Make the temporary folder of the next write impossible to create (a file is in the way
-    // and cannot be removed as a folder), as a full or failing disk would.
-    std::fs::write(dir.path().join(".tmp-step-0000002"), b"in the way").unwrap();
-    assert!(t.save_checkpoint(dir.path()).is_err());
-    assert!(good.join("state.json").is_file() && good.join("resume/optim.mpk").is_file());
+    // What a kill -9 in the middle of the next write leaves: a half-filled temporary folder
+    // (atomic-file's naming). Nothing reads it; resume still finds the good checkpoint.
+    let partial = dir.path().join(".step-0000002.tmp-99999-0");
+    std::fs::create_dir_all(partial.join("resume")).unwrap();
+    std::fs::write(partial.join("model.bpk"), b"half a file").unwrap();
+    assert_eq!(lensing_diffusion::checkpoint::list_checkpoints(dir.path()), vec![good.clone()]);
+    assert_eq!(lensing_diffusion::checkpoint::find_checkpoint(dir.path()).unwrap(), good);
     Trainer::<B>::resume(&good, &device).unwrap();
+    // The next write succeeds beside the leftover, and the old checkpoint is pruned only then.
+    let next = t.save_checkpoint(dir.path()).unwrap();
+    assert!(next.ends_with("step-0000002") && next.join("state.json").is_file());
+    // A write that cannot even start (the folder is a file) fails with an error, not a panic.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    assert!(t.save_checkpoint(&blocked).is_err());
+    assert!(next.join("resume/optim.mpk").is_file());
 }
 
 #[test]
