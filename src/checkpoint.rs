@@ -151,6 +151,41 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         trainer.step = state.step;
         Ok(trainer)
     }
+
+    /// Resume from what `path` names (see [`find_checkpoint`]); for a run folder, the newest
+    /// checkpoint that loads: each newer one that does not (a damaged disk, a file truncated by
+    /// hand) is skipped and reported in the returned list as `(folder, reason)`.
+    pub fn resume_latest(path: &Path, device: &B::Device) -> Result<(Self, PathBuf, Vec<Skipped>)> {
+        if path.join("state.json").is_file() {
+            return Ok((Self::resume(path, device)?, path.to_path_buf(), vec![]));
+        }
+        let mut candidates = list_checkpoints(&path.join("checkpoints"));
+        if candidates.is_empty() {
+            candidates = list_checkpoints(path);
+        }
+        let mut skipped = vec![];
+        while let Some(ckpt) = candidates.pop() {
+            match Self::resume(&ckpt, device) {
+                Ok(t) => return Ok((t, ckpt, skipped)),
+                Err(e) => skipped.push((ckpt, e.to_string())),
+            }
+        }
+        let reason = if skipped.is_empty() {
+            "no checkpoint found (expected a step-N folder, or a run folder with checkpoints/step-N)".to_string()
+        } else {
+            format!("none of its {} checkpoints loads; the newest: {}", skipped.len(), skipped[0].1)
+        };
+        Err(TrainError::Resume { path: path.to_path_buf(), reason })
+    }
+}
+
+/// A checkpoint that [`Trainer::resume_latest`] passed over: its folder and why it did not load.
+pub type Skipped = (PathBuf, String);
+
+/// Whether `dir` holds a training run (`checkpoints/step-N` or `loss.csv`): a fresh run must not
+/// be written into it, or it would mix two runs' logs and prune the other's checkpoints.
+pub fn holds_a_run(dir: &Path) -> bool {
+    dir.join("loss.csv").is_file() || !list_checkpoints(&dir.join("checkpoints")).is_empty()
 }
 
 /// Checkpoint folders `step-*` in `dir`, oldest first.

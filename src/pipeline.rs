@@ -241,8 +241,12 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         crate::evaluate::load_extractor_for::<B>(opts.extractor.as_deref(), &recipe, device, show)
     })?;
 
-    // 3. Train.
+    // 3. Train. A rerun under the same name replaces the previous run's training folder
+    // (mixing two runs' checkpoints and loss logs would misreport both).
     let train_dir = out.join("train");
+    if train_dir.is_dir() {
+        std::fs::remove_dir_all(&train_dir).map_err(Error::io(&train_dir))?;
+    }
     let mut trainer = Trainer::<B>::new(config.clone(), device)?;
     if show {
         eprintln!(

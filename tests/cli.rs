@@ -90,6 +90,8 @@ fn a_tiny_job_through_every_subcommand() {
             "4",
             "--sample-every",
             "0",
+            "--checkpoint-every",
+            "1",
             "--out",
             "run",
         ],
@@ -162,6 +164,17 @@ fn a_tiny_job_through_every_subcommand() {
     );
     assert_eq!(read4(&d.join("s2.npy")), s, "the exported file carries the weights and the settings");
 
+    // A fresh run into a used --out is refused; --resume skips a damaged newest checkpoint.
+    let out = bin().args(["train", "--simulate", "24", "--out", "run"]).current_dir(d).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    std::fs::write(d.join("run/checkpoints/step-0000002/resume/optim.mpk"), b"damaged").unwrap();
+    let out = ok(&["train", "--resume", "run", "--simulate", "24", "--steps", "3"], d);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("skipped") && log.contains("step-0000002") && log.contains("resuming from"), "{log}");
+    assert!(log.contains("step-0000001"), "{log}");
+    assert!(d.join("run/checkpoints/step-0000003/ema.bpk").is_file());
+
     // Evaluate features written as .npy.
     let real = Array2::from_shape_fn((40, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
     let gen = Array2::from_shape_fn((30, 4), |(i, j)| ((i * 5 + j) % 13) as f64);
@@ -195,6 +208,17 @@ fn a_tiny_job_through_every_subcommand() {
 
     // Images in: feature metrics and the physical statistics, with their plots.
     ok(&["make-dataset", "--out", "ds2", "--count", "12", "--num-pix", "32", "--layout", "samples", "--seed", "5"], d);
+    // A used folder is refused; --overwrite replaces a dataset of ours, never anything else.
+    let again = ["make-dataset", "--out", "ds2", "--count", "3", "--num-pix", "32", "--layout", "samples"];
+    assert!(!bin().args(again).current_dir(d).output().unwrap().status.success());
+    assert!(!bin()
+        .args(["make-dataset", "--out", "run", "--count", "3", "--overwrite"])
+        .current_dir(d)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(d.join("run/checkpoints").is_dir(), "a folder that is not a dataset is never deleted");
     ok(
         &[
             "evaluate",

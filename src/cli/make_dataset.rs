@@ -25,9 +25,14 @@ pub(crate) enum Layout {
 /// always give the same files, whatever the thread count.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output folder (created if missing; existing files with the same names are replaced).
+    /// Output folder (created if missing). A folder that holds anything is refused, unless it
+    /// is a dataset this command wrote (it has manifest.json) and --overwrite is given.
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Replace the dataset in --out (deleted first, so no stale files of a larger earlier one
+    /// remain).
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     /// Total number of images (classes take turns).
     #[arg(long)]
     pub(crate) count: usize,
@@ -65,6 +70,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> CmdResult {
     let classes = LensClass::parse_list(&args.classes)?;
+    let used = std::fs::read_dir(&args.out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if used {
+        let ours = args.out.join("manifest.json").is_file();
+        match (ours, args.overwrite) {
+            (true, true) => std::fs::remove_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?,
+            (true, false) => {
+                return Err(format!("--out {}: holds a dataset already; --overwrite replaces it", args.out.display()).into())
+            }
+            (false, _) => {
+                return Err(format!(
+                    "--out {}: the folder is not empty and holds no dataset of ours (no manifest.json); choose an empty or new folder",
+                    args.out.display()
+                )
+                .into())
+            }
+        }
+    }
     let base = lensing_diffusion::data::model_i(args.num_pix);
     let config = ModelI {
         pixel_scale: args.pixel_scale.unwrap_or(base.pixel_scale),

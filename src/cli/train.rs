@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lens_data::simulate::LensClass;
 use lens_data::transform::Normalization;
-use lensing_diffusion::checkpoint::find_checkpoint;
+use lensing_diffusion::checkpoint::holds_a_run;
 use lensing_diffusion::config::{Preset, TrainConfig};
 use lensing_diffusion::run::{run as run_training, RunOptions};
 use lensing_diffusion::trainer::Trainer;
@@ -51,13 +51,18 @@ pub struct Args {
     /// Starting configuration: `deeplense` (the original experiment) or `small` (CPU).
     #[arg(long, default_value = "small")]
     pub(crate) preset: Preset,
-    /// Output folder.
-    #[arg(long, default_value = "runs/train")]
-    pub(crate) out: PathBuf,
-    /// Continue from a checkpoint folder (checkpoints/step-N) or a run folder (its latest
-    /// checkpoint). The configuration comes from the checkpoint; --steps may extend it.
+    /// Output folder [default: runs/train; with --resume, the run folder resumed from].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Continue from a checkpoint folder (checkpoints/step-N) or a run folder (its newest
+    /// checkpoint that loads; damaged newer ones are skipped with a message). The configuration
+    /// comes from the checkpoint; --steps may extend it.
     #[arg(long)]
     pub(crate) resume: Option<PathBuf>,
+    /// Start a fresh run even though --out holds one (its checkpoints, loss.csv, loss.png and
+    /// samples/ are deleted first). Without it, a fresh run into a used --out is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) overwrite: bool,
     #[command(flatten)]
     pub(crate) backend: BackendArgs,
     /// Stop (with a checkpoint) after this many minutes of training.
@@ -201,21 +206,65 @@ pub fn run(args: Args) -> CmdResult {
     with_autodiff_backend!(args.backend.backend, train_with(&args, &interrupt))
 }
 
+/// Where a run writes: `--out`, else the run folder of the checkpoint resumed from (a run folder,
+/// or the parent of its `checkpoints/step-N`), else `runs/train`.
+fn out_dir(args: &Args, resumed_from: Option<&std::path::Path>) -> PathBuf {
+    if let Some(o) = &args.out {
+        return o.clone();
+    }
+    match resumed_from {
+        Some(ckpt) => {
+            let parent = ckpt.parent();
+            match parent.filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")) {
+                Some(checkpoints) => atomic_file::parent_dir(checkpoints).to_path_buf(),
+                None => parent.map(|p| atomic_file::parent_dir(p).to_path_buf()).unwrap_or_else(|| PathBuf::from(".")),
+            }
+        }
+        None => PathBuf::from("runs/train"),
+    }
+}
+
 fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt: &AtomicBool) -> CmdResult {
     if args.unet.channels.is_some_and(|c| c != 1) {
         return Err("--channels: lensing images have one channel; train supports --channels 1 only".into());
     }
+    let mut resumed_from = None;
     let mut trainer = match &args.resume {
         Some(path) => {
-            let ckpt = find_checkpoint(path)?;
+            let (mut t, ckpt, skipped) = Trainer::<B>::resume_latest(path, &device)?;
+            for (bad, why) in &skipped {
+                eprintln!("warning: skipped {}: {why}", bad.display());
+            }
             eprintln!("resuming from {}", ckpt.display());
-            let mut t = Trainer::<B>::resume(&ckpt, &device)?;
+            resumed_from = Some(ckpt);
             if let Some(steps) = args.steps {
                 t.extend_to(steps);
             }
             t
         }
         None => {
+            let out = out_dir(args, None);
+            if holds_a_run(&out) {
+                if !args.overwrite {
+                    return Err(format!(
+                        "--out {} holds a training run (checkpoints or loss.csv): continue it with --resume {0}, choose another --out, or start over with --overwrite",
+                        out.display()
+                    )
+                    .into());
+                }
+                for old in ["checkpoints", "samples"] {
+                    let p = out.join(old);
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    }
+                }
+                for old in ["loss.csv", "loss.png", "config.json"] {
+                    let p = out.join(old);
+                    if p.is_file() {
+                        std::fs::remove_file(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    }
+                }
+            }
             let mut preset = args.preset.config();
             preset.data_parallel = args.backend.backend.training_shards(preset.data_parallel);
             Trainer::<B>::new(args.apply(preset, None), &device)?
@@ -259,8 +308,9 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
         c.batch_size,
         args.backend.backend
     );
+    let out = out_dir(args, resumed_from.as_deref());
     let opts = RunOptions {
-        out_dir: &args.out,
+        out_dir: &out,
         time_budget: args.time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0)),
         interrupt: Some(interrupt),
         progress: true,

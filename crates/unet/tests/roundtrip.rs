@@ -120,7 +120,9 @@ fn damaged_burnpack_and_unwritable_paths() {
     assert!(matches!(e, UnetError::NotACheckpoint { .. }), "{e}");
     std::fs::write(&cut, &bytes[..12]).unwrap();
     assert!(Unet::<B>::load(&cut, &device).is_err());
-    let nowhere = dir.path().join("no/such/dir/model.bpk");
+    // Missing folders are created (atomic-file); a folder that is a file cannot be.
+    model.save(&dir.path().join("new/dir/model.bpk")).unwrap();
+    let nowhere = cut.join("model.bpk");
     assert!(matches!(model.save(&nowhere), Err(UnetError::Write { .. })));
     assert!(matches!(model.export_safetensors(&nowhere), Err(UnetError::Write { .. })));
 }
