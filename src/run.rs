@@ -112,19 +112,19 @@ pub fn run<B: UnetAutodiffBackend>(
     fs::create_dir_all(out).map_err(io_err(out))?;
     let config_path = out.join("config.json");
     let json = serde_json::to_string_pretty(trainer.config()).expect("serialisable");
-    fs::write(&config_path, json).map_err(io_err(&config_path))?;
+    atomic_file::write(&config_path, json.as_bytes()).map_err(io_err(&config_path))?;
     let ckpt_dir = out.join("checkpoints");
     let log_path = out.join("loss.csv");
-    // A resumed run truncates the log to its step so the curve has no duplicate segments.
+    // A resumed run truncates the log to its step so the curve has no duplicate segments; the
+    // truncated log replaces the old one whole (a crash here keeps the old log), then grows by
+    // appends (a crash can cut only the last line, which `read_loss_log` skips).
     let mut log: Vec<(usize, f32)> =
         read_loss_log(&log_path).into_iter().filter(|(s, _)| *s <= trainer.step()).collect();
-    {
-        let mut f = fs::File::create(&log_path).map_err(io_err(&log_path))?;
-        writeln!(f, "step,loss").map_err(io_err(&log_path))?;
-        for (s, l) in &log {
-            writeln!(f, "{s},{l}").map_err(io_err(&log_path))?;
-        }
+    let mut text = String::from("step,loss\n");
+    for (s, l) in &log {
+        text.push_str(&format!("{s},{l}\n"));
     }
+    atomic_file::write(&log_path, text.as_bytes()).map_err(io_err(&log_path))?;
     let mut log_file = fs::OpenOptions::new().append(true).open(&log_path).map_err(io_err(&log_path))?;
 
     let total = trainer.config().total_steps;
