@@ -248,7 +248,7 @@ impl PhysicsComparison {
             ("ring width (px, W1)".into(), &self.ring_width),
         ];
         for (m, s) in &self.multipoles {
-            rows.push((format!("multipole m={m} (|a_m|/a_0, W1)"), s));
+            rows.push((format!("multipole m={m} (\\|a_m\\|/a_0, W1)"), s));
         }
         rows.push(("asymmetry (W1)".into(), &self.asymmetry));
         rows.push(("ellipticity (W1)".into(), &self.ellipticity));
