@@ -200,7 +200,8 @@ fn a_tiny_job_through_every_subcommand() {
     assert!(m["fid"].as_f64().unwrap() > 0.0);
 
     // Simulate one spec (a lenstronomy fixture) and a small dataset.
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/lens-data/tests/fixtures/model_i_nopsf.json");
+    let spec = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets it"))
+        .join("crates/lens-data/tests/fixtures/model_i_nopsf.json");
     ok(&["simulate", "--spec", spec.to_str().unwrap(), "--out", "one.npy"], d);
     assert!(d.join("one.npy").is_file());
     ok(&["make-dataset", "--out", "ds", "--count", "12", "--num-pix", "32", "--layout", "samples"], d);

@@ -856,7 +856,7 @@ mod props {
         }
 
         #[test]
-        fn pickle_mutated_fixture(bytes in mutate(std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pickled_rows.npy")).unwrap())) {
+        fn pickle_mutated_fixture(bytes in mutate(std::fs::read(std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("tests/fixtures/pickled_rows.npy")).unwrap())) {
             let _ = parse_npy_with_limits(&bytes, &p("o.npy"), &tight());
         }
     }
