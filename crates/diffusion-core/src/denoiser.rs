@@ -2,6 +2,8 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::guidance::DenoiserOutput;
+
 /// A network that, given a noisy image `x_t` and its timestep, predicts the quantity named by the
 /// [`Objective`](crate::Objective) it was trained with (noise, `x_0`, or `v`).
 ///
@@ -14,6 +16,12 @@ use burn::tensor::{backend::Backend, Tensor};
 pub trait Denoiser<B: Backend> {
     /// Run the network on one batch.
     fn denoise(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Tensor<B, 4>;
+
+    /// What samplers call: the prediction, plus (under CFG++, see [`crate::Guided`]) the null
+    /// prediction to re-noise with. The default is [`Denoiser::denoise`] alone.
+    fn denoise_for_sampling(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> DenoiserOutput<B> {
+        DenoiserOutput { out: self.denoise(x, t), renoise: None }
+    }
 }
 
 impl<B: Backend, F> Denoiser<B> for F

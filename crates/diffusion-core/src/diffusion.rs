@@ -6,6 +6,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::error::{DiffusionError, Result};
+use crate::guidance::{check_labels, drop_labels, ConditionalDenoiser};
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 use crate::{Denoiser, Objective};
 
@@ -183,6 +184,23 @@ impl GaussianDiffusion {
         Ok(noise * a - x0 * b)
     }
 
+    /// Draws the timesteps and the training noise (plus offset noise if configured) of one
+    /// batch, in that order, from `rng`.
+    fn draw_t_noise<B: Backend>(
+        &self,
+        dims: [usize; 4],
+        device: &B::Device,
+        rng: &mut impl Rng,
+    ) -> (Vec<usize>, Tensor<B, 4>) {
+        let t: Vec<usize> = (0..dims[0]).map(|_| rng.random_range(0..self.timesteps())).collect();
+        let mut noise = gaussian_noise::<B, 4>(rng, dims, device);
+        if self.config.offset_noise_strength > 0.0 {
+            let offset = gaussian_noise::<B, 4>(rng, [dims[0], dims[1], 1, 1], device);
+            noise = noise + offset.mul_scalar(self.config.offset_noise_strength as f32);
+        }
+        (t, noise)
+    }
+
     /// Algorithm 1 of Ho et al.: draw `t ~ U{0..T-1}` and `eps ~ N(0, I)` per image from `rng`
     /// (plus offset noise if configured), and return the weighted mean-squared-error loss.
     /// `x0` holds images in `[0, 1]`.
@@ -192,15 +210,47 @@ impl GaussianDiffusion {
         x0: Tensor<B, 4>,
         rng: &mut impl Rng,
     ) -> Result<Tensor<B, 1>> {
-        let dims = x0.dims();
-        let device = x0.device();
-        let t: Vec<usize> = (0..dims[0]).map(|_| rng.random_range(0..self.timesteps())).collect();
-        let mut noise = gaussian_noise::<B, 4>(rng, dims, &device);
-        if self.config.offset_noise_strength > 0.0 {
-            let offset = gaussian_noise::<B, 4>(rng, [dims[0], dims[1], 1, 1], &device);
-            noise = noise + offset.mul_scalar(self.config.offset_noise_strength as f32);
-        }
+        let (t, noise) = self.draw_t_noise(x0.dims(), &x0.device(), rng);
         self.loss_at(model, x0, &t, noise)
+    }
+
+    /// The classifier-free-guidance training loss: like [`GaussianDiffusion::loss`], then each
+    /// label is replaced by the null class with probability `cond_drop_prob` (drawn from `rng`
+    /// after the noise; see [`crate::drop_labels`]). `labels[i]` is the class of image `i`.
+    pub fn loss_labelled<B: Backend, M: ConditionalDenoiser<B>>(
+        &self,
+        model: &M,
+        x0: Tensor<B, 4>,
+        labels: &[usize],
+        cond_drop_prob: f64,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor<B, 1>> {
+        if !(0.0..=1.0).contains(&cond_drop_prob) {
+            return Err(DiffusionError::InvalidParameter {
+                name: "cond_drop_prob",
+                value: cond_drop_prob,
+                reason: "must be in [0, 1]",
+            });
+        }
+        let (t, noise) = self.draw_t_noise(x0.dims(), &x0.device(), rng);
+        let labels = drop_labels(labels, cond_drop_prob, rng);
+        self.loss_at_labelled(model, x0, &t, noise, &labels)
+    }
+
+    /// The deterministic classifier-free-guidance loss for given timesteps, noise and labels
+    /// (`None` = the null class): the reference's `p_losses(x, t, classes, noise,
+    /// cond_keep_mask)`.
+    pub fn loss_at_labelled<B: Backend, M: ConditionalDenoiser<B>>(
+        &self,
+        model: &M,
+        x0: Tensor<B, 4>,
+        t: &[usize],
+        noise: Tensor<B, 4>,
+        labels: &[Option<usize>],
+    ) -> Result<Tensor<B, 1>> {
+        check_labels(labels, model.num_classes(), x0.dims()[0])?;
+        let forward = |x: Tensor<B, 4>, t: Tensor<B, 1>| model.denoise_labelled(x, t, labels);
+        self.loss_at(&forward, x0, t, noise)
     }
 
     /// The deterministic training loss for given timesteps and noise (denoising-diffusion-pytorch's
@@ -267,6 +317,25 @@ impl GaussianDiffusion {
                 let x0 = clip(x0);
                 (noise_from_x0(x, x0.clone()), x0)
             }
+        }
+    }
+}
+
+impl GaussianDiffusion {
+    /// The noise a sampler re-noises with: the prediction's own `eps`, or under CFG++ the null
+    /// prediction's, derived from its clipped `x_0` as [`GaussianDiffusion::predictions`] derives
+    /// every `eps` here. (The reference's `pred_noise` branch uses the raw null output; with
+    /// clipping active that breaks `x_t = sqrt(a) x_0 + sqrt(1 - a) eps`, which we keep.)
+    pub(crate) fn renoise_eps<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        eps: Tensor<B, 4>,
+        renoise: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        match renoise {
+            None => eps,
+            Some(null) => self.predictions(x, t, null, true).0,
         }
     }
 }

@@ -65,6 +65,14 @@ pub enum DiffusionError {
         /// The accepted forms.
         expected: &'static str,
     },
+    /// A class label is not below the number of classes of the model.
+    #[error("class label {label} out of range: the model knows {num_classes} classes (0..{num_classes})")]
+    LabelOutOfRange {
+        /// The offending label.
+        label: usize,
+        /// Classes the model knows.
+        num_classes: usize,
+    },
     /// The denoiser returned NaN or infinite values while sampling or computing the loss.
     #[error("the denoiser returned non-finite values at timestep t = {t} (sampling step {step} of {total})")]
     NonFiniteModelOutput {

@@ -21,6 +21,10 @@
 //! assert_eq!(images.dims(), [2, 1, 8, 8]);
 //! ```
 //!
+//! Class-conditional networks implement [`ConditionalDenoiser`]; [`GaussianDiffusion::loss_labelled`]
+//! trains them with condition dropout, and [`Guided`] turns one into a plain [`Denoiser`] with
+//! classifier-free guidance ([`Guidance`]: scale, std rescaling, CFG++), so every sampler guides.
+//!
 //! ## Feature flags
 //! None; the crate only needs burn's tensor API. Pick a backend in the application.
 #![warn(missing_docs)]
@@ -28,6 +32,7 @@
 mod denoiser;
 mod diffusion;
 mod error;
+mod guidance;
 mod names;
 mod sampler;
 pub mod schedule;
@@ -35,6 +40,7 @@ pub mod schedule;
 pub use denoiser::Denoiser;
 pub use diffusion::{gaussian_noise, normalize, unnormalize, DiffusionConfig, GaussianDiffusion, LossWeighting};
 pub use error::{DiffusionError, Result};
+pub use guidance::{check_labels, drop_labels, guide, ConditionalDenoiser, DenoiserOutput, Guidance, Guided};
 pub use names::SamplerKind;
 pub use sampler::{ddim_time_pairs, dpm_solver_timesteps, SampleProgress, Sampler};
 pub use schedule::{BetaSchedule, NoiseSchedule};

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::diffusion::{all_finite, gaussian_noise, timestep_tensor, unnormalize, GaussianDiffusion};
 use crate::error::{DiffusionError, Result};
+use crate::guidance::DenoiserOutput;
 use crate::schedule::torch_linspace_f32;
 use crate::Denoiser;
 
@@ -152,7 +153,7 @@ impl GaussianDiffusion {
         self.sample_from(model, sampler, x_t, &mut rng, progress)
     }
 
-    /// Run the model at timestep `t` and check its output.
+    /// Run the model at timestep `t` and check its output (and the CFG++ null output, if any).
     fn evaluate<B: Backend, M: Denoiser<B>>(
         &self,
         model: &M,
@@ -160,20 +161,22 @@ impl GaussianDiffusion {
         t: usize,
         step: usize,
         total: usize,
-    ) -> Result<Tensor<B, 4>> {
+    ) -> Result<DenoiserOutput<B>> {
         let dims = x.dims();
-        let out = model.denoise(x.clone(), timestep_tensor::<B>(&vec![t; dims[0]], &x.device()));
-        if out.dims() != dims {
-            return Err(DiffusionError::ShapeMismatch {
-                what: "denoiser output",
-                expected: dims.to_vec(),
-                found: out.dims().to_vec(),
-            });
+        let output = model.denoise_for_sampling(x.clone(), timestep_tensor::<B>(&vec![t; dims[0]], &x.device()));
+        for out in std::iter::once(&output.out).chain(output.renoise.as_ref()) {
+            if out.dims() != dims {
+                return Err(DiffusionError::ShapeMismatch {
+                    what: "denoiser output",
+                    expected: dims.to_vec(),
+                    found: out.dims().to_vec(),
+                });
+            }
+            if !all_finite(out) {
+                return Err(DiffusionError::NonFiniteModelOutput { t, step, total });
+            }
         }
-        if !all_finite(&out) {
-            return Err(DiffusionError::NonFiniteModelOutput { t, step, total });
-        }
-        Ok(out)
+        Ok(output)
     }
 
     /// One ancestral step from `x_t` given the model output at `t`:
@@ -186,9 +189,31 @@ impl GaussianDiffusion {
         model_out: Tensor<B, 4>,
         rng: &mut impl Rng,
     ) -> Tensor<B, 4> {
+        self.ddpm_step_with(x, t, DenoiserOutput { out: model_out, renoise: None }, rng)
+    }
+
+    /// [`GaussianDiffusion::ddpm_step`] for a denoiser output that may carry a CFG++ null
+    /// prediction. The posterior mean `c1 x_0 + c2 x_t` is `(c1 + c2 sqrt(a_t)) x_0 + c2
+    /// sqrt(1 - a_t) eps`; CFG++ takes that `eps` from the null prediction.
+    pub fn ddpm_step_with<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        output: DenoiserOutput<B>,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 4> {
         let s = self.schedule();
-        let (_, x0) = self.predictions(x.clone(), t, model_out, true);
-        let mean = x0.mul_scalar(s.posterior_mean_coef1[t] as f32) + x.mul_scalar(s.posterior_mean_coef2[t] as f32);
+        let (eps, x0) = self.predictions(x.clone(), t, output.out, true);
+        let (c1, c2) = (s.posterior_mean_coef1[t] as f32, s.posterior_mean_coef2[t] as f32);
+        let mean = match output.renoise {
+            None => x0.mul_scalar(c1) + x.mul_scalar(c2),
+            renoise => {
+                let eps = self.renoise_eps(x, t, eps, renoise);
+                let a = s.sqrt_alphas_cumprod[t] as f32;
+                let b = s.sqrt_one_minus_alphas_cumprod[t] as f32;
+                x0.mul_scalar(c1 + c2 * a) + eps.mul_scalar(c2 * b)
+            }
+        };
         if t == 0 {
             return mean;
         }
@@ -207,7 +232,7 @@ impl GaussianDiffusion {
         let total = self.timesteps();
         for (i, t) in (0..total).rev().enumerate() {
             let out = self.evaluate(model, &x, t, i + 1, total)?;
-            x = self.ddpm_step(x, t, out, rng);
+            x = self.ddpm_step_with(x, t, out, rng);
             progress(SampleProgress { step: i + 1, total, t });
         }
         Ok(x)
@@ -224,10 +249,26 @@ impl GaussianDiffusion {
         eta: f64,
         rng: &mut impl Rng,
     ) -> Tensor<B, 4> {
-        let (eps, x0) = self.predictions(x, t, model_out, true);
+        self.ddim_step_with(x, t, t_next, DenoiserOutput { out: model_out, renoise: None }, eta, rng)
+    }
+
+    /// [`GaussianDiffusion::ddim_step`] for a denoiser output that may carry a CFG++ null
+    /// prediction, whose noise then replaces the guided one in the step (the reference's
+    /// `use_cfg_plus_plus`).
+    pub fn ddim_step_with<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        t_next: i64,
+        output: DenoiserOutput<B>,
+        eta: f64,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 4> {
+        let (eps, x0) = self.predictions(x.clone(), t, output.out, true);
         if t_next < 0 {
             return x0;
         }
+        let eps = self.renoise_eps(x, t, eps, output.renoise);
         // Float32 scalar arithmetic, as the reference does on its float32 buffers.
         let ac = &self.schedule().alphas_cumprod;
         let alpha = ac[t] as f32;
@@ -255,7 +296,7 @@ impl GaussianDiffusion {
         let total = pairs.len();
         for (i, &(t, t_next)) in pairs.iter().enumerate() {
             let out = self.evaluate(model, &x, t, i + 1, total)?;
-            x = self.ddim_step(x, t, t_next, out, eta, rng);
+            x = self.ddim_step_with(x, t, t_next, out, eta, rng);
             progress(SampleProgress { step: i + 1, total, t });
         }
         Ok(x)
@@ -289,6 +330,25 @@ impl GaussianDiffusion {
         x.mul_scalar(sigma_ratio as f32) + d.mul_scalar((alpha_next * phi) as f32)
     }
 
+    /// DPM-Solver++(2M) under CFG++: the plain update re-noises along the guided prediction's
+    /// noise `eps` (the 2M update is `alpha_next D + sigma_next eps + alpha_next e^-h (x0 - D)`);
+    /// CFG++ swaps in the null prediction's `eps_null`, so the plain update gains
+    /// `sigma_next (eps_null - eps)`. First order, this is the CFG++ DDIM step.
+    #[allow(clippy::too_many_arguments)]
+    fn dpmpp_2m_step_cfgpp<B: Backend>(
+        &self,
+        x: Tensor<B, 4>,
+        t: usize,
+        t_next: usize,
+        x0: Tensor<B, 4>,
+        eps: Tensor<B, 4>,
+        eps_null: Tensor<B, 4>,
+        prev: Option<(usize, Tensor<B, 4>)>,
+    ) -> Tensor<B, 4> {
+        let sigma_next = self.schedule().sqrt_one_minus_alphas_cumprod[t_next] as f32;
+        self.dpmpp_2m_step(x, t, t_next, x0, prev) + (eps_null - eps).mul_scalar(sigma_next)
+    }
+
     fn dpmpp_loop<B: Backend, M: Denoiser<B>>(
         &self,
         model: &M,
@@ -300,15 +360,21 @@ impl GaussianDiffusion {
         let total = ts.len();
         let mut prev: Option<(usize, Tensor<B, 4>)> = None;
         for (i, &t) in ts.iter().enumerate() {
-            let out = self.evaluate(model, &x, t, i + 1, total)?;
-            let (_, x0) = self.predictions(x.clone(), t, out, true);
+            let output = self.evaluate(model, &x, t, i + 1, total)?;
+            let (eps, x0) = self.predictions(x.clone(), t, output.out, true);
             progress(SampleProgress { step: i + 1, total, t });
             match ts.get(i + 1) {
                 None => return Ok(x0), // final jump to sigma = 0 is the x_0 prediction
                 Some(&t_next) => {
                     let second_order = prev.is_some() && i + 2 < total;
                     let p = if second_order { prev.take() } else { None };
-                    x = self.dpmpp_2m_step(x, t, t_next, x0.clone(), p);
+                    x = match output.renoise {
+                        None => self.dpmpp_2m_step(x, t, t_next, x0.clone(), p),
+                        renoise => {
+                            let eps_null = self.renoise_eps(x.clone(), t, eps.clone(), renoise);
+                            self.dpmpp_2m_step_cfgpp(x, t, t_next, x0.clone(), eps, eps_null, p)
+                        }
+                    };
                     prev = Some((t, x0));
                 }
             }
