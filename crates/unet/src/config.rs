@@ -47,6 +47,14 @@ pub struct UnetConfig {
     /// `theta` of the sinusoidal time embedding (`sinusoidal_pos_emb_theta`).
     #[serde(default = "default_theta")]
     pub sinusoidal_pos_emb_theta: f64,
+    /// Class conditioning: `Some(n)` builds the class-conditional U-Net of the library's
+    /// `classifier_free_guidance.Unet(dim, num_classes, ...)` instead of the plain `Unet`: a class
+    /// embedding plus a learned null embedding through an MLP, concatenated with the time
+    /// embedding in every resnet block. Its layout differs: linear attention (4 heads of 32,
+    /// no memory key/values) in every stage, full attention (the configured heads, no memory
+    /// key/values) in the middle only, strided 4x4 convolutions to downsample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 fn default_heads() -> usize {
@@ -74,6 +82,40 @@ impl UnetConfig {
             full_attn: None,
             dropout: 0.0,
             sinusoidal_pos_emb_theta: default_theta(),
+            num_classes: None,
+        }
+    }
+
+    /// `classifier_free_guidance.Unet(dim, num_classes, dim_mults=dim_mults, channels=channels)`:
+    /// the class-conditional network (see [`UnetConfig::num_classes`]).
+    pub fn conditional(dim: usize, num_classes: usize, dim_mults: Vec<usize>, channels: usize) -> Self {
+        Self { num_classes: Some(num_classes), ..Self::new(dim, dim_mults, channels) }
+    }
+
+    /// Sets the number of classes (`None`: the unconditional network).
+    pub fn with_num_classes(mut self, num_classes: Option<usize>) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    /// Whether this is the class-conditional network.
+    pub fn is_conditional(&self) -> bool {
+        self.num_classes.is_some()
+    }
+
+    /// Width of the conditioning the resnet blocks' MLP sees: the time embedding, plus the class
+    /// embedding (`4 * dim`) for the conditional network.
+    pub fn cond_dim(&self) -> usize {
+        self.time_dim() + if self.is_conditional() { 4 * self.dim } else { 0 }
+    }
+
+    /// Heads and head width of the stage (not middle) attention layers: the configured ones, or
+    /// the conditional network's fixed 4 x 32 (its `LinearAttention` takes no arguments).
+    pub fn stage_attention_size(&self) -> (usize, usize) {
+        if self.is_conditional() {
+            (4, 32)
+        } else {
+            (self.attn_heads, self.attn_dim_head)
         }
     }
 
@@ -157,6 +199,7 @@ impl UnetConfig {
     pub fn resolved_full_attn(&self) -> Vec<bool> {
         match &self.full_attn {
             Some(v) if !v.is_empty() => v.clone(),
+            _ if self.is_conditional() => vec![false; self.num_stages()],
             _ => {
                 let n = self.num_stages();
                 (0..n).map(|i| i + 1 == n).collect()
@@ -212,6 +255,16 @@ impl UnetConfig {
                 ));
             }
         }
+        if let Some(n) = self.num_classes {
+            if n == 0 || n > 1_000_000 {
+                return bad(format!("num_classes must be in 1..=1000000, got {n}"));
+            }
+            if self.resolved_full_attn().iter().any(|&f| f) {
+                return bad("the class-conditional Unet has linear attention in every stage; full_attn must be \
+                            all false"
+                    .into());
+            }
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -235,13 +288,15 @@ impl UnetConfig {
             && self.attn_heads == other.attn_heads
             && self.attn_dim_head == other.attn_dim_head
             && self.resolved_full_attn() == other.resolved_full_attn()
+            && self.num_classes == other.num_classes
     }
 
     /// Short Python-like description, e.g. `Unet(dim=64, dim_mults=(1,2,4,8), channels=1)`.
     pub fn describe(&self) -> String {
         let mults: Vec<String> = self.dim_mults.iter().map(|m| m.to_string()).collect();
+        let classes = self.num_classes.map(|n| format!(", num_classes={n}")).unwrap_or_default();
         let mut s = format!(
-            "Unet(dim={}, dim_mults=({}{}), channels={}",
+            "Unet(dim={}{classes}, dim_mults=({}{}), channels={}",
             self.dim,
             mults.join(","),
             if mults.len() == 1 { "," } else { "" },

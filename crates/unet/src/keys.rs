@@ -84,11 +84,22 @@ impl Builder {
     }
 
     /// `bp` is the path of the attention module itself (variant included for stage attention).
-    fn attention(&mut self, tp: &str, bp: &str, dim: usize, heads: usize, dh: usize, full: bool) {
+    /// The plain network keeps its pre-norm and memory key/values inside the attention module
+    /// (`tp.norm`, `tp.mem_kv`); the class-conditional one wraps a memory-less attention in
+    /// `Residual(PreNorm(...))` (`tp.fn.norm`, the layer under `tp.fn.fn`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&mut self, tp: &str, bp: &str, dim: usize, heads: usize, dh: usize, full: bool, cfg: bool) {
         let hidden = heads * dh;
-        let mem = if full { vec![2, heads, NUM_MEM_KV, dh] } else { vec![2, heads, dh, NUM_MEM_KV] };
-        self.push(join(tp, "mem_kv"), join(bp, "mem_kv"), mem, Layout::Same);
-        self.rmsnorm(&join(tp, "norm"), &join(bp, "norm"), dim);
+        let body = if cfg {
+            self.rmsnorm(&join(tp, "fn.norm"), &join(bp, "norm"), dim);
+            join(tp, "fn.fn")
+        } else {
+            let mem = if full { vec![2, heads, NUM_MEM_KV, dh] } else { vec![2, heads, dh, NUM_MEM_KV] };
+            self.push(join(tp, "mem_kv"), join(bp, "mem_kv"), mem, Layout::Same);
+            self.rmsnorm(&join(tp, "norm"), &join(bp, "norm"), dim);
+            tp.to_string()
+        };
+        let tp = body.as_str();
         self.conv(&join(tp, "to_qkv"), &join(bp, "to_qkv"), dim, 3 * hidden, 1, false);
         if full {
             self.conv(&join(tp, "to_out"), &join(bp, "to_out"), hidden, dim, 1, true);
@@ -103,23 +114,36 @@ impl Builder {
 pub fn param_specs(config: &UnetConfig) -> Vec<ParamSpec> {
     let mut b = Builder { specs: Vec::new() };
     let init_dim = config.resolved_init_dim();
-    let tdim = config.time_dim();
-    let (heads, dh) = (config.attn_heads, config.attn_dim_head);
+    let time_dim = config.time_dim();
+    let tdim = config.cond_dim();
+    let (heads, dh) = config.stage_attention_size();
     let in_out = config.in_out();
     let full = config.resolved_full_attn();
     let n = in_out.len();
+    let cfg = config.is_conditional();
 
+    if cfg {
+        b.push("null_classes_emb".into(), "classes.null".into(), vec![config.dim], Layout::Same);
+    }
     b.conv("init_conv", "init_conv", config.channels, init_dim, 7, true);
-    b.linear("time_mlp.1", "time_mlp.linear1", config.dim, tdim);
-    b.linear("time_mlp.3", "time_mlp.linear2", tdim, tdim);
+    b.linear("time_mlp.1", "time_mlp.linear1", config.dim, time_dim);
+    b.linear("time_mlp.3", "time_mlp.linear2", time_dim, time_dim);
+    if let Some(k) = config.num_classes {
+        // nn.Embedding's weight is [num, dim] in both.
+        b.push("classes_emb.weight".into(), "classes.table".into(), vec![k, config.dim], Layout::Same);
+        b.linear("classes_mlp.0", "classes.linear1", config.dim, 4 * config.dim);
+        b.linear("classes_mlp.2", "classes.linear2", 4 * config.dim, 4 * config.dim);
+    }
 
     for (i, &(din, dout)) in in_out.iter().enumerate() {
         let (tp, bp) = (format!("downs.{i}"), format!("downs.{i}"));
         b.resnet(&join(&tp, "0"), &join(&bp, "block1"), din, din, tdim);
         b.resnet(&join(&tp, "1"), &join(&bp, "block2"), din, din, tdim);
         let variant = if full[i] { "attn.Full" } else { "attn.Linear" };
-        b.attention(&join(&tp, "2"), &join(&bp, variant), din, heads, dh, full[i]);
-        if i + 1 < n {
+        b.attention(&join(&tp, "2"), &join(&bp, variant), din, heads, dh, full[i], cfg);
+        if i + 1 < n && cfg {
+            b.conv(&join(&tp, "3"), &join(&bp, "resample.StridedDown"), din, dout, 4, true);
+        } else if i + 1 < n {
             b.conv(&join(&tp, "3.1"), &join(&bp, "resample.PixelUnshuffle"), 4 * din, dout, 1, true);
         } else {
             b.conv(&join(&tp, "3"), &join(&bp, "resample.Same"), din, dout, 3, true);
@@ -128,7 +152,7 @@ pub fn param_specs(config: &UnetConfig) -> Vec<ParamSpec> {
 
     let mid = *config.dims().last().expect("non-empty dims");
     b.resnet("mid_block1", "mid_block1", mid, mid, tdim);
-    b.attention("mid_attn", "mid_attn", mid, heads, dh, true);
+    b.attention("mid_attn", "mid_attn", mid, config.attn_heads, config.attn_dim_head, true, cfg);
     b.resnet("mid_block2", "mid_block2", mid, mid, tdim);
 
     for (i, (&(din, dout), &f)) in in_out.iter().rev().zip(full.iter().rev()).enumerate() {
@@ -136,7 +160,7 @@ pub fn param_specs(config: &UnetConfig) -> Vec<ParamSpec> {
         b.resnet(&join(&tp, "0"), &join(&bp, "block1"), dout + din, dout, tdim);
         b.resnet(&join(&tp, "1"), &join(&bp, "block2"), dout + din, dout, tdim);
         let variant = if f { "attn.Full" } else { "attn.Linear" };
-        b.attention(&join(&tp, "2"), &join(&bp, variant), dout, heads, dh, f);
+        b.attention(&join(&tp, "2"), &join(&bp, variant), dout, heads, dh, f, cfg);
         if i + 1 < n {
             b.conv(&join(&tp, "3.1"), &join(&bp, "resample.NearestUp"), dout, din, 3, true);
         } else {

@@ -7,6 +7,11 @@
 //! * [`UnetConfig`] (the Python constructor's arguments; presets [`UnetConfig::deeplense`] and
 //!   [`UnetConfig::small`]) and [`Unet`] (a burn `Module`), which implements
 //!   [`diffusion_core::Denoiser`].
+//! * The class-conditional U-Net of the library's `classifier_free_guidance.py`
+//!   ([`UnetConfig::conditional`], `num_classes`): the same [`Unet`] type, with
+//!   [`Unet::forward_labelled`] and [`diffusion_core::ConditionalDenoiser`], so
+//!   [`diffusion_core::Guided`] samples it with classifier-free guidance. Its `.pth` files load
+//!   and export like the unconditional ones.
 //! * PyTorch checkpoints as found in the wild: a bare `Unet.state_dict()`, a
 //!   `GaussianDiffusion.state_dict()`, and a Trainer checkpoint (online `model` or `ema`
 //!   weights); see [`load_checkpoint`], [`read_state_dict`], [`infer_config`].

@@ -180,8 +180,9 @@ impl<B: UnetBackend> ResnetBlock<B> {
 pub struct LinearAttention<B: Backend> {
     /// Pre-norm (`norm`).
     pub norm: RmsNorm<B>,
-    /// Memory key/values, torch layout `[2, heads, dim_head, num_mem_kv]`.
-    pub mem_kv: Param<Tensor<B, 4>>,
+    /// Memory key/values, torch layout `[2, heads, dim_head, num_mem_kv]` (none in the
+    /// class-conditional network).
+    pub mem_kv: Option<Param<Tensor<B, 4>>>,
     /// 1x1 conv without bias to `3 * heads * dim_head` channels.
     pub to_qkv: Conv2d<B>,
     /// Output 1x1 conv (`to_out.0`).
@@ -195,11 +196,12 @@ pub struct LinearAttention<B: Backend> {
 }
 
 impl<B: Backend> LinearAttention<B> {
-    fn new(dim: usize, heads: usize, dim_head: usize, device: &B::Device) -> Self {
+    fn new(dim: usize, heads: usize, dim_head: usize, mem: bool, device: &B::Device) -> Self {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, dim_head, NUM_MEM_KV], device),
+            mem_kv: mem
+                .then(|| Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, dim_head, NUM_MEM_KV], device)),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             out_norm: RmsNorm::new(dim, device),
@@ -227,11 +229,16 @@ impl<B: UnetBackend> LinearAttention<B> {
         let q = rows(0).matmul(x.clone()).reshape([b, heads, dh, n]);
         let k = rows(1).matmul(x.clone()).reshape([b, heads, dh, n]);
         let v = rows(2).matmul(x).reshape([b, heads, dh, n]);
-        let mem = self.mem_kv.val();
-        let mk = mem.clone().narrow(0, 0, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
-        let mv = mem.narrow(0, 1, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
-        let k = Tensor::cat(vec![mk, k], 3);
-        let v = Tensor::cat(vec![mv, v], 3);
+        let (k, v) = match &self.mem_kv {
+            Some(mem) => {
+                let mem = mem.val();
+                let mk =
+                    mem.clone().narrow(0, 0, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
+                let mv = mem.narrow(0, 1, 1).reshape([1, heads, dh, NUM_MEM_KV]).expand([b, heads, dh, NUM_MEM_KV]);
+                (Tensor::cat(vec![mk, k], 3), Tensor::cat(vec![mv, v], 3))
+            }
+            None => (k, v),
+        };
         let q = softmax_cols(q).mul_scalar((dh as f64).powf(-0.5));
         let k = softmax_last(k);
         // context[d, e] = sum_n k[d, n] v[e, n]
@@ -249,8 +256,9 @@ impl<B: UnetBackend> LinearAttention<B> {
 pub struct FullAttention<B: Backend> {
     /// Pre-norm (`norm`).
     pub norm: RmsNorm<B>,
-    /// Memory key/values, torch layout `[2, heads, num_mem_kv, dim_head]`.
-    pub mem_kv: Param<Tensor<B, 4>>,
+    /// Memory key/values, torch layout `[2, heads, num_mem_kv, dim_head]` (none in the
+    /// class-conditional network).
+    pub mem_kv: Option<Param<Tensor<B, 4>>>,
     /// 1x1 conv without bias to `3 * heads * dim_head` channels.
     pub to_qkv: Conv2d<B>,
     /// Output 1x1 conv (`to_out`).
@@ -262,11 +270,12 @@ pub struct FullAttention<B: Backend> {
 }
 
 impl<B: Backend> FullAttention<B> {
-    fn new(dim: usize, heads: usize, dim_head: usize, device: &B::Device) -> Self {
+    fn new(dim: usize, heads: usize, dim_head: usize, mem: bool, device: &B::Device) -> Self {
         let hidden = heads * dim_head;
         Self {
             norm: RmsNorm::new(dim, device),
-            mem_kv: Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, NUM_MEM_KV, dim_head], device),
+            mem_kv: mem
+                .then(|| Initializer::Normal { mean: 0.0, std: 1.0 }.init([2, heads, NUM_MEM_KV, dim_head], device)),
             to_qkv: conv(dim, 3 * hidden, 1, false, device),
             to_out: conv(hidden, dim, 1, true, device),
             heads,
@@ -287,11 +296,16 @@ impl<B: UnetBackend> FullAttention<B> {
         let v = to_seq(qkv.pop().expect("3 chunks"));
         let k = to_seq(qkv.pop().expect("3 chunks"));
         let q = to_seq(qkv.pop().expect("3 chunks"));
-        let mem = self.mem_kv.val();
-        let mk = mem.clone().narrow(0, 0, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
-        let mv = mem.narrow(0, 1, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
-        let k = Tensor::cat(vec![mk, k], 2);
-        let v = Tensor::cat(vec![mv, v], 2);
+        let (k, v) = match &self.mem_kv {
+            Some(mem) => {
+                let mem = mem.val();
+                let mk =
+                    mem.clone().narrow(0, 0, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
+                let mv = mem.narrow(0, 1, 1).reshape([1, heads, NUM_MEM_KV, dh]).expand([b, heads, NUM_MEM_KV, dh]);
+                (Tensor::cat(vec![mk, k], 2), Tensor::cat(vec![mv, v], 2))
+            }
+            None => (k, v),
+        };
         // softmax(q k^T / sqrt(dh)) v, [b, heads, n, dh], as the reference `Attend` computes it
         // (`einsum(q, k) * scale`, softmax over the last axis, `einsum(attn, v)`). Two matmuls
         // and a last-axis softmax: burn's fused `attention` runs a naive scalar kernel on Flex
@@ -314,11 +328,11 @@ pub enum StageAttention<B: Backend> {
 }
 
 impl<B: Backend> StageAttention<B> {
-    fn new(dim: usize, heads: usize, dim_head: usize, full: bool, device: &B::Device) -> Self {
+    fn new(dim: usize, heads: usize, dim_head: usize, full: bool, mem: bool, device: &B::Device) -> Self {
         if full {
-            Self::Full(FullAttention::new(dim, heads, dim_head, device))
+            Self::Full(FullAttention::new(dim, heads, dim_head, mem, device))
         } else {
-            Self::Linear(LinearAttention::new(dim, heads, dim_head, device))
+            Self::Linear(LinearAttention::new(dim, heads, dim_head, mem, device))
         }
     }
 }
@@ -342,6 +356,8 @@ pub enum Resample<B: Backend> {
     NearestUp(Conv2d<B>),
     /// Last stage: a 3x3 conv at the same resolution.
     Same(Conv2d<B>),
+    /// The class-conditional network's `Downsample`: a 4x4 convolution, stride 2, padding 1.
+    StridedDown(Conv2d<B>),
 }
 
 impl<B: UnetBackend> Resample<B> {
@@ -351,6 +367,7 @@ impl<B: UnetBackend> Resample<B> {
             Self::PixelUnshuffle(c) => conv1x1(c, pixel_unshuffle(x)),
             Self::NearestUp(c) => conv_same(c, upsample_nearest2(x)),
             Self::Same(c) => conv_same(c, x),
+            Self::StridedDown(c) => c.forward(x),
         }
     }
 }
@@ -442,6 +459,50 @@ pub fn sinusoidal_freqs(dim: usize, theta: f64) -> Vec<f32> {
     (0..half).map(|i| ((i as f32 * -step) as f64).exp() as f32).collect()
 }
 
+/// The class conditioning of the class-conditional network: `classes_emb(classes)` (or the
+/// learned `null_classes_emb` for a dropped label) through `Linear -> GELU -> Linear`.
+#[derive(Module, Debug)]
+pub struct ClassEmbedding<B: Backend> {
+    /// One row per class, `[num_classes, dim]` (`classes_emb.weight`).
+    pub table: Param<Tensor<B, 2>>,
+    /// The null class, `[dim]` (`null_classes_emb`).
+    pub null: Param<Tensor<B, 1>>,
+    /// `Linear(dim, 4 dim)` (`classes_mlp.0`).
+    pub linear1: Linear<B>,
+    /// `Linear(4 dim, 4 dim)` (`classes_mlp.2`).
+    pub linear2: Linear<B>,
+}
+
+impl<B: Backend> ClassEmbedding<B> {
+    fn new(num_classes: usize, dim: usize, device: &B::Device) -> Self {
+        let normal = Initializer::Normal { mean: 0.0, std: 1.0 };
+        Self {
+            table: normal.init([num_classes, dim], device),
+            null: normal.init([dim], device),
+            linear1: LinearConfig::new(dim, 4 * dim).init(device),
+            linear2: LinearConfig::new(4 * dim, 4 * dim).init(device),
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.table.dims()[0]
+    }
+
+    /// `labels` (`None`: the null class) -> `[N, 4 dim]`. Labels must be below
+    /// [`ClassEmbedding::num_classes`].
+    pub fn forward(&self, labels: &[Option<usize>], device: &B::Device) -> Tensor<B, 2> {
+        let n = self.num_classes();
+        let dim = self.null.dims()[0];
+        // Row `n` of the extended table is the null embedding: one gather for the batch.
+        let table = Tensor::cat(vec![self.table.val(), self.null.val().reshape([1, dim])], 0);
+        let idx: Vec<i64> = labels.iter().map(|l| l.unwrap_or(n) as i64).collect();
+        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(idx, [labels.len()]), device);
+        let e = table.select(0, idx);
+        self.linear2.forward(gelu(self.linear1.forward(e)))
+    }
+}
+
 /// The denoising-diffusion-pytorch 2.x `Unet`.
 ///
 /// Build it with [`UnetConfig::init`] or load it with [`crate::load_checkpoint`] and friends.
@@ -467,6 +528,8 @@ pub struct Unet<B: Backend> {
     pub final_res_block: ResnetBlock<B>,
     /// 1x1 output convolution (`final_conv`).
     pub final_conv: Conv2d<B>,
+    /// Class conditioning (the class-conditional network only).
+    pub classes: Option<ClassEmbedding<B>>,
     /// The configuration this network was built from.
     pub config: UnetConfig,
 }
@@ -476,13 +539,15 @@ impl<B: Backend> Unet<B> {
     /// [`UnetConfig::init`], which checks it).
     pub(crate) fn new(config: &UnetConfig, device: &B::Device) -> Self {
         let init_dim = config.resolved_init_dim();
-        let time_dim = config.time_dim();
+        let cond_dim = config.cond_dim();
         let in_out = config.in_out();
         let full = config.resolved_full_attn();
-        let (heads, dh) = (config.attn_heads, config.attn_dim_head);
+        let (heads, dh) = config.stage_attention_size();
         let drop = config.dropout;
         let n = in_out.len();
-        let resnet = |a, b| ResnetBlock::new(a, b, time_dim, drop, device);
+        // The class-conditional network: no memory key/values, strided-conv downsampling.
+        let cfg = config.is_conditional();
+        let resnet = |a, b| ResnetBlock::new(a, b, cond_dim, drop, device);
 
         let downs = in_out
             .iter()
@@ -490,8 +555,15 @@ impl<B: Backend> Unet<B> {
             .map(|(i, &(din, dout))| DownStage {
                 block1: resnet(din, din),
                 block2: resnet(din, din),
-                attn: StageAttention::new(din, heads, dh, full[i], device),
-                resample: if i + 1 < n {
+                attn: StageAttention::new(din, heads, dh, full[i], !cfg, device),
+                resample: if i + 1 < n && cfg {
+                    Resample::StridedDown(
+                        Conv2dConfig::new([din, dout], [4, 4])
+                            .with_stride([2, 2])
+                            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                            .init(device),
+                    )
+                } else if i + 1 < n {
                     Resample::PixelUnshuffle(conv(4 * din, dout, 1, true, device))
                 } else {
                     Resample::Same(conv(din, dout, 3, true, device))
@@ -507,7 +579,7 @@ impl<B: Backend> Unet<B> {
             .map(|(i, (&(din, dout), &f))| UpStage {
                 block1: resnet(dout + din, dout),
                 block2: resnet(dout + din, dout),
-                attn: StageAttention::new(dout, heads, dh, f, device),
+                attn: StageAttention::new(dout, heads, dh, f, !cfg, device),
                 resample: if i + 1 < n {
                     Resample::NearestUp(conv(dout, din, 3, true, device))
                 } else {
@@ -517,14 +589,15 @@ impl<B: Backend> Unet<B> {
             .collect();
         Self {
             init_conv: conv(config.channels, init_dim, 7, true, device),
-            time_mlp: TimeMlp::new(config.dim, time_dim, config.sinusoidal_pos_emb_theta, device),
+            time_mlp: TimeMlp::new(config.dim, config.time_dim(), config.sinusoidal_pos_emb_theta, device),
             downs,
             mid_block1: resnet(mid, mid),
-            mid_attn: FullAttention::new(mid, heads, dh, device),
+            mid_attn: FullAttention::new(mid, config.attn_heads, config.attn_dim_head, !cfg, device),
             mid_block2: resnet(mid, mid),
             ups,
             final_res_block: resnet(2 * init_dim, init_dim),
             final_conv: conv(init_dim, config.resolved_out_dim(), 1, true, device),
+            classes: config.num_classes.map(|k| ClassEmbedding::new(k, config.dim, device)),
             config: config.clone(),
         }
     }
@@ -556,16 +629,12 @@ impl<B: Backend> Unet<B> {
 impl<B: UnetBackend> Unet<B> {
     /// Like [`Unet::forward`] but returns an error instead of panicking on a bad shape.
     pub fn try_forward(&self, x: Tensor<B, 4>, t: Tensor<B, 1>) -> Result<Tensor<B, 4>, UnetError> {
-        self.check_input(x.dims())?;
-        if t.dims()[0] != x.dims()[0] {
-            return Err(UnetError::BadInput {
-                reason: format!("batch of x is {} but t has {} timesteps", x.dims()[0], t.dims()[0]),
-            });
-        }
-        Ok(self.forward_unchecked(x, t))
+        let labels = vec![None; x.dims()[0]];
+        self.try_forward_labelled(x, t, &labels)
     }
 
     /// Predicts the network output for noisy images `x: [N, C, H, W]` at timesteps `t: [N]`.
+    /// The class-conditional network predicts for the null class (unconditionally).
     ///
     /// # Panics
     /// If the shapes do not fit (see [`Unet::check_input`]); use [`Unet::try_forward`] to get
@@ -577,10 +646,50 @@ impl<B: UnetBackend> Unet<B> {
         }
     }
 
-    fn forward_unchecked(&self, x: Tensor<B, 4>, time: Tensor<B, 1>) -> Tensor<B, 4> {
+    /// The class-conditional forward pass (`Unet.forward(x, time, classes, cond_keep_mask)` of
+    /// the reference): `labels[i]` is the class of sample `i`, `None` the null class. The
+    /// unconditional network accepts only `None` labels.
+    pub fn try_forward_labelled(
+        &self,
+        x: Tensor<B, 4>,
+        t: Tensor<B, 1>,
+        labels: &[Option<usize>],
+    ) -> Result<Tensor<B, 4>, UnetError> {
+        self.check_input(x.dims())?;
+        let n = x.dims()[0];
+        if t.dims()[0] != n || labels.len() != n {
+            return Err(UnetError::BadInput {
+                reason: format!("batch of x is {n} but t has {} timesteps and {} labels", t.dims()[0], labels.len()),
+            });
+        }
+        let num_classes = self.config.num_classes.unwrap_or(0);
+        if let Some(bad) = labels.iter().flatten().find(|&&l| l >= num_classes) {
+            return Err(UnetError::BadInput {
+                reason: format!("class label {bad} for {}, which knows {num_classes} classes", self.config.describe()),
+            });
+        }
+        Ok(self.forward_unchecked(x, t, labels))
+    }
+
+    /// [`Unet::try_forward_labelled`], panicking on bad input.
+    pub fn forward_labelled(&self, x: Tensor<B, 4>, t: Tensor<B, 1>, labels: &[Option<usize>]) -> Tensor<B, 4> {
+        match self.try_forward_labelled(x, t, labels) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn forward_unchecked(&self, x: Tensor<B, 4>, time: Tensor<B, 1>, labels: &[Option<usize>]) -> Tensor<B, 4> {
+        let device = x.device();
         let x = conv_same(&self.init_conv, x);
         let r = x.clone();
+        // The resnet blocks' MLP starts with a SiLU, hoisted here; on `cat(t, c)` it is the
+        // concatenation of the two activated embeddings.
         let t = silu(self.time_mlp.forward(time));
+        let t = match &self.classes {
+            Some(classes) => Tensor::cat(vec![t, silu(classes.forward(labels, &device))], 1),
+            None => t,
+        };
         let mut skips = Vec::with_capacity(2 * self.downs.len());
         let mut x = x;
         for stage in &self.downs {

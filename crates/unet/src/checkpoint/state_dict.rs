@@ -132,7 +132,8 @@ impl StateDict {
     }
 
     fn check_legacy(&self) -> Result<(), UnetError> {
-        if let Some(k) = self.tensors.keys().find(|k| is_legacy_key(k)) {
+        let cfg = self.tensors.contains_key("classes_emb.weight");
+        if let Some(k) = self.tensors.keys().find(|k| is_legacy_key(k, cfg)) {
             return Err(UnetError::LegacyCheckpoint { path: self.path.clone(), key: k.clone() });
         }
         Ok(())
