@@ -157,7 +157,7 @@ fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, 
         };
         let mut last_loss = f32::NAN;
         report("train", case.train_batch, &mut || {
-            last_loss = std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")).loss;
+            last_loss = std::hint::black_box(trainer.train_step(images.clone(), None).expect("finite loss")).loss;
         });
         println!("{:9} last training loss {last_loss:.5}", case.name);
         let n = case.forward_batch;
@@ -200,7 +200,7 @@ fn train_step(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(if case.name == "deeplense" { 20 } else { 8 }))
             .throughput(Throughput::Elements(case.train_batch as u64));
         g.bench_function(BenchmarkId::new("flex", format!("{size}x{size}_batch{}", case.train_batch)), |b| {
-            b.iter(|| std::hint::black_box(trainer.train_step(images.clone()).expect("finite loss")))
+            b.iter(|| std::hint::black_box(trainer.train_step(images.clone(), None).expect("finite loss")))
         });
         g.finish();
 

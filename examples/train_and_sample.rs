@@ -21,8 +21,8 @@ fn main() -> Result<(), lensing_diffusion::Error> {
 
     let mut trainer = Trainer::<Autodiff<Flex>>::new(config, &device)?;
     while trainer.step() < trainer.config().total_steps {
-        let x = trainer.batch_for_step(&data, trainer.step())?;
-        let stats = trainer.train_step(x)?;
+        let (x, y) = trainer.batch_for_step(&data, trainer.step())?;
+        let stats = trainer.train_step(x, y.as_deref())?;
         if stats.step % 20 == 0 {
             println!("step {:>3}  loss {:.4}", stats.step, stats.loss);
         }
@@ -38,6 +38,7 @@ fn main() -> Result<(), lensing_diffusion::Error> {
         &loaded.model,
         &loaded.diffusion()?,
         [8, card.channels, card.image_size, card.image_size],
+        None,
         None,
         &opts,
         &|| {},

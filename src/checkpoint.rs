@@ -59,7 +59,14 @@ impl ModelCard {
             image_size: config.image_size,
             channels: config.unet.channels,
             diffusion: config.diffusion.clone(),
-            class_names: None,
+            class_names: config.unet.num_classes.map(|n| {
+                let names = &config.class_names;
+                if names.len() == n {
+                    names.clone()
+                } else {
+                    (0..n).map(|i| format!("class{i}")).collect()
+                }
+            }),
         }
     }
 

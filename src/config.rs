@@ -94,6 +94,19 @@ pub struct TrainConfig {
     pub sample_steps: usize,
     /// The run's seed.
     pub seed: u64,
+    /// Class-conditional runs (`unet.num_classes` set): probability that a training image's
+    /// label is replaced by the null class, so the one network also learns the unconditional
+    /// prediction that classifier-free guidance needs (the reference's `cond_drop_prob`, 0.5).
+    #[serde(default = "half")]
+    pub cond_drop_prob: f64,
+    /// Class-conditional runs: the name of each class, by label (recorded in the checkpoints'
+    /// model card so `sample --class NAME` works).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 impl TrainConfig {
@@ -125,6 +138,8 @@ impl TrainConfig {
             sample_count: 16,
             sample_steps: 25,
             seed: 0,
+            cond_drop_prob: 0.5,
+            class_names: Vec::new(),
         }
     }
 
@@ -157,6 +172,18 @@ impl TrainConfig {
         let bad = |field, value: String, reason| Err(TrainError::Config { field, value, reason });
         if self.batch_size == 0 {
             return bad("batch_size", "0".into(), "must be >= 1");
+        }
+        if !(0.0..=1.0).contains(&self.cond_drop_prob) {
+            return bad("cond_drop_prob", self.cond_drop_prob.to_string(), "must be in [0, 1]");
+        }
+        if let Some(n) = self.unet.num_classes {
+            if !self.class_names.is_empty() && self.class_names.len() != n {
+                return bad(
+                    "class_names",
+                    format!("{:?}", self.class_names),
+                    "must name every class of unet.num_classes (or be empty)",
+                );
+            }
         }
         if self.data_parallel == 0 {
             return bad("data_parallel", "0".into(), "must be >= 1 (1 = no data parallelism)");

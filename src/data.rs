@@ -56,11 +56,13 @@ pub fn simulate_resized_with(
     };
     let mut set = ImageSet::from_images(images);
     set.labels = Some(sim.labels);
+    set.class_names = sim.classes.iter().map(|c| c.name().to_string()).collect();
     Ok(set)
 }
 
 /// Load images from a folder, a stacked `.npy`/`.npz`, image files, or the labelled layout
-/// `ROOT/{train,val}/CLASS/*` (train and val are merged for generative training), resized to
+/// `ROOT/{train,val}/CLASS/*` (train and val are merged for generative training, keeping their
+/// labels and class names), resized to
 /// `size` x `size` and normalised per image to `[0, 1]` (`minmax`) unless `normalization` says
 /// otherwise. Bad files are skipped with a warning when `skip_bad`.
 pub fn load_resized(
@@ -74,10 +76,15 @@ pub fn load_resized(
     if looks_labelled {
         let ds = load_labelled(path, &opts)?;
         let mut images = ds.train.images;
+        let mut labels = ds.train.labels.unwrap_or_default();
         if let Some(val) = ds.val {
             images.append(Axis(0), val.images.view()).expect("same image size");
+            labels.extend(val.labels.unwrap_or_default());
         }
-        return Ok((ImageSet::from_images(images), vec![]));
+        let mut set = ImageSet::from_images(images);
+        set.labels = (labels.len() == set.len()).then_some(labels);
+        set.class_names = ds.class_names;
+        return Ok((set, vec![]));
     }
     let set = load_path(path, &opts)?;
     let warnings = set.warnings.iter().map(|w| w.to_string()).collect();

@@ -74,3 +74,31 @@ pub fn save_grid(values: &[f32], n: usize, h: usize, w: usize, cols: usize, path
     let scale = (128 / h.max(1)).clamp(1, 4) as u32;
     save_png_atomic(&grid(values, n, h, w, cols, scale)?, path)
 }
+
+/// One row per class: up to `per_row` images of class `0`, then of class `1`, ... (`labels[i]`
+/// is the class of image `i`; rows of classes with fewer images are left dark). Saved atomically.
+/// The row order is the class order, which a caption or legend should name.
+pub fn save_class_grid(
+    values: &[f32],
+    labels: &[usize],
+    num_classes: usize,
+    h: usize,
+    w: usize,
+    per_row: usize,
+    path: &Path,
+) -> Result<(), ImageError> {
+    let n = labels.len();
+    if values.len() != n * h * w || n == 0 || num_classes == 0 || per_row == 0 {
+        return Err(ImageError::Shape { values: values.len(), n, h, w });
+    }
+    // A dark image (-1 clamps to 0) fills a row's missing cells.
+    let mut tiles = vec![-1.0f32; num_classes * per_row * h * w];
+    for class in 0..num_classes {
+        for (col, i) in labels.iter().enumerate().filter(|(_, &l)| l == class).map(|(i, _)| i).take(per_row).enumerate()
+        {
+            let dst = (class * per_row + col) * h * w;
+            tiles[dst..dst + h * w].copy_from_slice(&values[i * h * w..(i + 1) * h * w]);
+        }
+    }
+    save_grid(&tiles, num_classes * per_row, h, w, per_row, path)
+}

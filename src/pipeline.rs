@@ -284,10 +284,15 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
                 .expect("valid template"),
         );
         let c = config.unet.channels;
-        let images =
-            generate(trainer.ema(), trainer.diffusion(), [opts.num_generated, c, size, size], None, &so, &|| {
-                pb.inc(1)
-            })?;
+        let images = generate(
+            trainer.ema(),
+            trainer.diffusion(),
+            [opts.num_generated, c, size, size],
+            None,
+            None,
+            &so,
+            &|| pb.inc(1),
+        )?;
         pb.finish_and_clear();
         // The first channel of each image.
         Ok(images.index_axis_move(Axis(1), 0))

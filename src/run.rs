@@ -73,21 +73,47 @@ pub fn read_loss_log(path: &Path) -> Vec<(usize, f32)> {
         .collect()
 }
 
-/// Write a sample grid from the EMA weights with a fixed seed (the run's seed).
+/// Write a sample grid from the EMA weights with a fixed seed (the run's seed). A
+/// class-conditional model shows its classes in turn, one row per class, guided at scale 3.
 pub fn write_sample_grid<B: UnetAutodiffBackend>(trainer: &Trainer<B>, path: &Path) -> Result<(), TrainError> {
     let c = trainer.config();
-    let n = c.sample_count.max(1);
     let s = c.image_size;
     let sampler = Sampler::DpmSolverPp2M { steps: c.sample_steps };
     let device = Default::default();
-    let images = trainer.diffusion().sample::<B::InnerBackend, _>(
-        trainer.ema(),
-        sampler,
-        [n, c.unet.channels, s, s],
-        c.seed,
-        &device,
-        &mut |_| {},
-    )?;
+    let shape = |n| [n, c.unet.channels, s, s];
+    let (images, labels) = match c.unet.num_classes {
+        None => {
+            let n = c.sample_count.max(1);
+            let x = trainer.diffusion().sample::<B::InnerBackend, _>(
+                trainer.ema(),
+                sampler,
+                shape(n),
+                c.seed,
+                &device,
+                &mut |_| {},
+            )?;
+            (x, None)
+        }
+        Some(k) => {
+            let per_class = c.sample_count.div_ceil(k).clamp(1, 8);
+            let labels: Vec<usize> = (0..k * per_class).map(|i| i / per_class).collect();
+            let guided = diffusion_core::Guided::new(
+                trainer.ema(),
+                labels.iter().map(|&l| Some(l)).collect(),
+                diffusion_core::Guidance::new(3.0, 0.7),
+            )?;
+            let x = trainer.diffusion().sample::<B::InnerBackend, _>(
+                &guided,
+                sampler,
+                shape(labels.len()),
+                c.seed,
+                &device,
+                &mut |_| {},
+            )?;
+            (x, Some((labels, k)))
+        }
+    };
+    let n = images.dims()[0];
     let v: Vec<f32> = images
         .into_data()
         .to_vec()
@@ -96,8 +122,11 @@ pub fn write_sample_grid<B: UnetAutodiffBackend>(trainer: &Trainer<B>, path: &Pa
     // Multi-channel models: show the first channel.
     let per = c.unet.channels * s * s;
     let first: Vec<f32> = (0..n).flat_map(|i| v[i * per..i * per + s * s].to_vec()).collect();
-    crate::images::save_grid(&first, n, s, s, cols, path)
-        .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
+    match &labels {
+        Some((labels, k)) => crate::images::save_class_grid(&first, labels, *k, s, s, labels.len() / k, path),
+        None => crate::images::save_grid(&first, n, s, s, cols, path),
+    }
+    .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// Train until `total_steps`, the time budget or an interrupt. Writes `config.json`, appends to
@@ -152,8 +181,8 @@ pub fn run<B: UnetAutodiffBackend>(
             reason = StopReason::TimeBudget;
             break;
         }
-        let x = trainer.batch_for_step(data, trainer.step())?;
-        let stats = match trainer.train_step(x) {
+        let (x, labels) = trainer.batch_for_step(data, trainer.step())?;
+        let stats = match trainer.train_step(x, labels.as_deref()) {
             Ok(s) => s,
             Err(TrainError::NonFiniteLoss { step, loss, .. }) => {
                 bar.abandon_with_message("stopped: non-finite loss");

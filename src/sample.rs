@@ -11,7 +11,7 @@
 //! let loaded = load_model::<Flex>("runs/train/checkpoints/step-0001500/ema.bpk".as_ref(), None, None, &device)?;
 //! let opts = SampleOptions { sampler: Sampler::DpmSolverPp2M { steps: 20 }, batch_size: 16, workers: 2, seed: 0 };
 //! let card = loaded.card.as_ref().expect("our checkpoint");
-//! let images = generate(&loaded.model, &loaded.diffusion()?, [16, card.channels, card.image_size, card.image_size], None, &opts, &|| {})?;
+//! let images = generate(&loaded.model, &loaded.diffusion()?, [16, card.channels, card.image_size, card.image_size], None, None, &opts, &|| {})?;
 //! assert_eq!(images.dim().0, 16);
 //! # Ok::<(), lensing_diffusion::Error>(())
 //! ```
@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};
-use diffusion_core::{DiffusionConfig, DiffusionRng, GaussianDiffusion, Sampler};
+use diffusion_core::{DiffusionConfig, DiffusionRng, GaussianDiffusion, Guidance, Guided, Sampler};
 use ndarray::{Array4, ArrayView4};
 use rand::SeedableRng;
 use unet::{load_checkpoint, Unet, UnetBackend, UnetConfig, Weights};
@@ -41,14 +41,25 @@ pub struct SampleOptions {
     pub seed: u64,
 }
 
+/// What a class-conditional model is asked for: one class per image, and how hard to guide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conditioning {
+    /// The class of each image (`0..num_classes`).
+    pub labels: Vec<usize>,
+    /// Classifier-free guidance.
+    pub guidance: Guidance,
+}
+
 /// Generate `shape = [n, channels, height, width]` images in `[0, 1]` (from `init`, standard
-/// normal `[n, C, H, W]`, when given; it then sets the shape). `tick` is called after every model
-/// evaluation of every batch (for a progress bar).
+/// normal `[n, C, H, W]`, when given; it then sets the shape). A class-conditional model needs
+/// `cond` (one label per image); an unconditional one refuses it. `tick` is called after every
+/// model evaluation of every batch (for a progress bar).
 pub fn generate<B: UnetBackend>(
     model: &Unet<B>,
     diffusion: &GaussianDiffusion,
     shape: [usize; 4],
     init: Option<ArrayView4<'_, f32>>,
+    cond: Option<&Conditioning>,
     opts: &SampleOptions,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Array4<f32>, Error> {
@@ -77,6 +88,28 @@ pub fn generate<B: UnetBackend>(
         ));
     }
     opts.sampler.validate(diffusion.config().timesteps)?;
+    match (model.config().num_classes, cond) {
+        (None, Some(_)) => {
+            return Err(Error::invalid("classes", "given", "the model is unconditional; it takes no class labels"))
+        }
+        (Some(k), None) => {
+            return Err(Error::invalid(
+                "classes",
+                "none",
+                format!("the model is class-conditional ({k} classes); give one label per image"),
+            ))
+        }
+        (Some(k), Some(c)) => {
+            if c.labels.len() != n {
+                return Err(Error::invalid("classes", c.labels.len(), format!("one label per image ({n} images)")));
+            }
+            if let Some(bad) = c.labels.iter().find(|&&l| l >= k) {
+                return Err(Error::invalid("class", bad, format!("the model knows classes 0..{k}")));
+            }
+            c.guidance.validate()?;
+        }
+        (None, None) => {}
+    }
     let batch = opts.batch_size;
     let batches = n.div_ceil(batch);
     let per_batch = crate::parallel::map_in_threads(
@@ -98,7 +131,14 @@ pub fn generate<B: UnetBackend>(
                 }
                 None => diffusion_core::gaussian_noise::<B, 4>(&mut rng, [hi - lo, c, h, w], &device),
             };
-            let images = diffusion.sample_from(&*model, opts.sampler, x_t, &mut rng, &mut |_| tick())?;
+            let images = match cond {
+                Some(c) => {
+                    let labels = c.labels[lo..hi].iter().map(|&l| Some(l)).collect();
+                    let guided = Guided::new(&*model, labels, c.guidance)?;
+                    diffusion.sample_from(&guided, opts.sampler, x_t, &mut rng, &mut |_| tick())?
+                }
+                None => diffusion.sample_from(&*model, opts.sampler, x_t, &mut rng, &mut |_| tick())?,
+            };
             images
                 .into_data()
                 .to_vec::<f32>()

@@ -91,10 +91,12 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         &self.ema
     }
 
-    /// One optimizer step on `images` (`[batch_size, C, H, W]` in `[0, 1]`).
-    pub fn train_step(&mut self, images: Tensor<B, 4>) -> Result<StepStats> {
+    /// One optimizer step on `images` (`[batch_size, C, H, W]` in `[0, 1]`), with their class
+    /// labels for a class-conditional model (required there, refused otherwise).
+    pub fn train_step(&mut self, images: Tensor<B, 4>, labels: Option<&[usize]>) -> Result<StepStats> {
         let step = self.step + 1;
         let n = images.dims()[0];
+        let labels = self.check_labels(labels, n)?;
         let accum = self.config.grad_accum;
         let micro = n.div_ceil(accum);
         let mut rng = DiffusionRng::seed_from_u64(self.config.seed);
@@ -112,16 +114,17 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         for start in (0..n).step_by(micro) {
             let end = (start + micro).min(n);
             let x = images.clone().narrow(0, start, end - start);
+            let y = labels.map(|l| &l[start..end]);
             let shards = self.config.data_parallel.min(end - start);
             let value = if shards <= 1 {
-                let loss = self.diffusion.loss(&self.model, x, &mut rng)?;
+                let loss = batch_loss(&self.diffusion, self.config.cond_drop_prob, &self.model, x, y, &mut rng)?;
                 let value = finite(loss.clone().into_scalar().elem())?;
                 let grads = loss.div_scalar(accum as f32).backward();
                 accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
                 value
             } else {
                 let mut value = 0.0f32;
-                for (v, grads) in self.sharded_grads(x, shards, accum, &mut rng)? {
+                for (v, grads) in self.sharded_grads(x, y, shards, accum, &mut rng)? {
                     value += finite(v)?;
                     accumulator.accumulate(&self.model, grads);
                 }
@@ -157,6 +160,7 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
     fn sharded_grads(
         &self,
         x: Tensor<B, 4>,
+        labels: Option<&[usize]>,
         shards: usize,
         accum: usize,
         rng: &mut DiffusionRng,
@@ -164,7 +168,7 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         let m = x.dims()[0];
         let bounds: Vec<(usize, usize)> = (0..shards).map(|k| (k * m / shards, (k + 1) * m / shards)).collect();
         let seeds: Vec<u64> = (0..shards).map(|_| rng.next_u64()).collect();
-        let diffusion = &self.diffusion;
+        let (diffusion, p) = (&self.diffusion, self.config.cond_drop_prob);
         std::thread::scope(|scope| {
             let handles: Vec<_> = bounds
                 .iter()
@@ -172,10 +176,11 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
                 .map(|(&(a, b), &seed)| {
                     let model = Unet::<B>::from_inner(self.model.valid());
                     let xs = x.clone().narrow(0, a, b - a);
+                    let ys = labels.map(|l| &l[a..b]);
                     let weight = (b - a) as f32 / (m as f32 * accum as f32);
                     scope.spawn(move || -> Result<(f32, GradientsParams)> {
                         let mut r = DiffusionRng::seed_from_u64(seed);
-                        let loss = diffusion.loss(&model, xs, &mut r)?.mul_scalar(weight);
+                        let loss = batch_loss(diffusion, p, &model, xs, ys, &mut r)?.mul_scalar(weight);
                         let value: f32 = loss.clone().into_scalar().elem();
                         let grads = loss.backward();
                         Ok((value * accum as f32, GradientsParams::from_grads(grads, &model)))
@@ -186,13 +191,34 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         })
     }
 
+    fn check_labels<'a>(&self, labels: Option<&'a [usize]>, n: usize) -> Result<Option<&'a [usize]>> {
+        let bad = |value: String, reason| Err(TrainError::Config { field: "labels", value, reason });
+        match (self.config.unet.num_classes, labels) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                bad("given".into(), "the model is unconditional; train with --conditional to use labels")
+            }
+            (Some(_), None) => bad("none".into(), "a class-conditional model needs a label per image"),
+            (Some(k), Some(l)) => {
+                if l.len() != n {
+                    return bad(format!("{} labels for {n} images", l.len()), "one label per image");
+                }
+                if let Some(x) = l.iter().find(|&&x| x >= k) {
+                    return bad(x.to_string(), "label beyond unet.num_classes");
+                }
+                Ok(Some(l))
+            }
+        }
+    }
+
     /// Raise the number of steps of a resumed run.
     pub fn extend_to(&mut self, total_steps: usize) {
         self.config.total_steps = self.config.total_steps.max(total_steps);
     }
 
-    /// The data batches for optimizer step `step + 1` onwards, starting mid-epoch if needed.
-    pub fn batch_for_step(&self, data: &ImageSet, step: usize) -> Result<Tensor<B, 4>> {
+    /// The batch for optimizer step `step + 1` (mid-epoch if needed), with its labels when the
+    /// model is class-conditional.
+    pub fn batch_for_step(&self, data: &ImageSet, step: usize) -> Result<(Tensor<B, 4>, Option<Vec<usize>>)> {
         let bpe = batches_per_epoch(data.len(), self.config.batch_size)?;
         let epoch = (step / bpe) as u64;
         let within = step % bpe;
@@ -208,10 +234,37 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
             value: self.config.batch_size.to_string(),
             reason: "larger than the data set",
         })?;
+        let labels = match (self.config.unet.num_classes, batch.labels) {
+            (None, _) => None,
+            (Some(_), Some(l)) => Some(l),
+            (Some(_), None) => {
+                return Err(TrainError::Config {
+                    field: "labels",
+                    value: "none".into(),
+                    reason: "a class-conditional model needs labelled data (ROOT/{train,val}/CLASS/* or the simulator)",
+                })
+            }
+        };
         let dims = batch.images.dim();
         let (v, _) = batch.images.into_raw_vec_and_offset();
-        Ok(Tensor::from_data(TensorData::new(v, [dims.0, dims.1, dims.2, dims.3]), &self.device))
+        Ok((Tensor::from_data(TensorData::new(v, [dims.0, dims.1, dims.2, dims.3]), &self.device), labels))
     }
+}
+
+/// The loss of one (micro-)batch: with condition dropout `cond_drop_prob` for a class-conditional
+/// model.
+fn batch_loss<B: UnetAutodiffBackend>(
+    diffusion: &GaussianDiffusion,
+    cond_drop_prob: f64,
+    model: &Unet<B>,
+    x: Tensor<B, 4>,
+    labels: Option<&[usize]>,
+    rng: &mut DiffusionRng,
+) -> Result<Tensor<B, 1>> {
+    Ok(match labels {
+        Some(y) => diffusion.loss_labelled(model, x, y, cond_drop_prob, rng)?,
+        None => diffusion.loss(model, x, rng)?,
+    })
 }
 
 /// Full batches per epoch (the last incomplete batch is dropped).

@@ -288,3 +288,59 @@ fn a_tiny_pipeline_writes_its_report() {
     assert!(report.contains("## Physical statistics") && report.contains("physics/radial_profile.png"));
     assert!(run.join("physics/radial_profile.png").is_file());
 }
+
+/// The class-conditional route. `sample` reproduces denoising-diffusion-pytorch's guided DDIM
+/// from its own `.pth` (fixtures of `crates/unet/tests/fixtures/cfg`, made by
+/// `shared/fixtures/make_cfg_fixtures.py`); `train --conditional` on the simulator records the
+/// class names, and `sample --class NAME` asks for one.
+#[test]
+fn class_conditional_train_and_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("crates/unet/tests/fixtures/cfg");
+    let f = |n: &str| cfg.join(n).to_str().unwrap().to_string();
+    #[rustfmt::skip]
+    let args = [
+        "sample", "--checkpoint", &f("cfg_unet_state_dict.pth"), "--weights", "model", "--num-classes", "3",
+        "--classes", "0,2,1", "--cond-scale", "3", "--rescaled-phi", "0.7", "--sampler", "ddim", "--steps", "10",
+        "--eta", "0", "--init-noise", &f("ddim_xT.npy"), "--out", "s.npy", "--schedule", "cosine",
+        "--objective", "pred_v",
+    ];
+    ok(&args, d);
+    let ours = read4(&d.join("s.npy"));
+    let want = read4(&cfg.join("ddim_out.npy"));
+    let diff = ours.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff <= 1e-4, "guided DDIM vs the reference: {diff:e}");
+    let labels: ndarray::Array1<i64> = ndarray_npy::read_npy(d.join("s.labels.npy")).unwrap();
+    assert_eq!(labels.to_vec(), vec![0, 2, 1]);
+
+    #[rustfmt::skip]
+    let train = [
+        "train", "--conditional", "--simulate", "12", "--sim-num-pix", "32", "--image-size", "16", "--dim", "8",
+        "--dim-mults", "1,2", "--timesteps", "50", "--steps", "2", "--batch-size", "4", "--sample-every", "0",
+        "--checkpoint-every", "2", "--out", "run",
+    ];
+    ok(&train, d);
+    let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    assert!(config.contains("\"num_classes\": 3") && config.contains("axion"), "{config}");
+    let ema = d.join("run/checkpoints/step-0000002/ema.bpk");
+    #[rustfmt::skip]
+    let sample = [
+        "sample", "--checkpoint", ema.to_str().unwrap(), "--class", "axion", "--num", "2", "--sampler", "dpmpp",
+        "--steps", "3", "--cond-scale", "2", "--out", "a.npy", "--grid", "g.png",
+    ];
+    let out = ok(&sample, d);
+    assert_eq!(read4(&d.join("a.npy")).dim(), (2, 1, 16, 16));
+    let labels: ndarray::Array1<i64> = ndarray_npy::read_npy(d.join("a.labels.npy")).unwrap();
+    assert_eq!(labels.to_vec(), vec![2, 2], "axion is class 2 of no_sub, cdm, axion");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_sub, cdm, axion"));
+    // Asking an unconditional model or an unknown class is an error with a message.
+    for (args, msg) in [
+        (vec!["sample", "--checkpoint", ema.to_str().unwrap(), "--class", "wimp", "--out", "x.npy"], "unknown class"),
+        (vec!["sample", "--checkpoint", ema.to_str().unwrap(), "--classes", "0,7", "--out", "x.npy"], "out of range"),
+    ] {
+        let out = bin().args(&args).current_dir(d).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(msg) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

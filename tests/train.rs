@@ -39,8 +39,8 @@ fn data() -> ImageSet {
 fn losses(trainer: &mut Trainer<B>, data: &ImageSet, until: usize) -> Vec<f32> {
     let mut v = vec![];
     while trainer.step() < until {
-        let x = trainer.batch_for_step(data, trainer.step()).unwrap();
-        v.push(trainer.train_step(x).unwrap().loss);
+        let (x, y) = trainer.batch_for_step(data, trainer.step()).unwrap();
+        v.push(trainer.train_step(x, y.as_deref()).unwrap().loss);
     }
     v
 }

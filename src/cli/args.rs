@@ -26,12 +26,17 @@ pub struct UnetArgs {
     /// Image channels (lensing images have 1).
     #[arg(long)]
     pub channels: Option<usize>,
+    /// Classes of a class-conditional U-Net (denoising-diffusion-pytorch's
+    /// `classifier_free_guidance.Unet`) [default: inferred from the checkpoint; train: set by
+    /// --conditional from the data].
+    #[arg(long)]
+    pub num_classes: Option<usize>,
 }
 
 impl UnetArgs {
     /// Whether any U-Net flag was given.
     pub fn any(&self) -> bool {
-        self.dim.is_some() || self.dim_mults.is_some() || self.channels.is_some()
+        self.dim.is_some() || self.dim_mults.is_some() || self.channels.is_some() || self.num_classes.is_some()
     }
 
     /// `base` with the given flags applied.
@@ -44,6 +49,7 @@ impl UnetArgs {
             self.dim_mults.clone().unwrap_or(base.dim_mults.clone()),
             self.channels.unwrap_or(base.channels),
         )
+        .with_num_classes(self.num_classes.or(base.num_classes))
     }
 }
 

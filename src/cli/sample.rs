@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use diffusion_core::{GaussianDiffusion, SamplerKind};
+use diffusion_core::{GaussianDiffusion, Guidance, SamplerKind};
 use indicatif::{ProgressBar, ProgressStyle};
-use lensing_diffusion::sample::{generate, load_model, SampleOptions};
+use lensing_diffusion::sample::{generate, load_model, Conditioning, SampleOptions};
 use lensing_diffusion::with_backend;
 use ndarray::{Array4, ArrayD, Axis, Ix4};
 use unet::{infer_config, UnetBackend, UnetConfig};
@@ -24,9 +24,17 @@ use super::CmdResult;
 ///
 /// Writes f32 [N,C,H,W] in [0,1] to --out (what denoising-diffusion-pytorch returns).
 ///
+/// Class-conditional models (`train --conditional`, or a `classifier_free_guidance.Unet` of
+/// denoising-diffusion-pytorch) take one class per image: --classes 0,2,1 (indices or names), or
+/// --class NAME --num K; without either, the classes in turn. Guidance runs the conditional and
+/// the unconditional prediction as one batch (--cond-scale, --rescaled-phi, --cfg-plus-plus).
+/// The labels are written beside --out as NAME.labels.npy (i64 [N]); --grid then shows one row
+/// per class.
+///
 /// Examples:
 ///   lensing-diffusion sample --checkpoint runs/train/checkpoints/step-0001500/ema.bpk --num 64 --out s.npy --grid grid.png
 ///   lensing-diffusion sample --checkpoint diffusion_model.pth --sampler dpmpp --steps 20 --out s.npy
+///   lensing-diffusion sample --checkpoint runs/cond/checkpoints/step-0001500/ema.bpk --class axion --num 32 --cond-scale 3 --out axion.npy
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -67,8 +75,55 @@ pub struct Args {
     /// Also write a grid PNG of (up to 64) images.
     #[arg(long)]
     pub(crate) grid: Option<PathBuf>,
+    /// Class of each image (class-conditional models): indices or the checkpoint's class names,
+    /// comma-separated; sets the number of images.
+    #[arg(long, value_delimiter = ',', conflicts_with = "class")]
+    pub(crate) classes: Option<Vec<String>>,
+    /// One class (index or name) for all --num images (class-conditional models).
+    #[arg(long)]
+    pub(crate) class: Option<String>,
+    /// Classifier-free guidance scale: 1 = the conditional model alone (one forward pass per
+    /// step), larger pushes harder towards the class [default: 6, the reference's].
+    #[arg(long, default_value_t = 6.0, value_parser = finite)]
+    pub(crate) cond_scale: f64,
+    /// Rescale the guided prediction's std towards the conditional one's (0 = off, 1 = fully)
+    /// [default: 0.7, the reference's].
+    #[arg(long, default_value_t = 0.7)]
+    pub(crate) rescaled_phi: f64,
+    /// CFG++: re-noise with the unconditional prediction's noise (Chung et al. 2024).
+    #[arg(long)]
+    pub(crate) cfg_plus_plus: bool,
     #[command(flatten)]
     pub(crate) backend: BackendArgs,
+}
+
+fn finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number")),
+    }
+}
+
+/// A class given as an index or one of `names` (case-insensitive).
+pub(crate) fn parse_class(token: &str, names: &[String]) -> Result<usize, String> {
+    let t = token.trim();
+    if let Ok(i) = t.parse::<usize>() {
+        return if i < names.len() {
+            Ok(i)
+        } else {
+            Err(format!("class {i} out of range: the model has {} classes ({})", names.len(), names.join(", ")))
+        };
+    }
+    names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(t))
+        .ok_or_else(|| format!("unknown class `{t}`; the model's classes are {}", names.join(", ")))
+}
+
+/// `NAME.npy` -> `NAME.labels.npy` beside it.
+pub(crate) fn labels_path(out: &std::path::Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "samples".into());
+    out.with_file_name(format!("{stem}.labels.npy"))
 }
 
 pub fn run(args: Args) -> CmdResult {
@@ -109,9 +164,53 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
         }
         None => None,
     };
+    // Classes: one label per image for a class-conditional model.
+    let num_classes = loaded.model.config().num_classes;
+    let names: Vec<String> = match (&loaded.card.as_ref().and_then(|c| c.class_names.clone()), num_classes) {
+        (Some(n), Some(k)) if n.len() == k => n.clone(),
+        (_, Some(k)) => (0..k).map(|i| i.to_string()).collect(),
+        (_, None) => vec![],
+    };
+    let mut count = args.num;
+    let labels: Option<Vec<usize>> = match (num_classes, &args.classes, &args.class) {
+        (None, None, None) => None,
+        (None, _, _) => return Err("--classes/--class: this model is unconditional; it takes no classes".into()),
+        (Some(_), Some(list), _) => {
+            let l = list.iter().map(|t| parse_class(t, &names)).collect::<Result<Vec<_>, _>>()?;
+            count = l.len();
+            Some(l)
+        }
+        (Some(_), None, Some(one)) => Some(vec![parse_class(one, &names)?; count]),
+        (Some(k), None, None) => {
+            eprintln!("note: class-conditional model; no --classes given, sampling the {k} classes in turn");
+            Some((0..count).map(|i| i % k).collect())
+        }
+    };
     let s = resolved.image_size;
-    let shape = [args.num, channels, s, s];
+    let shape = [count, channels, s, s];
     let [n, _, h, w] = init.as_ref().map(|a| [a.dim().0, a.dim().1, a.dim().2, a.dim().3]).unwrap_or(shape);
+    if let Some(l) = &labels {
+        if l.len() != n {
+            return Err(format!("{} classes given for {n} images of --init-noise", l.len()).into());
+        }
+    }
+    let cond = labels.map(|labels| Conditioning {
+        labels,
+        guidance: Guidance {
+            cond_scale: args.cond_scale,
+            rescaled_phi: args.rescaled_phi,
+            remove_parallel: true,
+            cfg_plus_plus: args.cfg_plus_plus,
+        },
+    });
+    if let Some(c) = &cond {
+        eprintln!(
+            "guidance: scale {}, rescaled_phi {}{}",
+            c.guidance.cond_scale,
+            c.guidance.rescaled_phi,
+            if c.guidance.cfg_plus_plus { ", CFG++" } else { "" }
+        );
+    }
     eprintln!(
         "{} | {} | {} | {n} images of {channels}x{h}x{w}",
         loaded.model.config().describe(),
@@ -132,13 +231,24 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
         workers: args.backend.backend.sample_workers(args.threads),
         seed: args.seed,
     };
-    let arr = generate(&loaded.model, &diffusion, shape, init.as_ref().map(|a| a.view()), &opts, &|| bar.inc(1))?;
+    let arr =
+        generate(&loaded.model, &diffusion, shape, init.as_ref().map(|a| a.view()), cond.as_ref(), &opts, &|| {
+            bar.inc(1)
+        })?;
     bar.finish_with_message(format!("{n} images in {:.1} s", start.elapsed().as_secs_f64()));
 
     let mut npy = Vec::new();
     ndarray_npy::WriteNpyExt::write_npy(&arr, &mut npy)?;
     atomic_file::write(&args.out, &npy).map_err(|e| format!("{}: {e}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
+    if let Some(c) = &cond {
+        let labels = ndarray::Array1::from_iter(c.labels.iter().map(|&l| l as i64));
+        let mut bytes = Vec::new();
+        ndarray_npy::WriteNpyExt::write_npy(&labels, &mut bytes)?;
+        let p = labels_path(&args.out);
+        atomic_file::write(&p, &bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        eprintln!("wrote {} (class of each image: {})", p.display(), names.join(", "));
+    }
     let first = arr.index_axis(Axis(1), 0);
     let first: Vec<f32> = first.iter().copied().collect();
     if let Some(dir) = &args.png_dir {
@@ -148,7 +258,11 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
         }
         eprintln!("wrote {n} PNGs to {}", dir.display());
     }
-    if let Some(grid) = &args.grid {
+    if let (Some(grid), Some(c)) = (&args.grid, &cond) {
+        let k = names.len();
+        lensing_diffusion::images::save_class_grid(&first, &c.labels, k, h, w, 8, grid)?;
+        eprintln!("wrote {} (one row per class, top to bottom: {})", grid.display(), names.join(", "));
+    } else if let Some(grid) = &args.grid {
         let m = n.min(64);
         let cols = (m as f64).sqrt().ceil() as usize;
         lensing_diffusion::images::save_grid(&first[..m * h * w], m, h, w, cols, grid)?;

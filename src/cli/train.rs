@@ -137,6 +137,24 @@ pub struct Args {
     /// Seed of everything random in the run.
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Train a class-conditional model (classifier-free guidance) on the data's labels: the
+    /// simulator's three classes, or the class folders of ROOT/{train,val}/CLASS/*. The class
+    /// names go into config.json and the checkpoints; `sample --class NAME` then asks for one.
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) conditional: bool,
+    /// Conditional training: probability of replacing a label by the null class, so the model
+    /// also learns the unconditional prediction guidance needs [default: 0.5, the reference's].
+    #[arg(long, value_parser = probability)]
+    pub(crate) cond_drop_prob: Option<f64>,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a probability in [0, 1]"))
+    }
 }
 
 impl Args {
@@ -160,6 +178,7 @@ impl Args {
             batch_size,
             grad_accum,
             data_parallel,
+            cond_drop_prob,
             lr,
             warmup_steps,
             cosine_decay,
@@ -229,7 +248,7 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
         return Err("--channels: lensing images have one channel; train supports --channels 1 only".into());
     }
     let mut resumed_from = None;
-    let mut trainer = match &args.resume {
+    let start = match &args.resume {
         Some(path) => {
             let (mut t, ckpt, skipped) = Trainer::<B>::resume_latest(path, &device)?;
             for (bad, why) in &skipped {
@@ -240,7 +259,7 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
             if let Some(steps) = args.steps {
                 t.extend_to(steps);
             }
-            t
+            Ok(t)
         }
         None => {
             let out = out_dir(args, None);
@@ -267,10 +286,13 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
             }
             let mut preset = args.preset.config();
             preset.data_parallel = args.backend.backend.training_shards(preset.data_parallel);
-            Trainer::<B>::new(args.apply(preset, None), &device)?
+            Err(args.apply(preset, None))
         }
     };
-    let size = trainer.config().image_size;
+    let (size, seed) = match &start {
+        Ok(t) => (t.config().image_size, t.config().seed),
+        Err(c) => (c.image_size, c.seed),
+    };
     let normalization = if args.normalize == "none" { Normalization::None } else { Normalization::MinMax };
     let data = match &args.data {
         Some(path) => {
@@ -284,19 +306,37 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
         None => {
             let n = args.simulate.unwrap_or(3000);
             eprintln!("simulating {n} Model I lensing images ({0}x{0} -> {size}x{size})", args.sim_num_pix);
-            lensing_diffusion::data::simulate_resized(
-                n,
-                args.sim_num_pix,
-                size,
-                &LensClass::ALL,
-                trainer.config().seed,
-            )?
+            lensing_diffusion::data::simulate_resized(n, args.sim_num_pix, size, &LensClass::ALL, seed)?
         }
     };
-    if args.resume.is_none() && args.epochs.is_some() && args.steps.is_none() {
-        let c = args.apply(trainer.config().clone(), Some(data.len()));
-        trainer = Trainer::<B>::new(c, &device)?;
-    }
+    let mut trainer = match start {
+        Ok(t) => t,
+        Err(mut c) => {
+            if args.epochs.is_some() && args.steps.is_none() {
+                c = args.apply(c, Some(data.len()));
+            }
+            if args.conditional {
+                if data.labels.is_none() || data.class_names.is_empty() {
+                    return Err("--conditional needs labelled data: the simulator (no --data) or the layout \
+                                ROOT/{train,val}/CLASS/*"
+                        .into());
+                }
+                c.unet.num_classes = Some(data.class_names.len());
+                c.class_names = data.class_names.clone();
+                eprintln!("class-conditional: {} (cond_drop_prob {})", c.class_names.join(", "), c.cond_drop_prob);
+            } else if let Some(n) = c.unet.num_classes {
+                if data.labels.is_none() || data.class_names.len() != n {
+                    return Err(format!(
+                        "--num-classes {n}: the data has {} labelled classes; use --conditional to take them from the data",
+                        data.class_names.len()
+                    )
+                    .into());
+                }
+                c.class_names = data.class_names.clone();
+            }
+            Trainer::<B>::new(c, &device)?
+        }
+    };
     let c = trainer.config();
     eprintln!(
         "{} images of {size}x{size}; U-Net {} ({} parameters); T = {}; {} steps of batch {}; backend {}",
