@@ -38,6 +38,7 @@ pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
 pub mod classifier;
+pub mod conditional;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -30,10 +30,11 @@ use unet::UnetAutodiffBackend;
 
 use crate::backend::BackendKind;
 use crate::classifier::{heldout_accuracy, ExtractorRecipe};
+use crate::conditional::{class_consistency, per_class_metrics, ClassConsistency, ClassMetrics, SweepPoint};
 use crate::config::{Preset, TrainConfig};
 use crate::error::Error;
 use crate::run::{run, RunOptions, RunSummary};
-use crate::sample::{generate, SampleOptions};
+use crate::sample::{generate, Conditioning, SampleOptions};
 use crate::trainer::Trainer;
 
 /// Everything the pipeline can be told (the `pipeline` command's flags).
@@ -75,6 +76,14 @@ pub struct PipelineOptions {
     pub seed: u64,
     /// Progress bars and stage lines on stderr.
     pub progress: bool,
+    /// Train a class-conditional model on the data's classes and evaluate per class.
+    pub conditional: bool,
+    /// Conditional runs: the guidance scale of the main sample.
+    pub cond_scale: f64,
+    /// Conditional runs: guidance scales of the sweep (empty: no sweep).
+    pub guidance_sweep: Vec<f64>,
+    /// Conditional runs: images generated per sweep point.
+    pub sweep_images: usize,
 }
 
 impl Default for PipelineOptions {
@@ -98,6 +107,10 @@ impl Default for PipelineOptions {
             backend: BackendKind::Flex,
             seed: 0,
             progress: true,
+            conditional: false,
+            cond_scale: 3.0,
+            guidance_sweep: vec![1.0, 2.0, 3.0, 5.0],
+            sweep_images: 300,
         }
     }
 }
@@ -121,6 +134,9 @@ impl PipelineOptions {
                 self.train_minutes,
                 "must be a finite number of minutes > 0",
             ));
+        }
+        if let Some(g) = std::iter::once(&self.cond_scale).chain(&self.guidance_sweep).find(|g| !g.is_finite()) {
+            return Err(Error::invalid("--cond-scale / --guidance-sweep", g, "must be finite"));
         }
         if let Some(b) = self.bandwidths.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
             return Err(Error::invalid("--bandwidths", b, "each must be finite and > 0"));
@@ -189,6 +205,31 @@ pub struct PipelineOutcome {
     pub physics: PhysicsComparison,
     /// The physics plots written, relative to the output folder.
     pub physics_plots: Vec<String>,
+    /// Class-conditional runs: per-class metrics, class consistency, the guidance sweep.
+    pub conditional: Option<ConditionalOutcome>,
+}
+
+/// What a class-conditional pipeline run measured per class.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConditionalOutcome {
+    /// The classes, in label order.
+    pub class_names: Vec<String>,
+    /// Guidance scale of the main sample.
+    pub cond_scale: f64,
+    /// Each generated class against the same real class.
+    pub per_class: Vec<ClassMetrics>,
+    /// The classifier on the generated images, labelled with the class asked for.
+    pub consistency: Option<ClassConsistency>,
+    /// The classifier on the held-out real images (its real accuracy).
+    pub real_consistency: Option<ClassConsistency>,
+    /// Why consistency could not be measured (classes the classifier does not know).
+    pub consistency_note: Option<String>,
+    /// FID and class consistency against the guidance scale.
+    pub sweep: Vec<SweepPoint>,
+    /// Images per sweep point.
+    pub sweep_images: usize,
+    /// Guided sampling speed, images per second (main sample).
+    pub guided_images_per_second: f64,
 }
 
 /// Run the whole job into `opts.out` with the backend `B` (see the module docs).
@@ -202,7 +243,7 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
     std::fs::create_dir_all(&out).map_err(Error::io(&out))?;
     let show = opts.progress;
     let mut timings = Timings::default();
-    let config = opts.train_config();
+    let mut config = opts.train_config();
     let size = config.image_size;
     opts.sampler.validate(config.diffusion.timesteps)?;
 
@@ -234,6 +275,22 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
             Ok((train, real))
         }
     })?;
+
+    if opts.conditional {
+        match (&train.labels, train.class_names.is_empty()) {
+            (Some(_), false) => {
+                config.unet.num_classes = Some(train.class_names.len());
+                config.class_names = train.class_names.clone();
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "--conditional",
+                    "unlabelled data",
+                    "needs labels: the simulator, or the layout ROOT/{train,val}/CLASS/*",
+                ))
+            }
+        }
+    }
 
     // 2. Feature extractor (trained on lensing images; shipped or cached).
     let extractor = timings.time("feature extractor", show, || {
@@ -268,49 +325,112 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         Ok(run(&mut trainer, &train, &ro)?)
     })?;
 
-    // 4. Sample from the EMA weights.
-    let generated = timings.time("sample", show, || {
-        let so = SampleOptions {
-            sampler: opts.sampler,
-            batch_size: opts.sample_batch,
-            workers: opts.backend.sample_workers(opts.sample_threads),
-            seed: opts.seed ^ 0x5A3D_1E5E,
-        };
-        let evals =
-            opts.sampler.model_evaluations(config.diffusion.timesteps) * opts.num_generated.div_ceil(opts.sample_batch);
+    // 4. Sample from the EMA weights (class-conditional: the classes in turn, guided).
+    let k = config.unet.num_classes.unwrap_or(0);
+    let so = SampleOptions {
+        sampler: opts.sampler,
+        batch_size: opts.sample_batch,
+        workers: opts.backend.sample_workers(opts.sample_threads),
+        seed: opts.seed ^ 0x5A3D_1E5E,
+    };
+    let sample_n = |n: usize, cond_scale: f64, what: &str| -> Result<(Array3<f32>, Vec<usize>, f64), Error> {
+        let t = Instant::now();
+        let evals = opts.sampler.model_evaluations(config.diffusion.timesteps) * n.div_ceil(opts.sample_batch);
         let pb = if show { ProgressBar::new(evals as u64) } else { ProgressBar::hidden() };
         pb.set_style(
-            ProgressStyle::with_template("   sample {wide_bar} {pos}/{len} steps  {per_sec}  ETA {eta}")
-                .expect("valid template"),
+            ProgressStyle::with_template(&format!(
+                "   {what} {{wide_bar}} {{pos}}/{{len}} steps  {{per_sec}}  ETA {{eta}}"
+            ))
+            .expect("valid template"),
         );
+        let labels: Vec<usize> = if k > 0 { (0..n).map(|i| i % k).collect() } else { vec![] };
+        let cond = (k > 0)
+            .then(|| Conditioning { labels: labels.clone(), guidance: diffusion_core::Guidance::new(cond_scale, 0.7) });
         let c = config.unet.channels;
-        let images = generate(
-            trainer.ema(),
-            trainer.diffusion(),
-            [opts.num_generated, c, size, size],
-            None,
-            None,
-            &so,
-            &|| pb.inc(1),
-        )?;
+        let images =
+            generate(trainer.ema(), trainer.diffusion(), [n, c, size, size], None, cond.as_ref(), &so, &|| pb.inc(1))?;
         pb.finish_and_clear();
         // The first channel of each image.
-        Ok(images.index_axis_move(Axis(1), 0))
-    })?;
+        Ok((images.index_axis_move(Axis(1), 0), labels, n as f64 / t.elapsed().as_secs_f64().max(1e-9)))
+    };
+    let (generated, generated_labels, sample_rate) =
+        timings.time("sample", show, || sample_n(opts.num_generated, opts.cond_scale, "sample"))?;
     let noise = noise_baseline(opts.num_generated, size, opts.seed);
 
     // 5. Evaluate.
-    let (report, fid_noise) = timings.time("evaluate", show, || {
-        let feats =
-            |name: &str, images: &Array3<f32>| crate::evaluate::embed(&extractor, images.view(), 100, name, show);
+    let feats = |name: &str, images: &Array3<f32>| crate::evaluate::embed(&extractor, images.view(), 100, name, show);
+    let (report, fid_noise, real_f, gen_f) = timings.time("evaluate", show, || {
         let real_f = feats("real", &real.images)?;
         let gen_f = feats("generated", &generated)?;
         let noise_f = feats("noise", &noise)?;
         let cfg = EvalConfig { bandwidths: opts.bandwidths.clone(), seed: opts.seed, ..EvalConfig::default() };
         let report = gen_metrics::evaluate_features(real_f.view(), gen_f.view(), None, &cfg)?;
         let fid_noise = frechet_distance_from_features(real_f.view(), noise_f.view())?.value;
-        Ok((report, fid_noise))
+        Ok((report, fid_noise, real_f, gen_f))
     })?;
+
+    // 5b. Class-conditional: per class, class consistency, the guidance sweep.
+    let conditional = if k > 0 {
+        Some(timings.time("per-class evaluation", show, || {
+            let names = config.class_names.clone();
+            let real_labels = real.labels.clone().unwrap_or_default();
+            let per_class =
+                per_class_metrics(real_f.view(), &real_labels, gen_f.view(), &generated_labels, &names, opts.seed)?;
+            let (consistency, real_consistency, note) = match crate::conditional::classifier_indices(&extractor, &names)
+            {
+                Ok(_) => (
+                    Some(class_consistency(&extractor, generated.view(), &generated_labels, &names)?),
+                    Some(class_consistency(&extractor, real.images.view(), &real_labels, &names)?),
+                    None,
+                ),
+                Err(e) => (None, None, Some(e.to_string())),
+            };
+            let mut sweep = Vec::new();
+            if consistency.is_some() {
+                for &g in &opts.guidance_sweep {
+                    let (imgs, labels, _) = sample_n(opts.sweep_images, g, &format!("sweep {g:>4}"))?;
+                    let f = feats("sweep", &imgs)?;
+                    let fid = frechet_distance_from_features(real_f.view(), f.view())?.value;
+                    let acc = class_consistency(&extractor, imgs.view(), &labels, &names)?.accuracy;
+                    if show {
+                        eprintln!("   cond_scale {g}: FID {fid:.2}, class consistency {:.1}%", acc * 100.0);
+                    }
+                    sweep.push(SweepPoint { cond_scale: g, fid, consistency: acc });
+                }
+            }
+            let per_row = 8;
+            let v: Vec<f32> = generated.iter().copied().collect();
+            crate::images::save_class_grid(
+                &v,
+                &generated_labels,
+                k,
+                size,
+                size,
+                per_row,
+                &out.join("generated_by_class.png"),
+            )?;
+            let v: Vec<f32> = real.images.iter().copied().collect();
+            crate::images::save_class_grid(&v, &real_labels, k, size, size, per_row, &out.join("real_by_class.png"))?;
+            if !sweep.is_empty() {
+                let acc = real_consistency.as_ref().map_or(f64::NAN, |c| c.accuracy);
+                crate::conditional::sweep_plot(&sweep, acc, &out.join("guidance_sweep.png"))
+                    .map_err(|e| Error::invalid("guidance sweep plot", e, "could not be written"))?;
+            }
+            Ok(ConditionalOutcome {
+                class_names: names,
+                cond_scale: opts.cond_scale,
+                per_class,
+                consistency,
+                real_consistency,
+                consistency_note: note,
+                sweep,
+                sweep_images: opts.sweep_images,
+                guided_images_per_second: sample_rate,
+            })
+        })?)
+    } else {
+        None
+    };
 
     // 6. Physical statistics of the images themselves (at the training size).
     let (physics, physics_plots) = timings.time("physics", show, || {
@@ -343,6 +463,7 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         report_path: out.join("report.md"),
         physics,
         physics_plots,
+        conditional,
     };
     let metrics = metrics_json(&outcome, opts, &extractor);
     let json_path = out.join("metrics.json");
@@ -399,6 +520,7 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "sample_steps": opts.sampler.model_evaluations(o.config.diffusion.timesteps),
         "backend": opts.backend.to_string(),
         "physics": o.physics,
+        "conditional": o.conditional,
     })
 }
 
@@ -498,7 +620,10 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
         let stem = f.trim_start_matches("physics/").trim_end_matches(".png");
         m.push_str(&format!("![{stem}]({f}) "));
     }
-    m.push_str("\n\nPer class: not yet; the generated images carry no class (an unconditional model).\n");
+    match &o.conditional {
+        Some(c) => m.push_str(&conditional_markdown(c)),
+        None => m.push_str("\n\nPer class: the generated images carry no class (an unconditional model; see `pipeline --conditional`).\n"),
+    }
     m.push_str("\n## Training\n\n![loss](loss.png)\n\nThe training run (checkpoints, `loss.csv`, `config.json`) is in `train/`.\n\n");
     m.push_str("## Timings\n\n| stage | seconds |\n|---|---|\n");
     for (k, v) in &o.timings.0 {
@@ -508,6 +633,66 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     m.push_str("## Configuration\n\n```json\n");
     m.push_str(&serde_json::to_string_pretty(config).unwrap_or_default());
     m.push_str("\n```\n");
+    m
+}
+
+fn conditional_markdown(c: &ConditionalOutcome) -> String {
+    let mut m = String::new();
+    m.push_str("\n\n## Class-conditional generation\n\n");
+    m.push_str(&format!(
+        "One class-conditional model, asked for each class in turn, guided with scale {} (rescaled_phi 0.7); {:.1} images/s \
+         (two forward passes per step, run as one batch). One row per class, top to bottom: {}.\n\n",
+        c.cond_scale,
+        c.guided_images_per_second,
+        c.class_names.join(", ")
+    ));
+    m.push_str("| held-out real, by class | generated, by class asked for |\n|---|---|\n");
+    m.push_str("| ![real by class](real_by_class.png) | ![generated by class](generated_by_class.png) |\n\n");
+    m.push_str("| class | real | generated | FID vs same real class | KID |\n|---|---|---|---|---|\n");
+    for p in &c.per_class {
+        m.push_str(&format!("| {} | {} | {} | {:.3} | {:.5} |\n", p.class, p.n_real, p.n_generated, p.fid, p.kid));
+    }
+    match (&c.consistency, &c.real_consistency) {
+        (Some(g), Some(r)) => {
+            m.push_str(&format!(
+                "\n**Class consistency: the lensing classifier labels {:.1}% of the generated images with the class that was \
+                 asked for**, against {:.1}% on held-out real images (its real accuracy; chance is {:.1}%).\n\n",
+                g.accuracy * 100.0,
+                r.accuracy * 100.0,
+                100.0 / c.class_names.len().max(1) as f64
+            ));
+            for (title, cc) in [("generated (rows: class asked for)", g), ("real (rows: true class)", r)] {
+                m.push_str(&format!("Confusion matrix, {title}; columns: predicted.\n\n| | "));
+                m.push_str(&c.class_names.join(" | "));
+                m.push_str(" |\n|---|");
+                m.push_str(&"---|".repeat(c.class_names.len()));
+                m.push('\n');
+                for (name, row) in c.class_names.iter().zip(&cc.confusion) {
+                    let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                    m.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+                }
+                m.push('\n');
+            }
+        }
+        _ => m.push_str(&format!(
+            "\nClass consistency not measured: {}\n",
+            c.consistency_note.as_deref().unwrap_or("no classifier")
+        )),
+    }
+    if !c.sweep.is_empty() {
+        m.push_str(&format!(
+            "### Guidance sweep\n\n{} images per scale, same seed.\n\n| cond_scale | FID | class consistency |\n|---|---|---|\n",
+            c.sweep_images
+        ));
+        for p in &c.sweep {
+            m.push_str(&format!("| {} | {:.3} | {:.1}% |\n", p.cond_scale, p.fid, p.consistency * 100.0));
+        }
+        m.push_str("\n![guidance sweep](guidance_sweep.png)\n");
+    }
+    m.push_str(
+        "\nNot measured here: train-synthetic-test-real (the classifier recipe trained on generated images, tested on \
+         real ones).\n",
+    );
     m
 }
 
