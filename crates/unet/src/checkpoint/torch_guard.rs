@@ -997,6 +997,31 @@ mod tests {
     }
 
     #[test]
+    fn real_checkpoints_are_far_below_the_limits() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for name in ["unet_state_dict.pth", "diffusion_state_dict.pth", "trainer_checkpoint.pt"] {
+            let f = File::open(dir.join(name)).unwrap();
+            let mut z = ZipArchive::new(BufReader::new(f)).unwrap();
+            let pkl = (0..z.len()).find(|&i| z.by_index(i).unwrap().name().ends_with("data.pkl")).unwrap();
+            let mut bytes = Vec::new();
+            z.by_index(pkl).unwrap().read_to_end(&mut bytes).unwrap();
+            let l = limits();
+            let mut m =
+                Machine { b: &bytes, pos: 0, stack: Vec::new(), marks: 0, memo: HashMap::new(), work: 0, limits: &l };
+            let root = m.run().unwrap();
+            // The Trainer checkpoint (U-Net, EMA copies, AdamW state): 126 KB of pickle, about
+            // 8 MB of copies by burn-store, depth 6.
+            assert!(
+                m.work < l.max_pickle_work / 50 && root.depth < 10,
+                "{name}: work {}, depth {}",
+                m.work,
+                root.depth
+            );
+            assert!(!index_tensors(&root).unwrap().is_empty());
+        }
+    }
+
+    #[test]
     fn rebuild_recursion_is_bounded() {
         // REDUCE of _rebuild_from_type_v2 on a tuple of 1,000 more of them: burn-store recurses
         // once per element.
