@@ -54,6 +54,14 @@ pub fn simulate_resized_with(
             .collect();
         Array3::from_shape_vec((count, size, size), out.concat()).expect("sizes agree")
     };
+    // f64 pixels beyond f32 (an unnormalised configuration) would become infinite silently.
+    if let Some(first_index) = images.iter().position(|v| !v.is_finite()) {
+        return Err(lens_data::LensDataError::NonFiniteRender {
+            what: format!("simulated images resized to {size}x{size} as f32"),
+            count: images.iter().filter(|v| !v.is_finite()).count(),
+            first_index,
+        });
+    }
     let mut set = ImageSet::from_images(images);
     set.labels = Some(sim.labels);
     set.class_names = sim.classes.iter().map(|c| c.name().to_string()).collect();

@@ -58,6 +58,49 @@ fn bad_flags_fail_with_a_message_not_a_panic() {
     }
 }
 
+/// Out-of-range flags are refused while parsing, before any work: the message names the flag,
+/// the value and the allowed range; nothing panics (no `Duration` from NaN minutes, no
+/// `usize::MAX + 1`, no `--image-size 0` reaching an assert).
+#[test]
+fn out_of_range_flags_are_refused_with_flag_value_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = usize::MAX.to_string();
+    let huge = huge.as_str();
+    for (args, flag, value, want) in [
+        (vec!["train", "--timesteps", "1000000"], "--timesteps", "1000000", "1..=100000"),
+        (vec!["train", "--timesteps", "0"], "--timesteps", "0", "1..=100000"),
+        (vec!["train", "--image-size", "0"], "--image-size", "0", "8..=4096"),
+        (
+            vec!["sample", "--checkpoint", "c.bpk", "--out", "s.npy", "--image-size", "100000"],
+            "--image-size",
+            "100000",
+            "8..=4096",
+        ),
+        (vec!["train", "--dim", "5000"], "--dim", "5000", "1..=1024"),
+        (vec!["train", "--simulate", "20000000"], "--simulate", "20000000", "1..=10000000"),
+        (vec!["make-dataset", "--out", "d", "--count", huge], "--count", huge, "1..=10000000"),
+        (
+            vec!["evaluate", "--real-features", "a.npy", "--generated-features", "b.npy", "--k", huge],
+            "--k",
+            huge,
+            "1..=10000000",
+        ),
+        (vec!["train", "--time-budget-min", "NaN"], "--time-budget-min", "NaN", "finite"),
+        (vec!["train", "--time-budget-min=-3"], "--time-budget-min", "-3", "finite"),
+        (vec!["pipeline", "--train-minutes", "inf"], "--train-minutes", "inf", "finite"),
+        (vec!["train", "--lr", "NaN"], "--lr", "NaN", "> 0"),
+        (vec!["train-classifier", "--lr", "inf"], "--lr", "inf", "> 0"),
+        (vec!["train-classifier", "--lr", "0"], "--lr", "0", "> 0"),
+    ] {
+        let out = bin().args(&args).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(want), "{args:?}: {err}");
+        assert!(err.contains(&format!("'{value}'")), "the value is named: {args:?}: {err}");
+        assert!(dir.path().read_dir().unwrap().next().is_none(), "{args:?} wrote something");
+    }
+}
+
 fn read4(path: &Path) -> Array4<f32> {
     let a: ArrayD<f32> = ndarray_npy::read_npy(path).unwrap();
     a.into_dimensionality().unwrap()

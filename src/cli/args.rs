@@ -17,14 +17,14 @@ pub struct BackendArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct UnetArgs {
     /// U-Net base width (train: the preset's; sample: inferred from the checkpoint; the
-    /// DeepLense preset is 64).
-    #[arg(long)]
+    /// DeepLense preset is 64; 1 to 1024).
+    #[arg(long, value_parser = count(1, MAX_DIM))]
     pub dim: Option<usize>,
-    /// U-Net width multipliers per stage, e.g. 1,2,4,8.
-    #[arg(long, value_delimiter = ',')]
+    /// U-Net width multipliers per stage, e.g. 1,2,4,8 (each 1 to 64).
+    #[arg(long, value_delimiter = ',', value_parser = count(1, 64))]
     pub dim_mults: Option<Vec<usize>>,
-    /// Image channels (lensing images have 1).
-    #[arg(long)]
+    /// Image channels (lensing images have 1; at most 64).
+    #[arg(long, value_parser = count(1, 64))]
     pub channels: Option<usize>,
     /// Classes of a class-conditional U-Net (denoising-diffusion-pytorch's
     /// `classifier_free_guidance.Unet`) [default: inferred from the checkpoint; train: set by
@@ -56,8 +56,8 @@ impl UnetArgs {
 /// The diffusion process: `--timesteps`, `--objective`, `--schedule`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct DiffusionArgs {
-    /// Diffusion timesteps T [default: the preset's or the checkpoint's, else 1000].
-    #[arg(long)]
+    /// Diffusion timesteps T, 1 to 100000 [default: the preset's or the checkpoint's, else 1000].
+    #[arg(long, value_parser = count(1, MAX_TIMESTEPS))]
     pub timesteps: Option<usize>,
     /// What the network predicts: pred_noise, pred_x0 or pred_v [default: the preset's or the
     /// checkpoint's, else pred_v].
@@ -94,7 +94,7 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub sampler: Option<String>,
     /// DDIM eta (0 = deterministic) [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub eta: Option<f64>,
 }
 
@@ -107,6 +107,44 @@ impl SamplerArgs {
             Some(kind) => Ok(kind.parse::<SamplerKind>()?.with_steps(steps, eta)),
             None => Ok(default.with_steps(steps, eta)),
         }
+    }
+}
+
+/// Largest `--image-size` and simulated grid (`--sim-num-pix`, `--num-pix`) of any command.
+pub const MAX_IMAGE_SIZE: u64 = 4096;
+/// Largest `--timesteps`.
+pub const MAX_TIMESTEPS: u64 = 100_000;
+/// Largest `--dim` (the DeepLense preset has 64).
+pub const MAX_DIM: u64 = 1024;
+/// Largest image count (`--simulate`, `--count`, `--num`, `--train-images`, ...).
+pub const MAX_IMAGES: u64 = 10_000_000;
+/// Largest step count of a sampler (`--steps` of sample, `--sample-steps`) and batch size.
+pub const MAX_STEPS: u64 = 100_000;
+
+/// A count flag in `lo..=hi`. A value outside is refused while parsing, and clap's message
+/// names the flag, the value and the range (`invalid value '0' for '--timesteps <TIMESTEPS>':
+/// 0 is not in 1..=100000`).
+pub fn count(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
+}
+
+/// A finite number > 0 (`--lr`): NaN, infinities, zero and negative values are refused.
+pub fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v}: must be a finite number > 0"))
+    }
+}
+
+/// A finite number >= 0 (`--eta`).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v}: must be a finite number >= 0"))
     }
 }
 
@@ -137,8 +175,9 @@ pub struct CheckpointArgs {
 /// diffusion flags.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelSettingsArgs {
-    /// Image size (square) the model was trained at [default: the checkpoint's, else 128].
-    #[arg(long)]
+    /// Image size (square) the model was trained at, 8 to 4096 [default: the checkpoint's, else
+    /// 128].
+    #[arg(long, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub image_size: Option<usize>,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,

@@ -9,6 +9,7 @@ use indicatif::ProgressBar;
 use lensing_diffusion::evaluate::{features_of_path, images_of_path, load_extractor};
 use ndarray::Array2;
 
+use super::args::{count, MAX_IMAGES, MAX_IMAGE_SIZE, MAX_STEPS};
 use super::CmdResult;
 
 /// FID / RKE / RRKE / Vendi / KID / PRDC of generated vs real images or features, with the
@@ -42,23 +43,23 @@ pub struct Args {
     /// resnet18 state dict with a 1-channel conv1 (`.pth`). Default: the shipped one.
     #[arg(long)]
     pub(crate) extractor: Option<PathBuf>,
-    /// Input size of the default extractor (images are resized to it).
-    #[arg(long, default_value_t = 64)]
+    /// Input size of the default extractor (images are resized to it; 8 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: usize,
     /// Gaussian-kernel bandwidths for RKE / RRKE / Vendi.
     #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
     pub(crate) bandwidths: Vec<f64>,
-    /// k for density and coverage.
-    #[arg(long, default_value_t = 5)]
+    /// k for density and coverage (each set needs more than k rows).
+    #[arg(long, default_value_t = 5, value_parser = count(1, MAX_IMAGES))]
     pub(crate) k: usize,
-    /// k for precision and recall.
-    #[arg(long, default_value_t = 3)]
+    /// k for precision and recall (each set needs more than k rows).
+    #[arg(long, default_value_t = 3, value_parser = count(1, MAX_IMAGES))]
     pub(crate) pr_k: usize,
-    /// KID subsets.
-    #[arg(long, default_value_t = 100)]
+    /// KID subsets (1 to 100000).
+    #[arg(long, default_value_t = 100, value_parser = count(1, MAX_STEPS))]
     pub(crate) kid_subsets: usize,
     /// KID subset size.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = count(2, MAX_IMAGES))]
     pub(crate) kid_subset_size: usize,
     /// Leading rows of each set for RRKE.
     #[arg(long, default_value_t = 500)]
@@ -88,7 +89,7 @@ pub struct Args {
     #[arg(long)]
     pub(crate) save_real_stats: Option<PathBuf>,
     /// Images per extractor batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count(1, MAX_STEPS))]
     pub(crate) batch_size: usize,
     /// Physical statistics of the images (Einstein radius, ring width, multipoles along the
     /// ring, power spectrum, pixel histogram, asymmetry, ellipticity), real vs generated with

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::simulate::{LensClass, ModelI};
 use lens_data::write::{write_model_i_dataset, DatasetLayout};
 
+use super::args::{count, positive, MAX_IMAGES, MAX_IMAGE_SIZE};
 use super::CmdResult;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -33,8 +34,8 @@ pub struct Args {
     /// remain).
     #[arg(long)]
     pub(crate) overwrite: bool,
-    /// Total number of images (classes take turns).
-    #[arg(long)]
+    /// Total number of images (classes take turns; 1 to 10,000,000).
+    #[arg(long, value_parser = count(1, MAX_IMAGES))]
     pub(crate) count: usize,
     /// Comma-separated classes: no_sub, cdm (25 subhalos), axion (vortex line).
     #[arg(long, default_value = "no_sub,cdm,axion")]
@@ -42,11 +43,11 @@ pub struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Pixels per side.
-    #[arg(long, default_value_t = 150)]
+    /// Pixels per side (8 to 4096).
+    #[arg(long, default_value_t = 150, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) num_pix: usize,
     /// Arcsec per pixel [default: 7.5 / num_pix, i.e. the 150 x 0.05" field of view of Model I].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) pixel_scale: Option<f64>,
     /// Folder layout.
     #[arg(long, value_enum, default_value_t = Layout::Labelled)]
@@ -55,7 +56,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.2)]
     pub(crate) val_fraction: f64,
     /// PSF truncation in sigmas (4 = the lenstronomy version DeepLense used).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = positive)]
     pub(crate) psf_truncation: f64,
     /// Write noise-free images (no exposure / Gaussian / Poisson noise).
     #[arg(long)]

@@ -8,7 +8,7 @@ use lensing_diffusion::config::Preset;
 use lensing_diffusion::pipeline::{run_dir, run_pipeline, PipelineOptions};
 use lensing_diffusion::with_autodiff_backend;
 
-use super::args::{minutes, BackendArgs, SamplerArgs};
+use super::args::{count, minutes, BackendArgs, SamplerArgs, MAX_IMAGES, MAX_IMAGE_SIZE, MAX_STEPS};
 use super::CmdResult;
 
 /// Train a diffusion model on strong-lensing images, generate new ones, and measure how real
@@ -36,23 +36,24 @@ pub struct Args {
     /// Training images from disk (any layout lens-data reads) instead of the simulator.
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
-    /// Simulated training images (DeepLense Model I, three classes).
-    #[arg(long, default_value_t = 2000)]
+    /// Simulated training images (DeepLense Model I, three classes; at most 10,000,000).
+    #[arg(long, default_value_t = 2000, value_parser = count(1, MAX_IMAGES))]
     pub(crate) train_images: usize,
-    /// Held-out real images for evaluation (simulated with another seed, or the tail of --data).
-    #[arg(long, default_value_t = 1000)]
+    /// Held-out real images for evaluation (simulated with another seed, or the tail of --data;
+    /// 2 to 10,000,000).
+    #[arg(long, default_value_t = 1000, value_parser = count(2, MAX_IMAGES))]
     pub(crate) eval_images: usize,
-    /// Images to generate.
-    #[arg(long, default_value_t = 600)]
+    /// Images to generate (2 to 10,000,000).
+    #[arg(long, default_value_t = 600, value_parser = count(2, MAX_IMAGES))]
     pub(crate) num_generated: usize,
-    /// Simulated image size before resizing (the field of view stays 7.5 arcsec).
-    #[arg(long, default_value_t = 150)]
+    /// Simulated image size before resizing (the field of view stays 7.5 arcsec; 8 to 4096).
+    #[arg(long, default_value_t = 150, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) sim_num_pix: usize,
     /// Training preset: small (CPU) or deeplense (the original, GPU).
     #[arg(long, default_value = "small")]
     pub(crate) preset: Preset,
-    /// Image size (overrides the preset).
-    #[arg(long)]
+    /// Image size (overrides the preset; 8 to 4096).
+    #[arg(long, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: Option<usize>,
     /// Optimizer steps (overrides the preset).
     #[arg(long)]
@@ -62,11 +63,11 @@ pub struct Args {
     pub(crate) train_minutes: f64,
     #[command(flatten)]
     pub(crate) sampler: SamplerArgs,
-    /// Sampling steps (dpmpp / ddim).
-    #[arg(long, default_value_t = 10)]
+    /// Sampling steps (dpmpp / ddim; 1 to 100000).
+    #[arg(long, default_value_t = 10, value_parser = count(1, MAX_STEPS))]
     pub(crate) sample_steps: usize,
     /// Images per sampling batch.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = count(1, MAX_STEPS))]
     pub(crate) sample_batch: usize,
     /// Sampling batches run concurrently, one thread each (the images do not depend on it).
     /// Default: the number of cores on CPU backends, 1 on cuda.

@@ -10,7 +10,9 @@ use lensing_diffusion::with_backend;
 use ndarray::{Array4, ArrayD, Axis, Ix4};
 use unet::{infer_config, UnetBackend, UnetConfig};
 
-use super::args::{BackendArgs, CheckpointArgs, ModelSettingsArgs, SamplerArgs, UnetArgs};
+use super::args::{
+    count, BackendArgs, CheckpointArgs, ModelSettingsArgs, SamplerArgs, UnetArgs, MAX_IMAGES, MAX_STEPS,
+};
 use super::CmdResult;
 
 /// Sample images from a denoising diffusion model.
@@ -45,16 +47,16 @@ pub struct Args {
     pub(crate) settings: ModelSettingsArgs,
     #[command(flatten)]
     pub(crate) sampler: SamplerArgs,
-    /// Model evaluations for ddim / dpmpp.
-    #[arg(long, default_value_t = 250)]
+    /// Model evaluations for ddim / dpmpp (1 to 100000).
+    #[arg(long, default_value_t = 250, value_parser = count(1, MAX_STEPS))]
     pub(crate) steps: usize,
-    /// Number of images (ignored with --init-noise).
-    #[arg(long, default_value_t = 16)]
+    /// Number of images (ignored with --init-noise; 1 to 10,000,000).
+    #[arg(long, default_value_t = 16, value_parser = count(1, MAX_IMAGES))]
     pub(crate) num: usize,
     /// Images per batch (batch i is seeded by i, so this changes which images a seed gives).
     /// On the CPU, 4 per batch (one batch per core) sampled the DeepLense preset fastest
     /// (docs/performance-history.md).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = count(1, MAX_STEPS))]
     pub(crate) batch_size: usize,
     /// Batches sampled concurrently, one thread each (the images do not depend on it).
     /// Default: the number of cores on CPU backends, 1 on cuda.
@@ -155,6 +157,10 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
     let channels = loaded.model.config().channels;
     let init: Option<Array4<f32>> = match &args.init_noise {
         Some(p) => {
+            // The header's sizes are checked against the file before anything is allocated.
+            let len = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len();
+            let mut f = std::io::BufReader::new(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?);
+            gen_metrics::features::read_npy_header(&mut f, len).map_err(|e| format!("{}: {e}", p.display()))?;
             let a: ArrayD<f32> =
                 ndarray_npy::read_npy(p).map_err(|e| format!("{}: {e} (expected f32 [N,C,H,W])", p.display()))?;
             let a = a

@@ -14,7 +14,7 @@ use lensing_diffusion::trainer::Trainer;
 use lensing_diffusion::with_autodiff_backend;
 use unet::UnetAutodiffBackend;
 
-use super::args::{minutes, BackendArgs, DiffusionArgs, UnetArgs};
+use super::args::{count, minutes, positive, BackendArgs, DiffusionArgs, UnetArgs, MAX_IMAGES, MAX_IMAGE_SIZE};
 use super::CmdResult;
 
 /// Train a denoising diffusion model (denoising-diffusion-pytorch's U-Net and Gaussian diffusion)
@@ -36,11 +36,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "simulate")]
     pub(crate) data: Option<PathBuf>,
     /// Simulate this many DeepLense Model I images (no_sub, cdm, axion in turn) instead of
-    /// --data [default: 3000].
-    #[arg(long)]
+    /// --data, 1 to 10,000,000 [default: 3000].
+    #[arg(long, value_parser = count(1, MAX_IMAGES))]
     pub(crate) simulate: Option<usize>,
     /// Simulated image size in pixels before resizing (the field of view stays 7.5 arcsec).
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 150, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) sim_num_pix: usize,
     /// Normalisation of loaded images: minmax (per image to [0,1], DeepLense) or none.
     #[arg(long, default_value = "minmax", value_parser = ["minmax", "none"])]
@@ -68,8 +68,8 @@ pub struct Args {
     /// Stop (with a checkpoint) after this many minutes of training.
     #[arg(long, value_parser = minutes)]
     pub(crate) time_budget_min: Option<f64>,
-    /// Training image size (square).
-    #[arg(long)]
+    /// Training image size (square), 8 to 4096.
+    #[arg(long, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: Option<usize>,
     #[command(flatten)]
     pub(crate) unet: UnetArgs,
@@ -98,8 +98,8 @@ pub struct Args {
     /// Epochs over the data (converted to steps).
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
+    /// Peak learning rate (finite, > 0).
+    #[arg(long, value_parser = positive)]
     pub(crate) lr: Option<f64>,
     /// Linear warm-up steps.
     #[arg(long)]

@@ -7,6 +7,7 @@ use gen_metrics::train::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use lensing_diffusion::classifier::{cache_dir, cached_extractor_path, train_from_recipe, ExtractorRecipe};
 
+use super::args::{count, positive, MAX_IMAGES, MAX_IMAGE_SIZE, MAX_STEPS};
 use super::CmdResult;
 
 /// Train the lensing feature extractor: a ResNet-18 classifying simulated DeepLense Model I
@@ -22,26 +23,26 @@ pub struct Args {
     /// cache entry of this recipe].
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Training images (classes in turn).
-    #[arg(long, default_value_t = 3000)]
+    /// Training images (classes in turn; 1 to 10,000,000).
+    #[arg(long, default_value_t = 3000, value_parser = count(1, MAX_IMAGES))]
     pub(crate) n_train: usize,
-    /// Held-out images (simulated with another seed).
-    #[arg(long, default_value_t = 600)]
+    /// Held-out images (simulated with another seed; 1 to 10,000,000).
+    #[arg(long, default_value_t = 600, value_parser = count(1, MAX_IMAGES))]
     pub(crate) n_heldout: usize,
-    /// Simulation grid, pixels per side (field of view fixed at 7.5 arcsec).
-    #[arg(long, default_value_t = 150)]
+    /// Simulation grid, pixels per side (field of view fixed at 7.5 arcsec; 8 to 4096).
+    #[arg(long, default_value_t = 150, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) num_pix: usize,
-    /// Network input size (images are resized to it).
-    #[arg(long, default_value_t = 64)]
+    /// Network input size (images are resized to it; 8 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: usize,
     /// Epochs.
     #[arg(long, default_value_t = 8)]
     pub(crate) epochs: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = count(1, MAX_STEPS))]
     pub(crate) batch_size: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Adam learning rate (finite, > 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = positive)]
     pub(crate) lr: f64,
     /// Seed (simulation, initialisation, shuffles).
     #[arg(long, default_value_t = 0)]

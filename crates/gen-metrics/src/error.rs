@@ -42,6 +42,22 @@ pub enum MetricsError {
         /// Rows given.
         got: usize,
     },
+    /// A file declares a feature dimension above the ceiling (the Fréchet distance needs a
+    /// `[d, d]` covariance: 8 d^2 bytes, 0.5 GB at the default ceiling of 8192).
+    #[error(
+        "{}: feature dimension {dim} is above the limit of {limit} (its covariance alone would take {} MB); \
+         raise the limit through the API (load_features_npy_with_max_dim, GaussianStats::load_with_max_dim) \
+         if this is meant",
+        path.display(), (*dim as u128 * *dim as u128 * 8) / 1_000_000
+    )]
+    FeatureDimTooLarge {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The dimension it declares.
+        dim: usize,
+        /// The ceiling.
+        limit: usize,
+    },
     /// An image holds NaN or an infinity (physical statistics).
     #[error("{what}: image {index} has non-finite pixel {value} at row {row}, column {col}")]
     NonFiniteImage {

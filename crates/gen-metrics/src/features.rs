@@ -57,25 +57,141 @@ pub fn validate_bandwidths(bws: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// Largest feature dimension [`load_features_npy`] and [`GaussianStats::load`] accept:
+/// 8192 (ResNet-18 features have 512, Inception's 2048). The Fréchet distance needs a `[d, d]`
+/// covariance and its eigendecomposition, so a 960 KB `[3, 40000]` file would otherwise ask for
+/// 12.8 GB; the `_with_max_dim` variants raise it.
+///
+/// [`GaussianStats::load`]: crate::GaussianStats::load
+pub const MAX_FEATURE_DIM: usize = 8192;
+
+/// What a `.npy` header declares, checked against the bytes that follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// The `descr` field, e.g. `<f8`.
+    pub descr: String,
+    /// The array's shape.
+    pub shape: Vec<usize>,
+    /// Bytes per element.
+    pub elem: usize,
+    /// Bytes before the data (magic, version, length, header text).
+    pub data_offset: usize,
+}
+
+impl NpyHeader {
+    /// Bytes of data the header declares (`None` when the product overflows).
+    pub fn data_bytes(&self) -> Option<u64> {
+        self.shape.iter().try_fold(self.elem as u64, |a, &d| a.checked_mul(d as u64))
+    }
+}
+
+/// Longest `.npy` header read (numpy writes a few hundred bytes; the format allows 4 GB).
+const MAX_HEADER: usize = 1 << 16;
+
+/// Parses a `.npy` header from `r` without trusting it: the header length is bounded, the
+/// shape parsed with overflow checks. `total_len` is the number of bytes `r` holds in all; the
+/// data the header declares must fit in it. Errors are plain text for the caller to wrap.
+pub fn read_npy_header(r: &mut impl std::io::Read, total_len: u64) -> std::result::Result<NpyHeader, String> {
+    let mut pre = [0u8; 8];
+    r.read_exact(&mut pre).map_err(|_| "not a .npy file: shorter than its magic string".to_string())?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file (no \\x93NUMPY magic string)".into());
+    }
+    let (len, fixed) = match pre[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).map_err(|_| "truncated header".to_string())?;
+            (u16::from_le_bytes(b) as usize, 10)
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).map_err(|_| "truncated header".to_string())?;
+            (u32::from_le_bytes(b) as usize, 12)
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    if len > MAX_HEADER {
+        return Err(format!("its header claims {len} bytes (at most {MAX_HEADER} are read)"));
+    }
+    let mut text = vec![0u8; len];
+    r.read_exact(&mut text).map_err(|_| format!("truncated header (it claims {len} bytes)"))?;
+    let text = String::from_utf8_lossy(&text);
+    let field = |key: &str| -> Option<&str> {
+        let at = text.find(&format!("'{key}'"))?;
+        let rest = text[at + key.len() + 2..].trim_start();
+        Some(rest.strip_prefix(':')?.trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|v| {
+            let q = v.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+            let v = &v[1..];
+            Some(v[..v.find(q)?].to_string())
+        })
+        .ok_or("its header has no readable 'descr'")?;
+    let shape_text = field("shape")
+        .and_then(|v| v.strip_prefix('('))
+        .and_then(|v| v.find(')').map(|end| &v[..end]))
+        .ok_or("its header has no readable 'shape'")?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches('L').parse::<usize>().map_err(|_| format!("shape entry `{d}` is not a size")))
+        .collect::<std::result::Result<Vec<usize>, String>>()?;
+    let elem = descr
+        .trim_start_matches(['<', '>', '|', '='])
+        .get(1..)
+        .and_then(|d| d.parse::<usize>().ok())
+        .filter(|&e| e > 0)
+        .ok_or_else(|| format!("unsupported dtype `{descr}`"))?;
+    let h = NpyHeader { descr, shape, elem, data_offset: fixed + len };
+    let avail = total_len.saturating_sub(h.data_offset as u64);
+    match h.data_bytes() {
+        Some(need) if need <= avail => Ok(h),
+        Some(need) => Err(format!("its header declares shape {:?} ({need} bytes) but only {avail} follow", h.shape)),
+        None => Err(format!("its header declares shape {:?}, more bytes than can exist", h.shape)),
+    }
+}
+
 /// Reads an `[n, d]` feature matrix from a `.npy` file holding `f64` or `f32` values
-/// (little-endian, C or Fortran order), returned as `f64`. The values are validated
-/// (finite, `d > 0`); the error names the file.
+/// (little-endian, C or Fortran order), returned as `f64`. The header is checked before
+/// anything is allocated (its sizes against the file's, `d` against [`MAX_FEATURE_DIM`],
+/// `n >= 2`, which the Fréchet distance needs), then the values (finite, `d > 0`); the error
+/// names the file.
 pub fn load_features_npy(path: impl AsRef<Path>) -> Result<Array2<f64>> {
+    load_features_npy_with_max_dim(path, MAX_FEATURE_DIM)
+}
+
+/// [`load_features_npy`] with another ceiling on the feature dimension than
+/// [`MAX_FEATURE_DIM`].
+pub fn load_features_npy_with_max_dim(path: impl AsRef<Path>, max_dim: usize) -> Result<Array2<f64>> {
     let path = path.as_ref();
-    let open = || std::fs::File::open(path).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source });
+    let io = |source| MetricsError::Io { path: path.to_path_buf(), source };
+    let bad = |message: String| MetricsError::ArrayFile { path: path.to_path_buf(), message };
+    let open = || std::fs::File::open(path).map_err(io);
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    let h = read_npy_header(&mut std::io::BufReader::new(open()?), len).map_err(bad)?;
+    if !matches!(h.descr.as_str(), "<f8" | "<f4" | "=f8" | "=f4") {
+        return Err(bad(format!("expected a float64 or float32 array [n, d], the file holds dtype `{}`", h.descr)));
+    }
+    let &[n, d] = h.shape.as_slice() else {
+        return Err(bad(format!("expected a 2-D array [n, d], the file holds shape {:?}", h.shape)));
+    };
+    if d > max_dim {
+        return Err(MetricsError::FeatureDimTooLarge { path: path.to_path_buf(), dim: d, limit: max_dim });
+    }
+    let what = path.display().to_string();
+    if n < 2 {
+        return Err(MetricsError::TooFewSamples { what, needed: 2, got: n });
+    }
     let arr = match Array2::<f64>::read_npy(open()?) {
         Ok(a) => a,
         Err(e64) => match Array2::<f32>::read_npy(open()?) {
             Ok(a) => a.mapv(f64::from),
-            Err(_) => {
-                return Err(MetricsError::ArrayFile {
-                    path: path.to_path_buf(),
-                    message: format!("expected a 2-D float64 or float32 array [n, d]: {e64}"),
-                })
-            }
+            Err(_) => return Err(bad(format!("expected a 2-D float64 or float32 array [n, d]: {e64}"))),
         },
     };
-    validate(arr.view(), &path.display().to_string(), 1)?;
+    validate(arr.view(), &what, 2)?;
     Ok(arr)
 }
 

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MetricsError, Result};
-use crate::features::{column_means, validate};
+use crate::features::{column_means, validate, MAX_FEATURE_DIM};
 use crate::linalg::{centered_gram, par, view};
 use crate::symeig::SymWork;
 
@@ -68,10 +68,18 @@ impl GaussianStats {
         crate::features::write_atomic(path, &buf.into_inner())
     }
 
-    /// Reads statistics written by [`save`](Self::save) or by pytorch-fid (`mu`, `sigma`).
+    /// Reads statistics written by [`save`](Self::save) or by pytorch-fid (`mu`, `sigma`). The
+    /// archive's headers are checked before anything is allocated: entry sizes against their
+    /// compressed bytes, shapes against the entries, the dimension against [`MAX_FEATURE_DIM`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_max_dim(path, MAX_FEATURE_DIM)
+    }
+
+    /// [`load`](Self::load) with another ceiling on the dimension than [`MAX_FEATURE_DIM`].
+    pub fn load_with_max_dim(path: impl AsRef<Path>, max_dim: usize) -> Result<Self> {
         let path = path.as_ref();
         let err = |m: String| MetricsError::ArrayFile { path: path.to_path_buf(), message: m };
+        check_stats_archive(path, max_dim)?;
         let f = std::fs::File::open(path).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source })?;
         let mut r = NpzReader::new(f).map_err(|e| err(e.to_string()))?;
         let names = r.names().map_err(|e| err(e.to_string()))?;
@@ -96,6 +104,44 @@ impl GaussianStats {
     fn singular_by_count(&self) -> bool {
         matches!(self.n, Some(n) if n <= self.dim())
     }
+}
+
+/// The `.npz` checks of [`GaussianStats::load`], before ndarray-npy allocates what the headers
+/// declare: each entry's size is what its compressed bytes can hold (deflate expands at most
+/// 1032:1), each header's data fits its entry, `mu` is `[d]` and `sigma` `[d, d]` with
+/// `d <= max_dim`.
+fn check_stats_archive(path: &Path, max_dim: usize) -> Result<()> {
+    let err = |m: String| MetricsError::ArrayFile { path: path.to_path_buf(), message: m };
+    let f = std::fs::File::open(path).map_err(|source| MetricsError::Io { path: path.to_path_buf(), source })?;
+    let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| err(e.to_string()))?;
+    let mut dims = Vec::new();
+    for key in ["mu", "sigma", "n"] {
+        let name = [key.to_string(), format!("{key}.npy")].into_iter().find(|n| z.index_for_name(n).is_some());
+        let Some(name) = name else { continue };
+        let mut e = z.by_name(&name).map_err(|e| err(format!("key `{key}`: {e}")))?;
+        let (size, packed) = (e.size(), e.compressed_size());
+        let plausible = match e.compression() {
+            zip::CompressionMethod::Stored => size == packed,
+            _ => size <= packed.saturating_mul(1032).saturating_add(1024),
+        };
+        if !plausible {
+            return Err(err(format!("key `{key}` declares {size} bytes from {packed} stored bytes")));
+        }
+        let h = crate::features::read_npy_header(&mut e, size).map_err(|m| err(format!("key `{key}`: {m}")))?;
+        dims.push((key, h.shape));
+    }
+    for (key, shape) in dims {
+        let d = match (key, shape.as_slice()) {
+            ("mu", &[d]) => d,
+            ("sigma", &[a, b]) if a == b => a,
+            ("n", &[]) => continue,
+            _ => return Err(err(format!("key `{key}` has shape {shape:?}"))),
+        };
+        if d > max_dim {
+            return Err(MetricsError::FeatureDimTooLarge { path: path.to_path_buf(), dim: d, limit: max_dim });
+        }
+    }
+    Ok(())
 }
 
 /// A Fréchet distance and how it was obtained.

@@ -77,7 +77,7 @@ pub fn kid(real: ArrayView2<'_, f64>, generated: ArrayView2<'_, f64>, cfg: &KidC
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (nr, ng) = (real.nrows(), generated.nrows());
     let (mr, mg) = (cfg.subset_size.min(nr), cfg.subset_size.min(ng));
-    let mut vals = Vec::with_capacity(cfg.num_subsets);
+    let mut vals = Vec::with_capacity(cfg.num_subsets.min(1 << 16));
     for _ in 0..cfg.num_subsets {
         let ir = rand::seq::index::sample(&mut rng, nr, mr).into_vec();
         let ig = rand::seq::index::sample(&mut rng, ng, mg).into_vec();

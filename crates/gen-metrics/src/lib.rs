@@ -52,7 +52,7 @@ mod symeig;
 pub use physics::{ImageStats, PhysicsComparison, PhysicsSet, StatComparison};
 
 pub use error::{MetricsError, Result};
-pub use features::load_features_npy;
+pub use features::{load_features_npy, load_features_npy_with_max_dim, MAX_FEATURE_DIM};
 pub use frechet::{
     fid_infinity, frechet_distance, frechet_distance_from_features, FidInfinity, FidInfinityConfig, FrechetDistance,
     GaussianStats,

@@ -53,7 +53,7 @@ fn dist_block(
 
 /// Distance of every row to its k-th nearest neighbour in the same set (self excluded).
 pub fn knn_radii(x: ArrayView2<'_, f64>, k: usize) -> Result<Vec<f64>> {
-    validate(x, "features", k + 1)?;
+    validate(x, "features", k.saturating_add(1))?;
     let xs = crate::linalg::standard(x);
     Ok(radii(&xs, k))
 }
@@ -84,8 +84,8 @@ pub fn prdc(real: ArrayView2<'_, f64>, fake: ArrayView2<'_, f64>, k: usize) -> R
     if k == 0 {
         return Err(MetricsError::InvalidParameter { name: "k", value: "0".into(), reason: "must be >= 1".into() });
     }
-    validate(real, "real features", k + 1)?;
-    validate(fake, "generated features", k + 1)?;
+    validate(real, "real features", k.saturating_add(1))?;
+    validate(fake, "generated features", k.saturating_add(1))?;
     check_same_dim(real, "real features", fake, "generated features")?;
     let r = crate::linalg::standard(real);
     let f = crate::linalg::standard(fake);

@@ -187,10 +187,10 @@ fn two_sample(
 pub fn real_vs_real(real: ArrayView2<'_, f64>, cfg: &EvalConfig) -> Result<NoiseFloor> {
     let n = real.nrows();
     let kmax = cfg.k_density_coverage.max(cfg.k_precision_recall);
-    if n < 2 * (kmax + 1) {
+    if n < kmax.saturating_add(1).saturating_mul(2) {
         return Err(MetricsError::TooFewSamples {
             what: "real features (noise floor halves)".into(),
-            needed: 2 * (kmax + 1),
+            needed: kmax.saturating_add(1).saturating_mul(2),
             got: n,
         });
     }
@@ -213,8 +213,8 @@ pub fn evaluate_features(
     cfg: &EvalConfig,
 ) -> Result<EvaluationReport> {
     let kmax = cfg.k_density_coverage.max(cfg.k_precision_recall);
-    validate(real, "real features", (kmax + 1).max(2))?;
-    validate(generated, "generated features", (kmax + 1).max(2))?;
+    validate(real, "real features", kmax.saturating_add(1).max(2))?;
+    validate(generated, "generated features", kmax.saturating_add(1).max(2))?;
     check_same_dim(real, "real features", generated, "generated features")?;
     validate_bandwidths(&cfg.bandwidths)?;
     if let Some(s) = real_stats {
@@ -244,8 +244,11 @@ pub fn evaluate_features(
     };
     let vendi_n = vendi_view.nrows();
     let vendi = crate::kernel::vendi(vendi_view, &cfg.bandwidths)?;
-    let noise_floor =
-        if cfg.noise_floor && real.nrows() >= 2 * (kmax + 1) { Some(real_vs_real(real, cfg)?) } else { None };
+    let noise_floor = if cfg.noise_floor && real.nrows() >= kmax.saturating_add(1).saturating_mul(2) {
+        Some(real_vs_real(real, cfg)?)
+    } else {
+        None
+    };
     let fid_inf = match &cfg.fid_infinity {
         Some(c) => {
             let own;

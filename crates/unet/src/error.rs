@@ -154,6 +154,38 @@ pub enum UnetError {
         dtype: String,
     },
 
+    /// A reader's ceiling was reached: the file declares or needs more than
+    /// [`crate::PytorchLimits`] allows (raise it for a trusted file).
+    #[error(
+        "{}: {what} is {value}, above the limit of {limit} (PytorchLimits::{setting}; a trusted file can be read \
+         with a higher limit through unet::read_state_dict_with_limits)",
+        path.display()
+    )]
+    LimitExceeded {
+        /// File at fault.
+        path: PathBuf,
+        /// What was counted or declared.
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The ceiling.
+        limit: u64,
+        /// The field of [`crate::PytorchLimits`] that sets it.
+        setting: &'static str,
+    },
+
+    /// The data of a tensor is not in the file as its description says: missing, shorter than
+    /// its shape needs, or failing its checksum.
+    #[error("{}: the data of tensor `{key}` {reason}", path.display())]
+    MissingTensorData {
+        /// File at fault.
+        path: PathBuf,
+        /// The tensor's key as in the file (wrapper prefix included).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Writing a checkpoint failed.
     #[error("{}: cannot write checkpoint: {reason}", path.display())]
     Write {

@@ -51,8 +51,9 @@ pub mod model;
 
 pub use backend::{UnetAutodiffBackend, UnetBackend};
 pub use checkpoint::{
-    infer_config, infer_config_from_shapes, load_checkpoint, read_metadata, read_state_dict, CheckpointFormat,
-    ShapedValues, StateDict, Weights, CONFIG_METADATA_KEY,
+    infer_config, infer_config_from_shapes, load_checkpoint, read_metadata, read_state_dict,
+    read_state_dict_with_limits, CheckpointFormat, PytorchLimits, ShapedValues, StateDict, Weights,
+    CONFIG_METADATA_KEY,
 };
 pub use config::{UnetConfig, NUM_MEM_KV};
 pub use error::{ShapeMismatch, UnetError};

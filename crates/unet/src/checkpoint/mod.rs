@@ -25,9 +25,11 @@ mod infer;
 mod pytorch;
 mod safetensors;
 mod state_dict;
+mod torch_guard;
 
 pub use infer::infer_config_from_shapes;
 pub use state_dict::{ShapedValues, StateDict};
+pub use torch_guard::PytorchLimits;
 
 /// Metadata key under which our files store the [`UnetConfig`] as JSON.
 pub const CONFIG_METADATA_KEY: &str = "unet_config";
@@ -133,8 +135,19 @@ fn file_kind(path: &Path) -> Result<FileKind, UnetError> {
 /// `weights` chooses between the online and the EMA weights of a Trainer checkpoint; asking for
 /// EMA weights from a file that has none is an error.
 pub fn read_state_dict(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
+    read_state_dict_with_limits(path, weights, &PytorchLimits::default())
+}
+
+/// [`read_state_dict`] with other ceilings for PyTorch files than the defaults (a trusted file
+/// that exceeds one; see [`PytorchLimits`] and [`UnetError::LimitExceeded`]). Load the model
+/// with [`StateDict::into_unet`].
+pub fn read_state_dict_with_limits(
+    path: &Path,
+    weights: Weights,
+    limits: &PytorchLimits,
+) -> Result<StateDict, UnetError> {
     match file_kind(path)? {
-        FileKind::Pytorch => pytorch::read_pytorch(path, weights),
+        FileKind::Pytorch => pytorch::read_pytorch(path, weights, limits),
         FileKind::Safetensors => safetensors::read_safetensors(path, weights),
         FileKind::Burnpack => Err(UnetError::NotACheckpoint {
             path: path.to_path_buf(),

@@ -8,7 +8,8 @@ use burn::tensor::backend::Backend;
 use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
 
-use super::{io_err, sniff, CheckpointFormat, StateDict, Weights};
+use super::torch_guard::{self, PytorchLimits};
+use super::{io_err, CheckpointFormat, StateDict, Weights};
 use crate::config::UnetConfig;
 use crate::error::UnetError;
 use crate::model::Unet;
@@ -30,27 +31,67 @@ fn not_pytorch(path: &Path, reason: impl ToString) -> UnetError {
     }
 }
 
-pub(super) fn read_pytorch(path: &Path, weights: Weights) -> Result<StateDict, UnetError> {
+/// First bytes of PyTorch's pre-1.6 serialization: PROTO 2, the LONG1 magic number, STOP.
+const LEGACY_MAGIC: [u8; 15] =
+    [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
+
+/// Why a file that is not a zip archive is refused (see `torch_guard`).
+fn not_a_zip(path: &Path) -> Result<UnetError, UnetError> {
+    let mut head = vec![0u8; 263];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        let mut n = 0;
+        while n < head.len() {
+            let k = f.read(&mut head[n..]).map_err(|e| io_err(path, e))?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    };
+    head.truncate(n);
+    Ok(not_pytorch(
+        path,
+        if head.starts_with(b"PK\x03\x04") {
+            "a zip archive that cannot be read, truncated or damaged".to_string()
+        } else if head.starts_with(&LEGACY_MAGIC) {
+            "a checkpoint in the serialization of PyTorch < 1.6, which this loader does not read (it \
+             cannot check where that format keeps the weights); load it in PyTorch and save it again \
+             with torch.save"
+                .to_string()
+        } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+            "a TAR checkpoint (torchvision before PyTorch 1.6), which this loader does not read; load \
+             it in PyTorch and save it again with torch.save"
+                .to_string()
+        } else {
+            "not a PyTorch zip archive (what torch.save writes since PyTorch 1.6)".to_string()
+        },
+    ))
+}
+
+pub(super) fn read_pytorch(path: &Path, weights: Weights, limits: &PytorchLimits) -> Result<StateDict, UnetError> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     if meta.len() == 0 {
         return Err(not_pytorch(path, "the file is empty"));
     }
+    // burn-store's reader is guarded first: archive sizes, data.pkl's opcodes, the tensors'
+    // storages (torch_guard.rs).
+    let Some(mut archive) = torch_guard::open_zip(path)? else {
+        return Err(not_a_zip(path)?);
+    };
+    let index = torch_guard::guard_zip(path, &mut archive, meta.len(), limits)?;
     let owned = path.to_path_buf();
     let reader = std::panic::catch_unwind(move || PytorchReader::new(&owned))
         .map_err(|_| not_pytorch(path, "the PyTorch reader crashed on this file"))?
-        .map_err(|e| {
-            let zip = sniff(path).map(|h| h.starts_with(b"PK\x03\x04")).unwrap_or(false);
-            if zip {
-                not_pytorch(path, format!("a zip archive that cannot be read, truncated or damaged ({e})"))
-            } else {
-                not_pytorch(path, format!("neither a PyTorch zip archive nor a legacy pickle checkpoint ({e})"))
-            }
-        })?;
+        .map_err(|e| not_pytorch(path, format!("a zip archive that cannot be read, truncated or damaged ({e})")))?;
     let all: HashMap<String, TensorSnapshot> = reader.into_tensors();
     if all.is_empty() {
         return Err(not_pytorch(path, "it holds no tensors"));
     }
     let (prefix, format, tensors) = select_unet(path, weights, all)?;
+    torch_guard::verify(path, &index, &mut archive, &prefix, tensors.iter(), limits)?;
     Ok(StateDict::new(path, format, prefix, tensors, None))
 }
 
@@ -148,6 +189,6 @@ impl<B: Backend> Unet<B> {
         config: Option<&UnetConfig>,
         device: &B::Device,
     ) -> Result<Self, UnetError> {
-        read_pytorch(path, weights)?.into_unet(config, device)
+        read_pytorch(path, weights, &PytorchLimits::default())?.into_unet(config, device)
     }
 }
