@@ -29,7 +29,7 @@ pub struct UnetArgs {
     /// Classes of a class-conditional U-Net (denoising-diffusion-pytorch's
     /// `classifier_free_guidance.Unet`) [default: inferred from the checkpoint; train: set by
     /// --conditional from the data].
-    #[arg(long)]
+    #[arg(long, value_parser = count(1, 1_000_000))]
     pub num_classes: Option<usize>,
 }
 

@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,5")]
     pub(crate) guidance_sweep: Vec<f64>,
     /// Conditional: images generated per sweep point.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = count(2, MAX_IMAGES))]
     pub(crate) sweep_images: usize,
 }
 

@@ -90,7 +90,7 @@ pub struct Args {
     pub(crate) cond_scale: f64,
     /// Rescale the guided prediction's std towards the conditional one's (0 = off, 1 = fully)
     /// [default: 0.7, the reference's].
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = unit_interval)]
     pub(crate) rescaled_phi: f64,
     /// CFG++: re-noise with the unconditional prediction's noise (Chung et al. 2024).
     #[arg(long)]
@@ -103,6 +103,13 @@ fn finite(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(format!("`{s}` is not a finite number")),
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number in [0, 1]")),
     }
 }
 
