@@ -11,7 +11,7 @@ use proptest::prelude::*;
 /// A `.npy` file with this header dict and these data bytes.
 fn npy(dir: &Path, name: &str, dict: &str, data: &[u8]) -> PathBuf {
     let mut header = dict.as_bytes().to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');
@@ -99,7 +99,7 @@ fn statistics_files_are_checked_before_they_are_read() {
     assert!(matches!(GaussianStats::load_with_max_dim(&p, 4), Err(MetricsError::FeatureDimTooLarge { dim: 8, .. })));
     // A `sigma` whose header declares 20000 x 20000 (3.2 GB) in a small archive.
     let mut header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (20000, 20000), }".to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');

@@ -228,6 +228,57 @@ mod pytorch {
     }
 }
 
+mod metadata_configs {
+    use super::*;
+
+    /// The network is built from a file's config before its weights are read: a config larger
+    /// than the file must be refused first, not allocated (`dim_mults` (9, 9) is 81 times the
+    /// saved network; `dim` 4096 would be gigabytes).
+    #[test]
+    fn a_burnpack_config_larger_than_its_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = sources().burnpack.clone();
+        let at = b.windows(17).position(|w| w == b"\"dim_mults\":[1,2]").expect("config JSON in the header");
+        b[at..at + 17].copy_from_slice(b"\"dim_mults\":[9,9]");
+        let p = write(dir.path(), "big.bpk", &b);
+        let e = load(&p).unwrap_err();
+        assert!(matches!(e, UnetError::WrongContents { .. }) && e.to_string().contains("can hold"), "{e}");
+        assert!(infer_config(&p, Weights::Model).is_err());
+        // An invalid config names the file too.
+        let mut b = sources().burnpack.clone();
+        let at = b.windows(8).position(|w| w == b"\"dim\":8,").unwrap();
+        b[at..at + 8].copy_from_slice(b"\"dim\":0,");
+        let p = write(dir.path(), "zero.bpk", &b);
+        let e = load(&p).unwrap_err();
+        assert!(e.to_string().contains("zero.bpk"), "{e}");
+    }
+
+    #[test]
+    fn a_safetensors_config_larger_than_its_tensors_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = load(&fixture("unet_state_dict.pth")).unwrap();
+        let tensors = model.torch_state_dict();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(k, s, b)| {
+                (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        let big = serde_json::to_string(&UnetConfig::new(4096, vec![1, 2, 4, 8], 1)).unwrap();
+        let meta = std::collections::HashMap::from([(unet::CONFIG_METADATA_KEY.to_string(), big)]);
+        let p = dir.path().join("big.safetensors");
+        std::fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        let t = std::time::Instant::now();
+        let e = load(&p).unwrap_err();
+        assert!(matches!(e, UnetError::MissingKeys { .. } | UnetError::ShapeMismatch { .. }), "{e}");
+        assert!(t.elapsed().as_secs() < 5);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties: random and mutated bytes into every reader.
 

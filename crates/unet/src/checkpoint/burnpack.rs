@@ -12,6 +12,7 @@ use super::state_dict::check_apply;
 use super::{io_err, write_atomic, CONFIG_METADATA_KEY};
 use crate::config::UnetConfig;
 use crate::error::UnetError;
+use crate::keys::param_specs;
 use crate::model::Unet;
 
 #[derive(serde::Deserialize)]
@@ -60,10 +61,30 @@ pub(super) fn read_config(path: &Path) -> Result<UnetConfig, UnetError> {
              Unet::save"
         ),
     })?;
-    serde_json::from_str(json).map_err(|e| UnetError::WrongContents {
+    let config: UnetConfig = serde_json::from_str(json).map_err(|e| UnetError::WrongContents {
         path: path.to_path_buf(),
         reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
-    })
+    })?;
+    config.validate().map_err(|e| UnetError::WrongContents {
+        path: path.to_path_buf(),
+        reason: format!("metadata `{CONFIG_METADATA_KEY}` is not a valid config: {e}"),
+    })?;
+    // The network is built from this config before its weights are read: a header that
+    // describes a larger network than the file can hold (2 bytes a value at the least) would
+    // allocate it first.
+    let values: u128 =
+        param_specs(&config).iter().map(|s| s.torch_shape.iter().map(|&d| d as u128).product::<u128>()).sum();
+    let len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
+    if values.saturating_mul(2) > len as u128 {
+        return Err(UnetError::WrongContents {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its metadata describes {} with {values} parameters, more than the {len}-byte file can hold",
+                config.describe()
+            ),
+        });
+    }
+    Ok(config)
 }
 
 impl<B: Backend> Unet<B> {

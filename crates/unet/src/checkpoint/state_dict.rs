@@ -188,6 +188,9 @@ impl StateDict {
             Some(c) => c.clone(),
             None => self.infer_config()?,
         };
+        // Names and shapes first: a config (e.g. from a file's metadata) that describes a larger
+        // network than the tensors must not be allocated.
+        self.check_against(&config)?;
         let model = config.init::<B>(device)?;
         model.load_state_dict(&self)
     }

@@ -288,7 +288,7 @@ pub(super) fn verify<'a>(
 /// order) that ends in `/data/KEY` or lies under a `/data/` folder with the last segment `KEY`.
 fn resolve_entry(names: &[String], key: &str) -> Option<String> {
     let exact = format!("data/{key}");
-    if names.iter().any(|n| *n == exact) {
+    if names.contains(&exact) {
         return Some(exact);
     }
     let suffix = format!("/data/{key}");
