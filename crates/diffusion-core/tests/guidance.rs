@@ -17,6 +17,8 @@ use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 use rand::SeedableRng;
 
+mod common;
+
 type B = Flex;
 
 fn fixture(name: &str) -> Vec<f32> {
@@ -84,28 +86,7 @@ impl<'a> ClassOracle<'a> {
 impl ConditionalDenoiser<B> for ClassOracle<'_> {
     fn denoise_labelled(&self, x: Tensor<B, 4>, t: Tensor<B, 1>, labels: &[Option<usize>]) -> Tensor<B, 4> {
         self.calls.borrow_mut().push(labels.to_vec());
-        let dims = x.dims();
-        let ts: Vec<f32> = t.into_data().to_vec().unwrap();
-        let xs: Vec<f32> = x.into_data().to_vec().unwrap();
-        let per = xs.len() / dims[0];
-        let s = self.s;
-        let out: Vec<f32> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, &xt)| {
-                let mu = labels[i / per].map_or(self.null_mu, |k| self.mus[k]);
-                let a = self.d.schedule().alphas_cumprod[ts[i / per] as usize];
-                let xt = xt as f64;
-                let x0 = (a.sqrt() * s * s * xt + (1.0 - a) * mu) / (a * s * s + 1.0 - a);
-                let eps = (xt - a.sqrt() * x0) / (1.0 - a).sqrt();
-                (match self.d.config().objective {
-                    Objective::PredX0 => x0,
-                    Objective::PredNoise => eps,
-                    Objective::PredV => a.sqrt() * eps - (1.0 - a).sqrt() * x0,
-                }) as f32
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(out, dims), &Default::default())
+        common::exact_gaussian_output(self.d, x, t, self.s, |i| labels[i].map_or(self.null_mu, |k| self.mus[k]))
     }
 
     fn num_classes(&self) -> usize {

@@ -11,6 +11,8 @@ use diffusion_core::{
 };
 use rand::SeedableRng;
 
+mod common;
+
 type B = Flex;
 
 fn diffusion(objective: Objective, schedule: BetaSchedule, timesteps: usize) -> GaussianDiffusion {
@@ -27,29 +29,7 @@ fn diffusion(objective: Objective, schedule: BetaSchedule, timesteps: usize) -> 
 /// The exact denoiser for per-pixel N(mu, s^2) data (in the model's [-1, 1] scale), returning
 /// what `objective` asks for.
 fn gaussian_oracle(d: &GaussianDiffusion, mu: f64, s: f64) -> impl Fn(Tensor<B, 4>, Tensor<B, 1>) -> Tensor<B, 4> + '_ {
-    move |x: Tensor<B, 4>, t: Tensor<B, 1>| {
-        let dims = x.dims();
-        let ts: Vec<f32> = t.into_data().to_vec().unwrap();
-        let xs: Vec<f32> = x.into_data().to_vec().unwrap();
-        let per = xs.len() / dims[0];
-        let sch = d.schedule();
-        let out: Vec<f32> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, &xt)| {
-                let a = sch.alphas_cumprod[ts[i / per] as usize];
-                let xt = xt as f64;
-                let x0 = (a.sqrt() * s * s * xt + (1.0 - a) * mu) / (a * s * s + 1.0 - a);
-                let eps = (xt - a.sqrt() * x0) / (1.0 - a).sqrt();
-                (match d.config().objective {
-                    Objective::PredX0 => x0,
-                    Objective::PredNoise => eps,
-                    Objective::PredV => a.sqrt() * eps - (1.0 - a).sqrt() * x0,
-                }) as f32
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(out, dims), &Default::default())
-    }
+    move |x: Tensor<B, 4>, t: Tensor<B, 1>| common::exact_gaussian_output(d, x, t, s, |_| mu)
 }
 
 fn mean_std(x: Tensor<B, 4>) -> (f64, f64) {
