@@ -91,6 +91,25 @@ fn out_of_range_flags_are_refused_with_flag_value_and_range() {
         (vec!["train", "--lr", "NaN"], "--lr", "NaN", "> 0"),
         (vec!["train-classifier", "--lr", "inf"], "--lr", "inf", "> 0"),
         (vec!["train-classifier", "--lr", "0"], "--lr", "0", "> 0"),
+        (vec!["train", "--conditional", "--cond-drop-prob", "1.5"], "--cond-drop-prob", "1.5", "[0, 1]"),
+        (
+            vec!["sample", "--checkpoint", "c.bpk", "--out", "s.npy", "--rescaled-phi", "NaN"],
+            "--rescaled-phi",
+            "NaN",
+            "[0, 1]",
+        ),
+        (
+            vec!["sample", "--checkpoint", "c.bpk", "--out", "s.npy", "--cond-scale", "inf"],
+            "--cond-scale",
+            "inf",
+            "finite",
+        ),
+        (
+            vec!["sample", "--checkpoint", "c.bpk", "--out", "s.npy", "--num-classes", "0"],
+            "--num-classes",
+            "0",
+            "1..=1000000",
+        ),
     ] {
         let out = bin().args(&args).current_dir(dir.path()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -148,6 +148,26 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Any finite number (`--cond-scale`).
+pub fn finite(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{v}: must be a finite number"))
+    }
+}
+
+/// A number in `[0, 1]` (`--cond-drop-prob`, `--rescaled-phi`); NaN is refused.
+pub fn unit_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v}: must be in [0, 1]"))
+    }
+}
+
 /// A finite, non-negative number of minutes (`--train-minutes`, `--time-budget-min`).
 pub fn minutes(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of minutes"))?;

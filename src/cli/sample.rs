@@ -11,7 +11,8 @@ use ndarray::{Array4, ArrayD, Axis, Ix4};
 use unet::{infer_config, UnetBackend, UnetConfig};
 
 use super::args::{
-    count, BackendArgs, CheckpointArgs, ModelSettingsArgs, SamplerArgs, UnetArgs, MAX_IMAGES, MAX_STEPS,
+    count, finite, unit_interval, BackendArgs, CheckpointArgs, ModelSettingsArgs, SamplerArgs, UnetArgs, MAX_IMAGES,
+    MAX_STEPS,
 };
 use super::CmdResult;
 
@@ -97,20 +98,6 @@ pub struct Args {
     pub(crate) cfg_plus_plus: bool,
     #[command(flatten)]
     pub(crate) backend: BackendArgs,
-}
-
-fn finite(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a finite number")),
-    }
-}
-
-fn unit_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}` is not a number in [0, 1]")),
-    }
 }
 
 /// A class given as an index or one of `names` (case-insensitive).

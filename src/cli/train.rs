@@ -14,7 +14,9 @@ use lensing_diffusion::trainer::Trainer;
 use lensing_diffusion::with_autodiff_backend;
 use unet::UnetAutodiffBackend;
 
-use super::args::{count, minutes, positive, BackendArgs, DiffusionArgs, UnetArgs, MAX_IMAGES, MAX_IMAGE_SIZE};
+use super::args::{
+    count, minutes, positive, unit_interval, BackendArgs, DiffusionArgs, UnetArgs, MAX_IMAGES, MAX_IMAGE_SIZE,
+};
 use super::CmdResult;
 
 /// Train a denoising diffusion model (denoising-diffusion-pytorch's U-Net and Gaussian diffusion)
@@ -144,17 +146,8 @@ pub struct Args {
     pub(crate) conditional: bool,
     /// Conditional training: probability of replacing a label by the null class, so the model
     /// also learns the unconditional prediction guidance needs [default: 0.5, the reference's].
-    #[arg(long, value_parser = probability)]
+    #[arg(long, value_parser = unit_interval)]
     pub(crate) cond_drop_prob: Option<f64>,
-}
-
-fn probability(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not a probability in [0, 1]"))
-    }
 }
 
 impl Args {
