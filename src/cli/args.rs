@@ -7,8 +7,9 @@ use lensing_diffusion::backend::BackendKind;
 /// `--backend`.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Compute backend: flex (CPU, default), ndarray (CPU, slow training) or cuda (a build with
-    /// `--features cuda`).
+    /// Compute backend: flex (CPU, default), ndarray (CPU, slow training), cuda (a build with
+    /// `--features cuda`; kernels cached in the cache folder's cubecl/) or tch (a build with
+    /// `--features tch`: libtorch on its first GPU, else its CPU).
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
 }

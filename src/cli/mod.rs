@@ -2,6 +2,7 @@
 //! ([`args`]); every subcommand module holds its `Args` and a `run` that calls the library.
 
 use clap::{Parser, Subcommand};
+use lensing_diffusion::backend::BackendKind;
 
 mod args;
 mod evaluate;
@@ -55,6 +56,17 @@ pub enum Command {
 impl Command {
     /// Run the subcommand.
     pub fn run(self) -> CmdResult {
+        let backend = match &self {
+            Self::Pipeline(a) => Some(a.backend.backend),
+            Self::Train(a) => Some(a.backend.backend),
+            Self::Sample(a) => Some(a.backend.backend),
+            _ => None,
+        };
+        // Held until the command ends: prints warm-up progress while cubecl compiles kernels.
+        let _watch = match backend {
+            Some(BackendKind::Cuda) => cuda_kernel_cache(),
+            _ => None,
+        };
         match self {
             Self::Pipeline(a) => pipeline::run(a),
             Self::Train(a) => train::run(a),
@@ -66,6 +78,28 @@ impl Command {
             Self::Export(a) => export::run(a),
         }
     }
+}
+
+/// Switches cubecl's kernel cache on for `--backend cuda` (in the cache folder, or
+/// `$LENSING_DIFFUSION_CACHE/cubecl`) and starts the warm-up progress lines.
+#[cfg(feature = "cuda-untuned")]
+fn cuda_kernel_cache() -> Option<lensing_diffusion::backend::KernelCompileWatch> {
+    let dir = lensing_diffusion::classifier::cache_dir().join("cubecl");
+    match lensing_diffusion::backend::configure_cubecl(&dir) {
+        Ok(log) => {
+            eprintln!("cubecl kernel cache: {}", dir.display());
+            Some(lensing_diffusion::backend::KernelCompileWatch::start(log, std::time::Duration::from_secs(5)))
+        }
+        Err(e) => {
+            eprintln!("warning: cubecl kernel cache off ({}: {e})", dir.display());
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda-untuned"))]
+fn cuda_kernel_cache() -> Option<lensing_diffusion::backend::KernelCompileWatch> {
+    None
 }
 
 #[cfg(test)]

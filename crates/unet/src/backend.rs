@@ -19,7 +19,8 @@
 //! burn has no run-time registry of operations: a model that wants an operation of its own
 //! names a trait that extends `Backend` (the backend-extension mechanism), and every backend it
 //! runs on implements that trait. This crate implements it for Flex, NdArray, `Autodiff<B>` of
-//! any of those, and (with the `cuda` feature) burn's CUDA backend in f32, f16 and bf16.
+//! any of those, and (with the `cuda` and `tch` features) burn's CUDA and LibTorch backends in f32,
+//! f16 and bf16.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -722,6 +723,13 @@ impl UnetBackend for burn::backend::Cuda<f32> {}
 impl UnetBackend for burn::backend::Cuda<burn::tensor::f16> {}
 #[cfg(feature = "cuda")]
 impl UnetBackend for burn::backend::Cuda<burn::tensor::bf16> {}
+
+#[cfg(feature = "tch")]
+impl UnetBackend for burn::backend::LibTorch<f32> {}
+#[cfg(feature = "tch")]
+impl UnetBackend for burn::backend::LibTorch<burn::tensor::f16> {}
+#[cfg(feature = "tch")]
+impl UnetBackend for burn::backend::LibTorch<burn::tensor::bf16> {}
 
 #[cfg(test)]
 mod tests {

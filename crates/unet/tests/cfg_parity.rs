@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use diffusion_core::{
     BetaSchedule, DiffusionConfig, DiffusionRng, GaussianDiffusion, Guidance, Guided, LossWeighting, Objective, Sampler,
 };
@@ -119,35 +119,67 @@ fn diffusion_state_dict_loads_the_same_network_on_ndarray() {
     check_forward(&model, &device);
 }
 
-#[test]
-fn loss_matches_p_losses_with_a_keep_mask() {
-    let device = Default::default();
-    let model = load_checkpoint::<Flex>(&fixture("cfg_unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
+fn check_loss<B: UnetBackend>(device: &B::Device) {
+    let model = load_checkpoint::<B>(&fixture("cfg_unet_state_dict.pth"), Weights::Model, None, device).unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
     let want = expected["loss"].as_f64().unwrap();
     let t: Vec<usize> = ints("forward_t.npy").iter().map(|&v| v as usize).collect();
     let labels: Vec<Option<usize>> = classes().into_iter().zip(keep_mask()).map(|(c, k)| k.then_some(c)).collect();
-    let x0 = tensor::<Flex>("loss_x0.npy", &device);
-    let noise = tensor::<Flex>("loss_noise.npy", &device);
-    let loss: f32 = diffusion().loss_at_labelled(&model, x0, &t, noise, &labels).unwrap().into_scalar();
+    let x0 = tensor::<B>("loss_x0.npy", device);
+    let noise = tensor::<B>("loss_noise.npy", device);
+    let loss: f32 = diffusion().loss_at_labelled(&model, x0, &t, noise, &labels).unwrap().into_scalar().elem();
     eprintln!("loss {loss} vs reference {want}");
     assert!((loss as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "loss {loss} vs {want}");
 }
 
-#[test]
-fn guided_ddim_sample_matches_the_reference() {
-    let device = Default::default();
-    let model = load_checkpoint::<Flex>(&fixture("cfg_unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
+fn check_guided_ddim<B: UnetBackend>(device: &B::Device) {
+    let model = load_checkpoint::<B>(&fixture("cfg_unet_state_dict.pth"), Weights::Model, None, device).unwrap();
     let labels: Vec<Option<usize>> = classes().into_iter().map(Some).collect();
     let guided = Guided::new(&model, labels, Guidance::new(3.0, 0.7)).unwrap();
-    let x_t = tensor::<Flex>("ddim_xT.npy", &device);
+    let x_t = tensor::<B>("ddim_xT.npy", device);
     let mut rng = DiffusionRng::seed_from_u64(0);
     let out =
         diffusion().sample_from(&guided, Sampler::Ddim { steps: 10, eta: 0.0 }, x_t, &mut rng, &mut |_| {}).unwrap();
     let d = max_abs_diff(out, "ddim_out.npy");
     eprintln!("guided DDIM: max |diff| {d:e}");
     assert!(d <= 1e-4, "guided DDIM: max |diff| {d:e}");
+}
+
+#[test]
+fn loss_matches_p_losses_with_a_keep_mask() {
+    check_loss::<Flex>(&Default::default());
+}
+
+#[test]
+fn guided_ddim_sample_matches_the_reference() {
+    check_guided_ddim::<Flex>(&Default::default());
+}
+
+/// The same checks on burn's LibTorch backend (libtorch's CPU; `--features tch`, libtorch 2.9).
+#[cfg(feature = "tch")]
+mod libtorch {
+    use super::*;
+    use burn::backend::libtorch::LibTorchDevice;
+    use burn::backend::LibTorch;
+
+    #[test]
+    fn conditional_forward_and_guidance_match_the_reference() {
+        let device = LibTorchDevice::Cpu;
+        let model =
+            load_checkpoint::<LibTorch>(&fixture("cfg_unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
+        check_forward(&model, &device);
+    }
+
+    #[test]
+    fn loss_matches_p_losses() {
+        check_loss::<LibTorch>(&LibTorchDevice::Cpu);
+    }
+
+    #[test]
+    fn guided_ddim_sample_matches_the_reference() {
+        check_guided_ddim::<LibTorch>(&LibTorchDevice::Cpu);
+    }
 }
 
 #[test]
