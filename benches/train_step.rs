@@ -17,9 +17,12 @@
 //! `fwd-par` (quick mode only) is the forward as the `pipeline` and `sample` commands use it on
 //! the CPU: one batch per core, on separate threads, images/s over all of them.
 //! `TRAIN_STEP_BACKEND` (quick mode only) picks `flex` (default), `ndarray` or, in a build with
-//! the `cuda` feature, `cuda`, whose float type `TRAIN_STEP_DTYPE` picks: `f32` (default), `f16`
-//! or `bf16` (the whole step in that type: weights, activations, gradients and AdamW moments; no
-//! f32 master weights, unlike PyTorch's autocast). `TRAIN_STEP_TRAIN_BATCH` overrides the
+//! the `cuda` feature, `cuda`, or with the `tch` feature, `tch` (libtorch: its first GPU, else
+//! its CPU), whose float type `TRAIN_STEP_DTYPE` picks: `f32` (default), `f16` or `bf16` (the
+//! whole step in that type: weights, activations, gradients and AdamW moments; no f32 master
+//! weights, unlike PyTorch's autocast). On cuda, `TRAIN_STEP_KERNEL_CACHE=DIR` switches cubecl's
+//! kernel cache on in DIR, as the commands do (`lensing_diffusion::backend::configure_cubecl`);
+//! without it the cache stays off, i.e. every run starts cold. `TRAIN_STEP_TRAIN_BATCH` overrides the
 //! training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
 //! is `TRAIN_STEP_WARMUP` repetitions (default 1; cubecl autotunes its kernels on first use).
 //! Cases (the same in the Python script):
@@ -99,29 +102,69 @@ fn setup<B: UnetBackend>(case: &Case, device: &B::Device, shards: usize) -> Setu
 /// `TRAIN_STEP_QUICK=N`: N plain timed repetitions per case instead of criterion, on the
 /// backend `TRAIN_STEP_BACKEND` names.
 fn quick(reps: usize) {
+    let started = std::time::Instant::now();
     let backend = std::env::var("TRAIN_STEP_BACKEND").unwrap_or_else(|_| "flex".into());
     let kind: BackendKind = backend.parse().unwrap_or_else(|e| panic!("TRAIN_STEP_BACKEND: {e}"));
     let dtype = std::env::var("TRAIN_STEP_DTYPE").unwrap_or_else(|_| "f32".into());
-    match (kind, dtype.as_str()) {
-        (BackendKind::Flex, "f32") => quick_on::<Flex>(reps, &Default::default(), kind, &dtype),
-        (BackendKind::NdArray, "f32") => quick_on::<burn::backend::NdArray>(reps, &Default::default(), kind, &dtype),
+    #[cfg(feature = "cuda-untuned")]
+    let _watch = match (kind, std::env::var("TRAIN_STEP_KERNEL_CACHE")) {
+        (BackendKind::Cuda, Ok(dir)) => {
+            let log = lensing_diffusion::backend::configure_cubecl(std::path::Path::new(&dir)).expect("kernel cache");
+            println!("cubecl kernel cache in {dir}");
+            Some(lensing_diffusion::backend::KernelCompileWatch::start(log, Duration::from_secs(5)))
+        }
+        _ => None,
+    };
+    let d = &dtype;
+    match (kind, d.as_str()) {
+        (BackendKind::Flex, "f32") => quick_on::<Flex>(reps, &Default::default(), kind, d, started),
+        (BackendKind::NdArray, "f32") => {
+            quick_on::<burn::backend::NdArray>(reps, &Default::default(), kind, d, started)
+        }
         #[cfg(feature = "cuda-untuned")]
-        (BackendKind::Cuda, "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), kind, &dtype),
+        (BackendKind::Cuda, "f32") => quick_on::<burn::backend::Cuda<f32>>(reps, &Default::default(), kind, d, started),
         #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "f16") => {
-            quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, &dtype)
+            quick_on::<burn::backend::Cuda<burn::tensor::f16>>(reps, &Default::default(), kind, d, started)
         }
         #[cfg(feature = "cuda-untuned")]
         (BackendKind::Cuda, "bf16") => {
-            quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, &dtype)
+            quick_on::<burn::backend::Cuda<burn::tensor::bf16>>(reps, &Default::default(), kind, d, started)
         }
+        #[cfg(feature = "tch")]
+        (BackendKind::Tch, "f32") => {
+            quick_on::<burn::backend::LibTorch<f32>>(reps, &lensing_diffusion::backend::tch_device(), kind, d, started)
+        }
+        #[cfg(feature = "tch")]
+        (BackendKind::Tch, "f16") => quick_on::<burn::backend::LibTorch<burn::tensor::f16>>(
+            reps,
+            &lensing_diffusion::backend::tch_device(),
+            kind,
+            d,
+            started,
+        ),
+        #[cfg(feature = "tch")]
+        (BackendKind::Tch, "bf16") => quick_on::<burn::backend::LibTorch<burn::tensor::bf16>>(
+            reps,
+            &lensing_diffusion::backend::tch_device(),
+            kind,
+            d,
+            started,
+        ),
         (_, d) => panic!(
-            "TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda takes f32, f16 or bf16)"
+            "TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda and tch take f32, f16 \
+             or bf16)"
         ),
     }
 }
 
-fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, dtype: &str) {
+fn quick_on<B: UnetBackend>(
+    reps: usize,
+    device: &B::Device,
+    kind: BackendKind,
+    dtype: &str,
+    started: std::time::Instant,
+) {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     let warmup = env_usize("TRAIN_STEP_WARMUP").unwrap_or(1);
     println!("backend {kind} {dtype} ({}), {warmup} warm-up + {reps} timed repetitions", B::name(device));
@@ -137,10 +180,12 @@ fn quick_on<B: UnetBackend>(reps: usize, device: &B::Device, kind: BackendKind, 
                 t0.elapsed().as_secs_f64()
             };
             // Printed as they finish: on the GPU the first ones compile (and autotune) kernels.
+            // "after start" counts from the process's start: set-up, weights and kernels included.
             let warm: Vec<f64> = (0..warmup)
                 .map(|i| {
                     let w = timed(f);
-                    println!("{:9} {kind:7} warm-up {}: {w:.3} s", case.name, i + 1);
+                    let since = started.elapsed().as_secs_f64();
+                    println!("{:9} {kind:7} warm-up {}: {w:.3} s ({since:.1} s after start)", case.name, i + 1);
                     w
                 })
                 .collect();

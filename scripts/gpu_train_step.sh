@@ -1,60 +1,113 @@
 #!/usr/bin/env bash
-# Side-by-side GPU throughput of the DeepLense preset (Unet(64, (1,2,4,8)), 128x128, the preset's
-# batch 24): our training step and forward (benches/train_step.rs on burn's CUDA backend, in
-# f32, bf16 and f16) next to denoising-diffusion-pytorch's (scripts/bench_train_step.py on the
-# same GPU, f32 and autocast bf16 / f16). Results: docs/performance-history.md, "GPU".
+# Issue 22's GPU measurements in one call, engine after engine, each step under its own time
+# limit and printing as it goes (GPU time is short):
+#   1. PyTorch (denoising-diffusion-pytorch, scripts/bench_train_step.py): f32, bf16, f16
+#   2. ours on burn's LibTorch backend (tch): f32, bf16, f16
+#   3. ours on burn's CUDA backend without autotune (cuda-untuned): f32 with the kernel cache
+#      cold, then warm (second process, same cache), then bf16 and f16 warm-ish
+#   4. ours on burn's CUDA backend with autotune (cuda): f32 (cache on)
+#   5. the end-to-end run: `pipeline` with the DeepLense preset at 128x128, ~5 minutes of
+#      training on simulated Model I images, DPM-Solver++ sampling, evaluation, report
+# Each bench prints time to first step ("after start" = from the process's start) and the
+# steady-state images/s of the DeepLense training step and forward at batch 24. GPU memory in
+# use is sampled every 200 ms into $LOG_DIR/smi.csv; the peak of each step is printed after it.
 #
-#   bash scripts/gpu_train_step.sh                  # builds the bench with --features cuda
-#   FEATURES=cuda-untuned bash scripts/gpu_train_step.sh   # without burn's kernel autotuning
-#   TRAIN_STEP_BIN=path/to/train_step-HASH bash scripts/gpu_train_step.sh   # a prebuilt bench
+#   bash scripts/build_gpu_bins.sh target/gpu-bins      # on the CPU machine
+#   bash scripts/gpu_train_step.sh target/gpu-bins      # on the GPU machine
 #
-# Needs an NVIDIA GPU with its driver, and python3 with torch and denoising-diffusion-pytorch
-# 2.3.4 (`pip install denoising-diffusion-pytorch==2.3.4`). A bench built on another machine:
-#   CUDARC_CUDA_VERSION=13000 cargo bench --features cuda --bench train_step --no-run
-# (CUDARC_CUDA_VERSION: the CUDA version of the target machine's driver, here 13.0; without it
-# cudarc assumes the newest it knows when no CUDA toolkit is installed at build time).
-# Variables: FEATURES (cuda; or cuda-untuned), BATCH (24), RUNS (10 timed repetitions), WARMUP (3), DTYPES ("f32 bf16 f16"),
-# RUST_TIMEOUT / PY_TIMEOUT (seconds per run), LOG_DIR (target/gpu-bench).
+# Needs: an NVIDIA driver; for 1, python3 with torch and denoising-diffusion-pytorch 2.3.4; for 2,
+# the same torch version as the build's (2.9; its lib folder is put on LD_LIBRARY_PATH).
+# Variables: STEPS ("pytorch tch cuda-untuned cuda e2e"), BATCH (24), RUNS (10), WARMUP (3),
+# DTYPES ("f32 bf16 f16"), STEP_TIMEOUT (s per bench process, 150), E2E_MINUTES (5),
+# E2E_TIMEOUT (s, 600), LOG_DIR (target/gpu-bench).
 set -u
 cd "$(dirname "$0")/.."
+BINS=${1:-target/gpu-bins}
+STEPS=${STEPS:-"pytorch tch cuda-untuned cuda e2e"}
 BATCH=${BATCH:-24}
 RUNS=${RUNS:-10}
 WARMUP=${WARMUP:-3}
 DTYPES=${DTYPES:-"f32 bf16 f16"}
-RUST_TIMEOUT=${RUST_TIMEOUT:-150}
-PY_TIMEOUT=${PY_TIMEOUT:-90}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+E2E_MINUTES=${E2E_MINUTES:-5}
+E2E_TIMEOUT=${E2E_TIMEOUT:-600}
 LOG_DIR=${LOG_DIR:-target/gpu-bench}
 mkdir -p "$LOG_DIR"
-
-BIN=${TRAIN_STEP_BIN:-}
-if [ -z "$BIN" ]; then
-    cargo bench --features "${FEATURES:-cuda}" --bench train_step --no-run || exit 1
-    BIN=$(ls -t target/release/deps/train_step-* | grep -v '\.d$' | head -1)
+# Binaries carried gzipped (scripts/build_gpu_bins.sh) are unpacked next to the logs.
+if ls "$BINS"/*.gz >/dev/null 2>&1; then
+    mkdir -p "$LOG_DIR/bin"
+    for f in "$BINS"/*.gz; do gunzip -c "$f" > "$LOG_DIR/bin/$(basename "${f%.gz}")"; done
+    chmod +x "$LOG_DIR"/bin/*
+    BINS=$LOG_DIR/bin
 fi
+CACHE=$(mktemp -d)   # the kernel cache: cold at the start of this call
+export LENSING_DIFFUSION_CACHE=$CACHE
 
-echo "== machine"
+echo "== machine $(date +%T)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 nproc
-# GPU memory in use, sampled every 200 ms over the whole script (peak per phase: see the times).
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -lms 200 \
     > "$LOG_DIR/smi.csv" 2>/dev/null &
 SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
+mark() { wc -l < "$LOG_DIR/smi.csv"; }
+# Peak GPU memory (MiB) sampled since line $1 of smi.csv.
+peak() { tail -n +"$(( $1 + 1 ))" "$LOG_DIR/smi.csv" | awk -F', ' '{v=$2+0; if (v>m) m=v} END {print "   peak GPU memory in use: " m+0 " MiB"}'; }
 
-echo "== pytorch (denoising-diffusion-pytorch)"
-for p in $DTYPES; do
-    echo "-- precision $p, $(date +%T)"
-    PYTHONUNBUFFERED=1 timeout "$PY_TIMEOUT" python3 scripts/bench_train_step.py --device cuda \
-        --precision "$p" --cases deeplense --train-batch "$BATCH" --forward-batch "$BATCH" \
-        --runs "$RUNS" --warmup "$WARMUP" 2>&1 | grep -v Warning
-done
-
-echo "== ours (burn $(grep -m1 -A1 'name = "burn"' Cargo.lock | sed -n 's/version = //p'), cuda)"
-for d in $DTYPES; do
-    echo "-- dtype $d, $(date +%T)"
-    TRAIN_STEP_BACKEND=cuda TRAIN_STEP_DTYPE="$d" TRAIN_STEP_TRAIN_BATCH="$BATCH" \
+bench() { # engine dtype [extra env...]
+    local engine=$1 dtype=$2; shift 2
+    local bin="$BINS/train_step-$engine"
+    [ -x "$bin" ] || { echo "   no $bin: skipped"; return; }
+    echo "-- $engine $dtype $* $(date +%T)"
+    local m; m=$(mark)
+    env "$@" TRAIN_STEP_BACKEND="${engine%%-*}" TRAIN_STEP_DTYPE="$dtype" TRAIN_STEP_TRAIN_BATCH="$BATCH" \
         TRAIN_STEP_FORWARD_BATCH="$BATCH" TRAIN_STEP_QUICK="$RUNS" TRAIN_STEP_WARMUP="$WARMUP" \
-        timeout "$RUST_TIMEOUT" "$BIN" deeplense 2>&1 | tail -n 40
+        timeout "$STEP_TIMEOUT" "$bin" deeplense 2>&1 | grep --line-buffered -v "^\s*$"
     echo "   exit ${PIPESTATUS[0]}"
+    peak "$m"
+}
+
+for step in $STEPS; do
+    case $step in
+    pytorch)
+        echo "== pytorch (denoising-diffusion-pytorch) $(date +%T)"
+        for p in $DTYPES; do
+            echo "-- precision $p, $(date +%T)"
+            m=$(mark)
+            PYTHONUNBUFFERED=1 timeout "$STEP_TIMEOUT" python3 scripts/bench_train_step.py --device cuda \
+                --precision "$p" --cases deeplense --train-batch "$BATCH" --forward-batch "$BATCH" \
+                --runs "$RUNS" --warmup "$WARMUP" 2>&1 | grep -v Warning
+            peak "$m"
+        done ;;
+    tch)
+        echo "== ours, tch (burn LibTorch) $(date +%T)"
+        TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
+        TORCH_VER=$(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null)
+        echo "   torch $TORCH_VER in $TORCH_LIB (the binaries were built against 2.9)"
+        for d in $DTYPES; do bench tch "$d" LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"; done ;;
+    cuda-untuned)
+        echo "== ours, cuda-untuned (burn CUDA, no autotune) $(date +%T)"
+        bench cuda-untuned f32 TRAIN_STEP_KERNEL_CACHE="$CACHE/untuned"   # cold cache
+        bench cuda-untuned f32 TRAIN_STEP_KERNEL_CACHE="$CACHE/untuned"   # warm cache
+        for d in $DTYPES; do [ "$d" = f32 ] || bench cuda-untuned "$d" TRAIN_STEP_KERNEL_CACHE="$CACHE/untuned"; done ;;
+    cuda)
+        echo "== ours, cuda (burn CUDA, autotune) $(date +%T)"
+        bench cuda f32 TRAIN_STEP_KERNEL_CACHE="$CACHE/tuned" ;;
+    e2e)
+        echo "== end to end: pipeline, DeepLense preset, 128x128, $E2E_MINUTES min of training $(date +%T)"
+        TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
+        m=$(mark)
+        LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}" timeout "$E2E_TIMEOUT" "$BINS/lensing-diffusion" pipeline \
+            --backend "${E2E_BACKEND:-tch}" --preset deeplense --image-size 128 --train-images 10000 \
+            --steps 1000000 --train-minutes "$E2E_MINUTES" --num-generated 1000 --eval-images 1000 \
+            --sample-batch 100 --name gpu-e2e 2>&1 | grep --line-buffered -v "^\s*$"
+        echo "   exit ${PIPESTATUS[0]}"
+        peak "$m"
+        ls runs/gpu-e2e 2>/dev/null
+        # On the device tool, $OUT comes back: the report and its images.
+        [ -n "${OUT:-}" ] && cp -r runs/gpu-e2e "$OUT/" 2>/dev/null ;;
+    *) echo "unknown step $step" ;;
+    esac
 done
+[ -n "${OUT:-}" ] && cp "$LOG_DIR/smi.csv" "$OUT/" 2>/dev/null
 echo "== done $(date +%T)"
