@@ -36,6 +36,7 @@ pub use unet;
 
 pub mod alloc;
 pub mod backend;
+pub mod between_classes;
 pub mod checkpoint;
 pub mod classifier;
 pub mod conditional;

@@ -29,6 +29,7 @@ use serde_json::json;
 use unet::UnetAutodiffBackend;
 
 use crate::backend::BackendKind;
+use crate::between_classes::BetweenClasses;
 use crate::classifier::{heldout_accuracy, ExtractorRecipe};
 use crate::conditional::{class_consistency, per_class_metrics, ClassConsistency, ClassMetrics, SweepPoint};
 use crate::config::{Preset, TrainConfig};
@@ -207,6 +208,8 @@ pub struct PipelineOutcome {
     pub physics_plots: Vec<String>,
     /// Class-conditional runs: per-class metrics, class consistency, the guidance sweep.
     pub conditional: Option<ConditionalOutcome>,
+    /// The FID scale: two real classes at the same set sizes (simulated data only).
+    pub between_classes: Option<BetweenClasses>,
 }
 
 /// What a class-conditional pipeline run measured per class.
@@ -437,6 +440,22 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
     };
 
     // 6. Physical statistics of the images themselves (at the training size).
+    // 5c. The scale of FID: two real classes at the same set sizes, image size and extractor.
+    let between_classes = match opts.data {
+        None => Some(timings.time("between classes", show, || {
+            crate::between_classes::fid_between_classes(
+                &extractor,
+                real.len(),
+                generated.dim().0,
+                opts.sim_num_pix,
+                size,
+                opts.seed ^ 0xB7C1_A55E,
+                show,
+            )
+        })?),
+        Some(_) => None,
+    };
+
     let (physics, physics_plots) = timings.time("physics", show, || {
         let (cmp, files) =
             crate::evaluate::physics(real.images.view(), generated.view(), opts.seed, Some(&out.join("physics")))?;
@@ -468,6 +487,7 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         physics,
         physics_plots,
         conditional,
+        between_classes,
     };
     let metrics = metrics_json(&outcome, opts, &extractor);
     let json_path = out.join("metrics.json");
@@ -498,6 +518,7 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "fid": r.fid,
         "fid_noise_baseline": o.fid_noise,
         "fid_real_floor": floor.map(|f| f.metrics.fid),
+        "fid_between_classes": o.between_classes,
         "fid_ratio_to_noise": r.fid / o.fid_noise,
         "rke_generated": r.rke_generated,
         "rke_real": r.rke_real,
@@ -577,6 +598,20 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
         if ratio <= 0.2 { "meets" } else { "misses" },
         floor.map(|f| format!("{:.3} (two halves of the real set)", f.metrics.fid)).unwrap_or_else(|| "n/a".into())
     ));
+    if let Some(b) = &o.between_classes {
+        m.push_str(&format!(
+            "Scale: FID between two *real* classes, {} vs {} simulated images at {size}x{size} on the same features: \
+             **CDM subhalos vs axion vortices {:.3}**, no substructure vs CDM {:.3}. The generated set is {} the real \
+             one than CDM is from axion{}.\n\n",
+            b.n_first,
+            b.n_second,
+            b.cdm_vs_axion,
+            b.no_sub_vs_cdm,
+            if r.fid < b.cdm_vs_axion { "closer to" } else { "farther from" },
+            if r.fid < b.cdm_vs_axion { "" } else { ": too far for a study of substructure" },
+            size = config.image_size,
+        ));
+    }
     m.push_str("| metric | generated vs real | real vs real (floor) |\n|---|---|---|\n");
     let fl = |f: &dyn Fn(&gen_metrics::TwoSample) -> String| floor.map(|x| f(&x.metrics)).unwrap_or_else(|| "-".into());
     m.push_str(&format!("| FID | {:.4} | {} |\n", r.fid, fl(&|x| format!("{:.4}", x.fid))));

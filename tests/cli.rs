@@ -346,7 +346,14 @@ fn a_tiny_pipeline_writes_its_report() {
     assert_eq!(m["train_steps"], 3);
     assert!(m["fid"].as_f64().unwrap().is_finite() && m["fid_noise_baseline"].as_f64().unwrap() > 0.0);
     assert!(m["physics"]["ring_width"]["floor"].is_number());
+    // The FID scale: two real classes at the real and generated set sizes.
+    let between = &m["fid_between_classes"];
+    assert_eq!((between["n_first"].as_u64(), between["n_second"].as_u64()), (Some(40), Some(40)));
+    for pair in ["cdm_vs_axion", "no_sub_vs_cdm"] {
+        assert!(between[pair].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{pair}: {}", between[pair]);
+    }
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("CDM subhalos vs axion vortices"), "{report}");
     assert!(report.contains("## Physical statistics") && report.contains("physics/radial_profile.png"));
     assert!(run.join("physics/radial_profile.png").is_file());
 }

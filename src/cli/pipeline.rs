@@ -138,6 +138,14 @@ fn go<B: unet::UnetAutodiffBackend>(device: B::Device, opts: &PipelineOptions) -
         o.report.fid,
         o.report.fid / o.fid_noise
     );
+    if let Some(b) = &o.between_classes {
+        println!(
+            "scale: FID between real classes (same sizes): cdm vs axion {:.3}, no_sub vs cdm {:.3}    generated is {}",
+            b.cdm_vs_axion,
+            b.no_sub_vs_cdm,
+            if o.report.fid < b.cdm_vs_axion { "closer than cdm vs axion" } else { "farther than cdm vs axion" }
+        );
+    }
     if let Some(c) = &o.conditional {
         if let (Some(g), Some(r)) = (&c.consistency, &c.real_consistency) {
             println!(
