@@ -10,7 +10,8 @@
 //!   (gradient norm, EMA), [`run`] (the loop: progress, loss log, time budget, Ctrl-C).
 //! - [`sample`]: batched, multi-threaded sampling from any checkpoint.
 //! - [`evaluate`]: images to features to metrics, with the shipped extractor by default.
-//! - [`pipeline`]: the end-to-end job and its report.
+//! - [`pipeline`]: the end-to-end job and its report; [`conditional`] and [`tstr`]: its
+//!   evaluation of class-conditional generation.
 //! - [`data`] (simulate or load, resized), [`classifier`] (the feature extractor's recipe,
 //!   shipped and cached files), [`images`] and [`plot`] (PNG grids and curves), [`backend`]
 //!   (the backend chosen at the edge), [`parallel`], [`alloc`].
@@ -52,5 +53,6 @@ pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod trainer;
+pub mod tstr;
 
 pub use error::{Error, TrainError};

@@ -422,7 +422,7 @@ fn a_tiny_conditional_pipeline_reports_per_class() {
     let args = [
         "pipeline", "--conditional", "--name", "cond", "--train-images", "48", "--eval-images", "42",
         "--num-generated", "42", "--image-size", "16", "--steps", "3", "--sample-steps", "2", "--sample-batch", "21",
-        "--guidance-sweep", "1,3", "--sweep-images", "12",
+        "--guidance-sweep", "1,3", "--sweep-images", "12", "--tstr-epochs", "2",
     ];
     let out = ok(&args, d);
     let run = d.join("runs/cond");
@@ -441,7 +441,30 @@ fn a_tiny_conditional_pipeline_reports_per_class() {
     assert!((0.0..=1.0).contains(&acc) && (0.0..=1.0).contains(&real), "generated {acc}, real {real}");
     let confusion: Vec<Vec<u64>> = serde_json::from_value(c["consistency"]["confusion"].clone()).unwrap();
     assert_eq!(confusion.iter().flatten().sum::<u64>(), 42, "every generated image is tabulated");
+    let t = &c["tstr"];
+    for key in ["tstr_accuracy", "trtr_accuracy"] {
+        let a = t[key].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&a), "{key} = {a}");
+    }
+    // Both arms train on the 42 generated / 42 real images at the training size, tested on the 42 held out.
+    let sizes = ["n_train", "n_test", "image_size", "epochs"].map(|k| t[k].as_u64().unwrap());
+    assert_eq!(sizes, [42, 42, 16, 2]);
+    assert_eq!(m["timings_seconds"]["train-synthetic-test-real"].as_f64().map(|s| s >= 0.0), Some(true));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("## Class-conditional generation") && report.contains("### Guidance sweep"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("class consistency"));
+    assert!(report.contains("### Train-synthetic-test-real") && !report.contains("Not measured here"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("class consistency") && stdout.contains("train-synthetic-test-real"), "{stdout}");
+
+    // Too few real training images of a class for TRTR stops the run before training.
+    #[rustfmt::skip]
+    let short = [
+        "pipeline", "--conditional", "--name", "short", "--train-images", "6", "--eval-images", "6",
+        "--num-generated", "9", "--image-size", "16", "--steps", "3",
+    ];
+    let out = bin().args(short).current_dir(d).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("--num-generated = 9") && err.contains("--tstr-epochs 0"), "{err}");
+    assert!(!d.join("runs/short/train").exists(), "stopped before training");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use diffusion_core::SamplerKind;
 use lensing_diffusion::backend::BackendKind;
 use lensing_diffusion::config::Preset;
-use lensing_diffusion::pipeline::{run_dir, run_pipeline, PipelineOptions};
+use lensing_diffusion::pipeline::{run_dir, run_pipeline, PipelineOptions, DEFAULT_TSTR_EPOCHS};
 use lensing_diffusion::with_autodiff_backend;
 
 use super::args::{count, minutes, BackendArgs, SamplerArgs, MAX_IMAGES, MAX_IMAGE_SIZE, MAX_STEPS};
@@ -22,8 +22,10 @@ use super::CmdResult;
 ///
 /// --conditional trains a class-conditional model on the three classes (no_sub, cdm, axion) and
 /// adds per-class grids, per-class FID/KID, class consistency (the lensing classifier's accuracy
-/// on generated images labelled with the class asked for, beside its accuracy on real ones) and
-/// a guidance-scale sweep (table and plot) to the report.
+/// on generated images labelled with the class asked for, beside its accuracy on real ones), a
+/// guidance-scale sweep (table and plot) and train-synthetic-test-real (the classifier recipe
+/// trained on the generated images and, beside it, on as many real ones, both tested on the
+/// held-out real images) to the report.
 ///
 /// Examples:
 ///   lensing-diffusion pipeline
@@ -98,6 +100,10 @@ pub struct Args {
     /// Conditional: images generated per sweep point.
     #[arg(long, default_value_t = 300, value_parser = count(2, MAX_IMAGES))]
     pub(crate) sweep_images: usize,
+    /// Conditional: epochs of each train-synthetic-test-real classifier (one trained on the
+    /// generated images, one on as many real ones, at the training image size; 0 skips both).
+    #[arg(long, default_value_t = DEFAULT_TSTR_EPOCHS, value_parser = count(0, MAX_STEPS))]
+    pub(crate) tstr_epochs: usize,
 }
 
 impl Args {
@@ -125,6 +131,7 @@ impl Args {
             cond_scale: self.cond_scale,
             guidance_sweep: self.guidance_sweep.clone(),
             sweep_images: self.sweep_images,
+            tstr_epochs: self.tstr_epochs,
         })
     }
 }
@@ -156,6 +163,17 @@ fn go<B: unet::UnetAutodiffBackend>(device: B::Device, opts: &PipelineOptions) -
         }
         for p in &c.per_class {
             println!("  {:<8} FID {:.3}  KID {:.5}", p.class, p.fid, p.kid);
+        }
+        if let Some(t) = &c.tstr {
+            println!(
+                "train-synthetic-test-real: {:.1}% on real held-out images trained on {} generated, {:.1}% trained on {} \
+                 real (chance {:.1}%)",
+                t.tstr_accuracy * 100.0,
+                t.n_train,
+                t.trtr_accuracy * 100.0,
+                t.n_train,
+                t.chance() * 100.0
+            );
         }
     }
     println!("report: {}  ({:.0} s in total)", o.report_path.display(), o.total_seconds);
