@@ -580,12 +580,16 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     m.push_str("| metric | generated vs real | real vs real (floor) |\n|---|---|---|\n");
     let fl = |f: &dyn Fn(&gen_metrics::TwoSample) -> String| floor.map(|x| f(&x.metrics)).unwrap_or_else(|| "-".into());
     m.push_str(&format!("| FID | {:.4} | {} |\n", r.fid, fl(&|x| format!("{:.4}", x.fid))));
-    m.push_str(&format!(
-        "| KID (mean ± std) | {:.5} ± {:.5} | {} |\n",
-        r.kid.mean,
-        r.kid.std,
-        fl(&|x| format!("{:.5} ± {:.5}", x.kid.mean, x.kid.std))
-    ));
+    // The std over subsets is shown only where the subsets differ; with one subset holding both
+    // whole sets it is 0 by construction.
+    let kid = |k: &gen_metrics::Kid| {
+        if k.whole_sets {
+            format!("{:.5}", k.mean)
+        } else {
+            format!("{:.5} ± {:.5} (std over subsets)", k.mean, k.std)
+        }
+    };
+    m.push_str(&format!("| KID | {} | {} |\n", kid(&r.kid), fl(&|x| kid(&x.kid))));
     m.push_str(&format!("| precision | {:.3} | {} |\n", r.precision, fl(&|x| format!("{:.3}", x.precision))));
     m.push_str(&format!("| recall | {:.3} | {} |\n", r.recall, fl(&|x| format!("{:.3}", x.recall))));
     m.push_str(&format!("| density | {:.3} | {} |\n", r.density, fl(&|x| format!("{:.3}", x.density))));

@@ -308,7 +308,11 @@ impl EvaluationReport {
             row("FID-infinity".into(), fi.value, None);
         }
         row("KID mean".into(), self.kid.mean, nf.map(|f| f.metrics.kid.mean));
-        row("KID std".into(), self.kid.std, nf.map(|f| f.metrics.kid.std));
+        // With every subset covering both sets the std is 0 by construction: no row for it.
+        if !self.kid.whole_sets {
+            let floor = nf.filter(|f| !f.metrics.kid.whole_sets).map(|f| f.metrics.kid.std);
+            row("KID std over subsets".into(), self.kid.std, floor);
+        }
         row(format!("precision (k={})", self.k_precision_recall), self.precision, nf.map(|f| f.metrics.precision));
         row(format!("recall (k={})", self.k_precision_recall), self.recall, nf.map(|f| f.metrics.recall));
         row(format!("density (k={})", self.k_density_coverage), self.density, nf.map(|f| f.metrics.density));
@@ -326,6 +330,9 @@ impl EvaluationReport {
             row(format!("Vendi generated bw={k}"), self.vendi_generated[&k], None);
         }
         let _ = writeln!(s, "(RKE row: right column is the RKE of the real set; Vendi on {} rows)", self.vendi_n);
+        if self.kid.whole_sets {
+            let _ = writeln!(s, "(KID: one subset held both whole sets, so there is no spread over subsets to report)");
+        }
         if let Some(w) = &self.fid_warning {
             let _ = writeln!(s, "warning: {w}");
         }
