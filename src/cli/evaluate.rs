@@ -171,6 +171,7 @@ pub fn run(a: Args) -> CmdResult {
             seed: a.seed,
             ..Default::default()
         }),
+        bootstrap: None,
         seed: a.seed,
     };
     let spinner = ProgressBar::new_spinner();

@@ -94,3 +94,39 @@ fn bad_settings_and_inputs_are_typed_errors() {
     let two = gauss(2, 4, 12, 0.0);
     assert!(matches!(kid_interval(two.view(), b.view(), &cfg(20, 0)), Err(MetricsError::TooFewSamples { .. })));
 }
+
+#[test]
+fn the_report_carries_the_intervals() {
+    let (a, b) = (gauss(200, 6, 13, 0.0), gauss(150, 6, 14, 0.4));
+    // Subsets of 1,000 rows hold both whole sets: the KID has no spread over subsets.
+    let ec = EvalConfig {
+        bandwidths: vec![4.0],
+        bootstrap: Some(cfg(30, 3)),
+        vendi_max_n: 100,
+        noise_floor: true,
+        ..EvalConfig::default()
+    };
+    let r = evaluate_features(a.view(), b.view(), None, &ec).unwrap();
+    let (f, k) = (r.fid_ci.as_ref().unwrap(), r.kid_ci.as_ref().unwrap());
+    assert_eq!(f.estimate, r.fid);
+    assert!(r.kid.whole_sets && (k.estimate - r.kid.mean).abs() < 1e-12 * r.kid.mean.abs());
+    let t = r.to_table();
+    assert!(t.contains(&format!("FID {:.3}  95% CI [", r.fid)) && t.contains("(30 bootstrap resamples)"), "{t}");
+    assert!(t.contains(&format!("KID {:.5}  95% CI [", r.kid.mean)), "{t}");
+    assert!(!t.contains("KID std") && t.contains("no spread over subsets"), "{t}");
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["fid_ci"]["resamples"], 30);
+    assert!(v["kid_ci"]["low"].as_f64().unwrap() < v["kid_ci"]["high"].as_f64().unwrap());
+    assert_eq!(v["kid"]["whole_sets"], true);
+
+    // Without bootstrap: no intervals; smaller subsets give a std row again.
+    let ec = EvalConfig { kid: KidConfig { num_subsets: 5, subset_size: 50, seed: 0 }, bootstrap: None, ..ec };
+    let r = evaluate_features(a.view(), b.view(), None, &ec).unwrap();
+    assert!(r.fid_ci.is_none() && r.kid_ci.is_none() && !r.kid.whole_sets);
+    assert!(r.to_table().contains("KID std over subsets") && !r.to_table().contains("CI ["));
+    let bad = EvalConfig { bootstrap: Some(cfg(0, 0)), ..ec };
+    assert!(matches!(
+        evaluate_features(a.view(), b.view(), None, &bad),
+        Err(MetricsError::InvalidParameter { name: "resamples", .. })
+    ));
+}
