@@ -375,6 +375,8 @@ fn a_tiny_pipeline_writes_its_report() {
             "2",
             "--sample-batch",
             "20",
+            "--bootstrap",
+            "5",
         ],
         d,
     );
@@ -387,8 +389,11 @@ fn a_tiny_pipeline_writes_its_report() {
     assert_eq!(m["train_steps"], 3);
     assert!(m["fid"].as_f64().unwrap().is_finite() && m["fid_noise_baseline"].as_f64().unwrap() > 0.0);
     assert!(m["physics"]["ring_width"]["floor"].is_number());
+    assert_eq!(m["fid_ci"]["resamples"], 5);
+    assert!(m["kid_ci"]["high"].is_number());
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("## Physical statistics") && report.contains("physics/radial_profile.png"));
+    assert!(report.contains("95% CI [") && report.contains("(5 bootstrap resamples)"), "{report}");
     assert!(run.join("physics/radial_profile.png").is_file());
 }
 
