@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use diffusion_core::{DiffusionRng, Sampler};
 use gen_metrics::physics::PhysicsComparison;
-use gen_metrics::{frechet_distance_from_features, EvalConfig, EvaluationReport, FeatureExtractor};
+use gen_metrics::{frechet_distance_from_features, BootstrapConfig, EvalConfig, EvaluationReport, FeatureExtractor};
 use indicatif::{ProgressBar, ProgressStyle};
 use lens_data::simulate::LensClass;
 use lens_data::transform::Normalization;
@@ -98,6 +98,9 @@ pub struct PipelineOptions {
     pub sweep_images: usize,
     /// Conditional runs: epochs of each train-synthetic-test-real arm (0: skip it).
     pub tstr_epochs: usize,
+    /// Bootstrap resamples behind the FID and KID intervals (0: no intervals). 50 add about 3 s
+    /// at the default sizes (docs/PERFORMANCE.md).
+    pub bootstrap: usize,
 }
 
 impl Default for PipelineOptions {
@@ -126,6 +129,7 @@ impl Default for PipelineOptions {
             guidance_sweep: vec![1.0, 2.0, 3.0, 5.0],
             sweep_images: 300,
             tstr_epochs: DEFAULT_TSTR_EPOCHS,
+            bootstrap: 50,
         }
     }
 }
@@ -403,7 +407,13 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
         let real_f = feats("real", &real.images)?;
         let gen_f = feats("generated", &generated)?;
         let noise_f = feats("noise", &noise)?;
-        let cfg = EvalConfig { bandwidths: opts.bandwidths.clone(), seed: opts.seed, ..EvalConfig::default() };
+        let bootstrap = (opts.bootstrap > 0).then(|| BootstrapConfig {
+            resamples: opts.bootstrap,
+            seed: opts.seed,
+            ..BootstrapConfig::default()
+        });
+        let cfg =
+            EvalConfig { bandwidths: opts.bandwidths.clone(), seed: opts.seed, bootstrap, ..EvalConfig::default() };
         let report = gen_metrics::evaluate_features(real_f.view(), gen_f.view(), None, &cfg)?;
         let fid_noise = frechet_distance_from_features(real_f.view(), noise_f.view())?.value;
         Ok((report, fid_noise, real_f, gen_f))
@@ -607,6 +617,8 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "rrke_real_floor": floor.map(|f| &f.metrics.rrke),
         "vendi_generated": r.vendi_generated,
         "kid": r.kid,
+        "fid_ci": r.fid_ci,
+        "kid_ci": r.kid_ci,
         "precision": r.precision,
         "recall": r.recall,
         "density": r.density,
@@ -672,8 +684,9 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
             .unwrap_or_default()
     ));
     m.push_str(&format!(
-        "**FID generated vs real: {:.3}**; pure-noise baseline {:.3}; ratio {:.3} ({} the 0.2 target); real-vs-real floor {}.\n\n",
+        "**FID generated vs real: {:.3}**{}; pure-noise baseline {:.3}; ratio {:.3} ({} the 0.2 target); real-vs-real floor {}.\n\n",
         r.fid,
+        r.fid_ci.as_ref().map(|i| format!(", {}", i.describe(3))).unwrap_or_default(),
         o.fid_noise,
         ratio,
         if ratio <= 0.2 { "meets" } else { "misses" },
@@ -695,13 +708,20 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     }
     m.push_str("| metric | generated vs real | real vs real (floor) |\n|---|---|---|\n");
     let fl = |f: &dyn Fn(&gen_metrics::TwoSample) -> String| floor.map(|x| f(&x.metrics)).unwrap_or_else(|| "-".into());
-    m.push_str(&format!("| FID | {:.4} | {} |\n", r.fid, fl(&|x| format!("{:.4}", x.fid))));
-    m.push_str(&format!(
-        "| KID (mean ± std) | {:.5} ± {:.5} | {} |\n",
-        r.kid.mean,
-        r.kid.std,
-        fl(&|x| format!("{:.5} ± {:.5}", x.kid.mean, x.kid.std))
-    ));
+    let ci = |i: &Option<gen_metrics::Interval>, digits: usize| {
+        i.as_ref().map(|i| format!(", {}", i.describe(digits))).unwrap_or_default()
+    };
+    m.push_str(&format!("| FID | {:.4}{} | {} |\n", r.fid, ci(&r.fid_ci, 3), fl(&|x| format!("{:.4}", x.fid))));
+    // The std over subsets is shown only where the subsets differ; with one subset holding both
+    // whole sets it is 0 by construction.
+    let kid = |k: &gen_metrics::Kid| {
+        if k.whole_sets {
+            format!("{:.5}", k.mean)
+        } else {
+            format!("{:.5} ± {:.5} (std over subsets)", k.mean, k.std)
+        }
+    };
+    m.push_str(&format!("| KID | {}{} | {} |\n", kid(&r.kid), ci(&r.kid_ci, 5), fl(&|x| kid(&x.kid))));
     m.push_str(&format!("| precision | {:.3} | {} |\n", r.precision, fl(&|x| format!("{:.3}", x.precision))));
     m.push_str(&format!("| recall | {:.3} | {} |\n", r.recall, fl(&|x| format!("{:.3}", x.recall))));
     m.push_str(&format!("| density | {:.3} | {} |\n", r.density, fl(&|x| format!("{:.3}", x.density))));
@@ -724,6 +744,16 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     }
     if let Some(w) = &r.fid_warning {
         m.push_str(&format!("\nNote: {w}\n"));
+    }
+    if let Some(i) = &r.fid_ci {
+        m.push_str(&format!(
+            "\nIntervals: both sets resampled with replacement {} times; each is an interval for the value expected at \
+             these set sizes, so compare runs evaluated with equal sizes. The bootstrap puts the FID's small-sample bias \
+             at {:+.3}{}.\n",
+            i.resamples,
+            i.bias,
+            if r.kid.whole_sets { "" } else { "; the KID interval is around the all-pairs value, which the subsets' mean estimates" }
+        ));
     }
     m.push_str(&format!("\n{} real images, {} generated, feature dimension {}.\n", o.n_real, r.n_generated, r.dim));
     m.push_str("\n## Physical statistics\n\n");

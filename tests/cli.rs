@@ -85,6 +85,12 @@ fn out_of_range_flags_are_refused_with_flag_value_and_range() {
             huge,
             "1..=10000000",
         ),
+        (
+            vec!["evaluate", "--real-features", "a.npy", "--generated-features", "b.npy", "--bootstrap", "1000000"],
+            "--bootstrap",
+            "1000000",
+            "0..=100000",
+        ),
         (vec!["train", "--time-budget-min", "NaN"], "--time-budget-min", "NaN", "finite"),
         (vec!["train", "--time-budget-min=-3"], "--time-budget-min", "-3", "finite"),
         (vec!["pipeline", "--train-minutes", "inf"], "--train-minutes", "inf", "finite"),
@@ -310,6 +316,41 @@ fn a_tiny_job_through_every_subcommand() {
     assert_eq!(std::fs::read_dir(d.join("plots")).unwrap().count(), 6);
 }
 
+/// `evaluate --bootstrap N` prints the FID and KID intervals and writes them into the JSON;
+/// `--bootstrap 0` leaves them out. With the default KID subsets of 1,000 rows, one subset holds
+/// both sets: no std over subsets is printed, only the interval.
+#[test]
+fn evaluate_bootstrap_prints_and_writes_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two irregular, shifted point clouds (no RNG needed).
+    let cloud = |n: usize, k: usize, shift: f64| {
+        Array2::from_shape_fn((n, 6), |(i, j)| ((i * 7919 + j * 104_729 + k) % 1009) as f64 / 200.0 + shift)
+    };
+    ndarray_npy::write_npy(d.join("real.npy"), &cloud(80, 0, 0.0)).unwrap();
+    ndarray_npy::write_npy(d.join("gen.npy"), &cloud(60, 17, 0.5)).unwrap();
+    let args = ["evaluate", "--real-features", "real.npy", "--generated-features", "gen.npy", "--bandwidths", "4"];
+    let out = ok(&[&args[..], &["--bootstrap", "40", "--json", "m.json"]].concat(), d);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m.json")).unwrap()).unwrap();
+    let (fid, kid) = (m["fid"].as_f64().unwrap(), m["kid"]["mean"].as_f64().unwrap());
+    assert!(text.contains(&format!("FID {fid:.3}  95% CI [")) && text.contains("(40 bootstrap resamples)"), "{text}");
+    assert!(text.contains(&format!("KID {kid:.5}  95% CI [")), "{text}");
+    assert!(!text.contains("KID std") && text.contains("no spread over subsets"), "{text}");
+    for (key, value) in [("fid_ci", fid), ("kid_ci", kid)] {
+        let ci = &m[key];
+        assert_eq!(ci["resamples"], 40, "{key}: {ci}");
+        assert_eq!(ci["level"], 0.95, "{key}: {ci}");
+        let (lo, hi) = (ci["low"].as_f64().unwrap(), ci["high"].as_f64().unwrap());
+        assert!(lo <= value && value <= hi, "{key}: {value} outside [{lo}, {hi}]");
+    }
+
+    let out = ok(&[&args[..], &["--bootstrap", "0", "--json", "m0.json"]].concat(), d);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("CI ["));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m0.json")).unwrap()).unwrap();
+    assert!(m["fid_ci"].is_null() && m["kid_ci"].is_null(), "{m}");
+}
+
 /// The whole pipeline at toy size (simulated data, the shipped extractor): a report and metrics.
 #[test]
 fn a_tiny_pipeline_writes_its_report() {
@@ -334,6 +375,8 @@ fn a_tiny_pipeline_writes_its_report() {
             "2",
             "--sample-batch",
             "20",
+            "--bootstrap",
+            "5",
         ],
         d,
     );
@@ -352,9 +395,12 @@ fn a_tiny_pipeline_writes_its_report() {
     for pair in ["cdm_vs_axion", "no_sub_vs_cdm"] {
         assert!(between[pair].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{pair}: {}", between[pair]);
     }
+    assert_eq!(m["fid_ci"]["resamples"], 5);
+    assert!(m["kid_ci"]["high"].is_number());
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("CDM subhalos vs axion vortices"), "{report}");
     assert!(report.contains("## Physical statistics") && report.contains("physics/radial_profile.png"));
+    assert!(report.contains("95% CI [") && report.contains("(5 bootstrap resamples)"), "{report}");
     assert!(run.join("physics/radial_profile.png").is_file());
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use gen_metrics::physics::PhysicsComparison;
-use gen_metrics::{evaluate_features, EvalConfig, FidInfinityConfig, GaussianStats, KidConfig};
+use gen_metrics::{evaluate_features, BootstrapConfig, EvalConfig, FidInfinityConfig, GaussianStats, KidConfig};
 use indicatif::ProgressBar;
 use lensing_diffusion::evaluate::{features_of_path, images_of_path, load_extractor};
 use ndarray::Array2;
@@ -76,6 +76,15 @@ pub struct Args {
     /// Smallest subset size of FID-infinity.
     #[arg(long, default_value_t = 5000)]
     pub(crate) fid_inf_min: usize,
+    /// Bootstrap resamples behind the 95% intervals of FID and KID (0 to 100000; 0: no
+    /// intervals). Both sets are resampled with replacement and the metrics recomputed: two runs
+    /// evaluated on as many images whose intervals do not overlap differ by more than the draw
+    /// of images. The default 100 is the usual minimum for a 95% interval (its ends move by ~0.3
+    /// of the metric's spread between seeds); on 1,000 x 512 features per set it took 7-8 s for
+    /// FID and 0.2 s for KID on 2 cores shared with other builds, growing linearly with the rows
+    /// for FID and quadratically for KID (5,000 rows per set: 18 s and 2.4 s).
+    #[arg(long, default_value_t = 100, value_parser = count(0, MAX_STEPS))]
+    pub(crate) bootstrap: usize,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -170,6 +179,11 @@ pub fn run(a: Args) -> CmdResult {
             min_size: a.fid_inf_min,
             seed: a.seed,
             ..Default::default()
+        }),
+        bootstrap: (a.bootstrap > 0).then(|| BootstrapConfig {
+            resamples: a.bootstrap,
+            seed: a.seed,
+            ..BootstrapConfig::default()
         }),
         seed: a.seed,
     };

@@ -33,7 +33,14 @@ pub struct Kid {
     /// Mean over subsets of the unbiased MMD^2.
     pub mean: f64,
     /// Standard deviation over subsets (`ddof = 0`, as torch-fidelity); 0 for one subset.
+    /// It measures how much the subsets disagree, not how far the KID is from the truth; for an
+    /// error bar see [`crate::bootstrap::kid_interval`].
     pub std: f64,
+    /// Whether every subset held both whole sets (`subset_size` at least both set sizes): the
+    /// subsets are then the same rows reordered, `mean` is the full-set unbiased MMD^2
+    /// (computed once) and `std` is 0 by construction, not a measured spread.
+    #[serde(default)]
+    pub whole_sets: bool,
 }
 
 /// Unbiased MMD^2 between two whole sets with the cubic kernel (one "subset" = everything).
@@ -74,9 +81,14 @@ pub fn kid(real: ArrayView2<'_, f64>, generated: ArrayView2<'_, f64>, cfg: &KidC
             reason: "need at least one subset of at least 2 rows".into(),
         });
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (nr, ng) = (real.nrows(), generated.nrows());
     let (mr, mg) = (cfg.subset_size.min(nr), cfg.subset_size.min(ng));
+    if (mr, mg) == (nr, ng) {
+        // Every subset would be both whole sets reordered: the same MMD^2 each time.
+        let mean = mmd2(&crate::linalg::standard(real), &crate::linalg::standard(generated));
+        return Ok(Kid { mean, std: 0.0, whole_sets: true });
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut vals = Vec::with_capacity(cfg.num_subsets.min(1 << 16));
     for _ in 0..cfg.num_subsets {
         let ir = rand::seq::index::sample(&mut rng, nr, mr).into_vec();
@@ -86,5 +98,5 @@ pub fn kid(real: ArrayView2<'_, f64>, generated: ArrayView2<'_, f64>, cfg: &KidC
     let k = vals.len() as f64;
     let mean = vals.iter().sum::<f64>() / k;
     let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / k;
-    Ok(Kid { mean, std: var.sqrt() })
+    Ok(Kid { mean, std: var.sqrt(), whole_sets: false })
 }

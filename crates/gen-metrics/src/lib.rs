@@ -10,6 +10,8 @@
 //!   one streamed, tiled Gram pass), Monte-Carlo RKE, RRKE, Vendi.
 //! - [`kid`]: KID (unbiased MMD^2, cubic kernel, seeded subsets, mean and std).
 //! - [`prdc`]: precision / recall / density / coverage (prdc conventions).
+//! - [`bootstrap`]: seeded bootstrap confidence intervals of FID and KID (both sets resampled
+//!   with replacement), so that two runs can be told apart from the noise of the sample.
 //! - [`report`]: [`evaluate_features`] computes everything `lensing-diffusion evaluate` reports
 //!   (JSON keys `fid`, `rke_real`, `rke_generated`, `rrke`, `vendi_generated`, `kid`, ...)
 //!   and the real-vs-real noise floor ([`real_vs_real`]).
@@ -39,6 +41,7 @@
 //! burn's `Backend` / `AutodiffBackend`).
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod error;
 pub mod features;
 pub mod frechet;
@@ -51,6 +54,7 @@ mod simd;
 mod symeig;
 pub use physics::{ImageStats, PhysicsComparison, PhysicsSet, StatComparison};
 
+pub use bootstrap::{fid_interval, kid_interval, BootstrapConfig, Interval};
 pub use error::{MetricsError, Result};
 pub use features::{load_features_npy, load_features_npy_with_max_dim, MAX_FEATURE_DIM};
 pub use frechet::{

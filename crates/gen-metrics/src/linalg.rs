@@ -34,20 +34,38 @@ pub(crate) fn standard(x: ArrayView2<'_, f64>) -> Array2<f64> {
 /// rows) and accumulated with a triangular (syrk-like) product, then the lower triangle is
 /// mirrored. For `n = 10,000, d = 2,048` this saves the 164 MB centred copy and two passes over it.
 pub(crate) fn centered_gram(x: ArrayView2<'_, f64>, mean: &[f64], alpha: f64) -> Array2<f64> {
+    weighted_centered_gram(x, None, mean, alpha)
+}
+
+/// [`centered_gram`] with row `i` counted `counts[i]` times: `alpha * sum_i c_i (x_i - mean)
+/// (x_i - mean)^T`. A bootstrap resample's scatter matrix, from the multiplicities of the rows
+/// instead of a copy of the resample: rows with `c_i = 0` (about 37% of them) are skipped and
+/// the others scaled by `sqrt(c_i)`, which keeps the product symmetric (one triangular gemm).
+pub(crate) fn weighted_centered_gram(
+    x: ArrayView2<'_, f64>,
+    counts: Option<&[u32]>,
+    mean: &[f64],
+    alpha: f64,
+) -> Array2<f64> {
     use rayon::prelude::*;
     const CHUNK: usize = 1024;
-    let (n, d) = x.dim();
+    let d = x.ncols();
+    // (row, scale) of every row that enters the sum; scale 1 multiplies exactly, so the
+    // unweighted matrix is the same to the bit as without weights.
+    let rows: Vec<(usize, f64)> = match counts {
+        Some(c) => c.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i, f64::from(c).sqrt())).collect(),
+        None => (0..x.nrows()).map(|i| (i, 1.0)).collect(),
+    };
     let mut out = Array2::<f64>::zeros((d, d));
-    let mut buf = vec![0.0f64; CHUNK.min(n) * d];
-    for (k, start) in (0..n).step_by(CHUNK).enumerate() {
-        let rows = CHUNK.min(n - start);
-        let block = &mut buf[..rows * d];
-        block.par_chunks_mut(d).enumerate().for_each(|(i, r)| {
-            for ((o, v), m) in r.iter_mut().zip(x.row(start + i).iter()).zip(mean) {
-                *o = v - m;
+    let mut buf = vec![0.0f64; CHUNK.min(rows.len()) * d];
+    for (k, block_rows) in rows.chunks(CHUNK).enumerate() {
+        let block = &mut buf[..block_rows.len() * d];
+        block.par_chunks_mut(d).zip(block_rows.par_iter()).for_each(|(r, &(i, w))| {
+            for ((o, v), m) in r.iter_mut().zip(x.row(i).iter()).zip(mean) {
+                *o = (v - m) * w;
             }
         });
-        let b = MatRef::from_row_major_slice(block, rows, d);
+        let b = MatRef::from_row_major_slice(block, block_rows.len(), d);
         triangular::matmul(
             view_mut(&mut out),
             BlockStructure::TriangularLower,

@@ -152,7 +152,7 @@ fn kid_seeded_and_report_json() {
     let cfg = KidConfig { num_subsets: 20, subset_size: 100, seed: 5 };
     let k1 = kid(a.view(), b.view(), &cfg).unwrap();
     assert_eq!(k1, kid(a.view(), b.view(), &cfg).unwrap());
-    assert!(k1.std > 0.0 && k1.mean > 0.0);
+    assert!(k1.std > 0.0 && k1.mean > 0.0 && !k1.whole_sets);
     let ec = EvalConfig { bandwidths: vec![2.0, 4.0], kid: cfg, vendi_max_n: 200, ..EvalConfig::default() };
     let r = evaluate_features(a.view(), b.view(), None, &ec).unwrap();
     assert_eq!((r.n_real, r.n_generated, r.dim, r.vendi_n), (400, 300, 10, 200));

@@ -72,6 +72,10 @@ fn kid_full_matches() {
     let k = kid(a.view(), b.view(), &KidConfig { num_subsets: 1, subset_size: 10_000, seed: 3 }).unwrap();
     close(k.mean, e["kid_full"].as_f64().unwrap(), 1e-9, "kid one subset");
     assert_eq!(k.std, 0.0);
+    assert!(k.whole_sets);
+    // Many subsets that each cover both sets are one computation, not a spread.
+    let many = kid(a.view(), b.view(), &KidConfig { num_subsets: 100, subset_size: 10_000, seed: 3 }).unwrap();
+    assert_eq!((many.mean, many.std, many.whole_sets), (m, 0.0, true));
 }
 
 #[test]
