@@ -122,6 +122,21 @@ pub fn train_classifier<B: AutodiffBackend>(
             reason: format!("must be < {}", extractor.num_classes),
         });
     }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(MetricsError::InvalidParameter {
+            name: "lr",
+            value: cfg.lr.to_string(),
+            reason: "must be finite and > 0".into(),
+        });
+    }
+    // An empty held-out set would report a NaN accuracy.
+    if heldout.dim().0 == 0 {
+        return Err(MetricsError::InvalidParameter {
+            name: "heldout",
+            value: "0 images".into(),
+            reason: "need held-out images to measure accuracy".into(),
+        });
+    }
     if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
         return Err(MetricsError::InvalidParameter {
             name: "train",
@@ -181,4 +196,44 @@ pub fn train_classifier<B: AutodiffBackend>(
     };
     let info = serde_json::to_value(&report).ok();
     Ok((FeatureExtractor { model, config: extractor, info }, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use ndarray::Array3;
+
+    /// Settings that cannot train or cannot be scored are refused before the network is built,
+    /// naming the setting.
+    #[test]
+    fn bad_settings_are_typed_errors() {
+        let images = Array3::<f32>::zeros((4, 8, 8));
+        let labels = [0, 1, 2, 0];
+        let ex = ExtractorConfig { image_size: 8, ..ExtractorConfig::default() };
+        let run = |heldout: &Array3<f32>, heldout_labels: &[usize], cfg: TrainConfig| {
+            train_classifier::<Autodiff<Flex>>(
+                images.view(),
+                &labels,
+                heldout.view(),
+                heldout_labels,
+                ex.clone(),
+                &cfg,
+                &Default::default(),
+                |_, _, _| {},
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        for lr in [f64::NAN, f64::INFINITY, 0.0, -1e-3] {
+            let e = run(&images, &labels, TrainConfig { lr, ..TrainConfig::default() });
+            assert!(e.contains("lr"), "lr {lr}: {e}");
+        }
+        let empty = Array3::<f32>::zeros((0, 8, 8));
+        let e = run(&empty, &[], TrainConfig::default());
+        assert!(e.contains("heldout"), "{e}");
+        let e = run(&images, &labels, TrainConfig { epochs: 0, ..TrainConfig::default() });
+        assert!(e.contains("epochs = 0"), "{e}");
+    }
 }
