@@ -35,8 +35,8 @@ pub struct Args {
     /// Network input size (images are resized to it; 8 to 4096).
     #[arg(long, default_value_t = 64, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: usize,
-    /// Epochs.
-    #[arg(long, default_value_t = 8)]
+    /// Epochs (1 to 100000).
+    #[arg(long, default_value_t = 8, value_parser = count(1, MAX_STEPS))]
     pub(crate) epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32, value_parser = count(1, MAX_STEPS))]
