@@ -1,9 +1,10 @@
 //! Every checkpoint error, on small crafted files.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
+mod common;
+use common::write_safetensors;
 use unet::{load_checkpoint, read_state_dict, Unet, UnetConfig, UnetError, Weights};
 
 type B = Flex;
@@ -24,22 +25,6 @@ fn fixture_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     m.torch_state_dict()
 }
 
-/// Writes tensors as a safetensors file (PyTorch names), as `safetensors.torch.save_file` would.
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(k, s, b)| {
-            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
-        })
-        .collect();
-    let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
 fn load(path: &Path, config: Option<&UnetConfig>) -> UnetError {
     load_checkpoint::<B>(path, Weights::Model, config, &Default::default()).unwrap_err()
 }
@@ -50,7 +35,7 @@ fn missing_keys_are_listed() {
     let path = dir.path().join("missing.safetensors");
     let t: Vec<_> =
         fixture_tensors().into_iter().filter(|(k, _, _)| k != "mid_attn.mem_kv" && k != "final_conv.bias").collect();
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     match load(&path, Some(&fixture_config())) {
         UnetError::MissingKeys { keys, path: p } => {
             assert_eq!(keys, vec!["mid_attn.mem_kv".to_string(), "final_conv.bias".to_string()]);
@@ -66,7 +51,7 @@ fn unexpected_keys_are_listed() {
     let path = dir.path().join("extra.safetensors");
     let mut t = fixture_tensors();
     t.push(("mid_attn.extra_bias".into(), vec![3], vec![0.0; 3]));
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     let e = load(&path, None);
     match &e {
         UnetError::UnexpectedKeys { keys, .. } => {
@@ -87,7 +72,7 @@ fn shape_mismatches_name_key_expected_and_found() {
             *s = vec![1, 16];
         }
     }
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     let e = load(&path, Some(&fixture_config()));
     match &e {
         UnetError::ShapeMismatch { mismatches, .. } => {
@@ -179,7 +164,7 @@ fn ema_from_a_file_without_ema_weights() {
 fn a_file_without_a_unet() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.safetensors");
-    write_safetensors(&path, &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])]);
+    write_safetensors(&path, &[("encoder.weight".into(), vec![2, 2], vec![1.0; 4])], None);
     let e = load(&path, None);
     assert!(matches!(e, UnetError::WrongContents { .. }), "{e}");
     assert!(e.to_string().contains("init_conv.weight"), "{e}");
@@ -205,7 +190,7 @@ fn nested_and_prefixed_state_dicts() {
     };
     // A Lightning-style `{"state_dict": unet.state_dict()}`, flattened.
     let path = dir.path().join("nested.safetensors");
-    write_safetensors(&path, &prefixed("state_dict."));
+    write_safetensors(&path, &prefixed("state_dict."), None);
     let sd = read_state_dict(&path, Weights::Model).unwrap();
     assert_eq!(sd.prefix(), "state_dict.");
     assert_eq!(sd.infer_config().unwrap(), fixture_config());
@@ -214,21 +199,21 @@ fn nested_and_prefixed_state_dicts() {
     let path = dir.path().join("diffusion.safetensors");
     let mut t = prefixed("model.");
     t.push(("betas".into(), vec![4], vec![0.1; 4]));
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     let sd = read_state_dict(&path, Weights::Model).unwrap();
     assert_eq!((sd.prefix(), sd.len()), ("model.", base.len()));
     // Two U-Nets under unknown prefixes: refuse to guess.
     let path = dir.path().join("two.safetensors");
     let mut t = prefixed("a.");
     t.extend(prefixed("b."));
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     let e = read_state_dict(&path, Weights::Model).unwrap_err();
     assert!(e.to_string().contains("`a.`, `b.`"), "{e}");
     // EMA weights under an `ema_model.` prefix are found when asked for.
     let path = dir.path().join("ema.safetensors");
     let mut t = prefixed("ckpt.ema.ema_model.model.");
     t.extend(prefixed("ckpt.model.model."));
-    write_safetensors(&path, &t);
+    write_safetensors(&path, &t, None);
     assert_eq!(read_state_dict(&path, Weights::Ema).unwrap().prefix(), "ckpt.ema.ema_model.model.");
     assert_eq!(read_state_dict(&path, Weights::Model).unwrap().prefix(), "ckpt.model.model.");
 }

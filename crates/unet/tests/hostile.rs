@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use proptest::prelude::*;
+mod common;
+
 use unet::{infer_config, load_checkpoint, read_metadata, PytorchLimits, UnetConfig, UnetError, Weights};
 
 type B = Flex;
@@ -257,21 +259,10 @@ mod metadata_configs {
     fn a_safetensors_config_larger_than_its_tensors_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let model = load(&fixture("unet_state_dict.pth")).unwrap();
-        let tensors = model.torch_state_dict();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .iter()
-            .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-            .iter()
-            .map(|(k, s, b)| {
-                (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
-            })
-            .collect();
         let big = serde_json::to_string(&UnetConfig::new(4096, vec![1, 2, 4, 8], 1)).unwrap();
         let meta = std::collections::HashMap::from([(unet::CONFIG_METADATA_KEY.to_string(), big)]);
         let p = dir.path().join("big.safetensors");
-        std::fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        crate::common::write_safetensors(&p, &model.torch_state_dict(), Some(meta));
         let t = std::time::Instant::now();
         let e = load(&p).unwrap_err();
         assert!(matches!(e, UnetError::MissingKeys { .. } | UnetError::ShapeMismatch { .. }), "{e}");
