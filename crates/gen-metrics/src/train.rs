@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MetricsError, Result};
 use crate::extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
 
+/// burn draws initial weights from one process-wide generator per backend, seeded by `B::seed`;
+/// held from the seed to the last draw, this keeps two classifiers created at once on different
+/// threads from interleaving their draws (same seed, same weights).
+static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Settings of [`train_classifier`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -145,8 +150,11 @@ pub fn train_classifier<B: AutodiffBackend>(
         });
     }
     let t0 = std::time::Instant::now();
-    B::seed(device, cfg.seed);
-    let mut model = ResNet18::<B>::new(extractor.num_classes, device);
+    let mut model = {
+        let _one_at_a_time = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        ResNet18::<B>::new(extractor.num_classes, device)
+    };
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
