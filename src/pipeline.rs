@@ -34,7 +34,7 @@ use crate::classifier::{heldout_accuracy, ExtractorRecipe};
 use crate::conditional::{class_consistency, per_class_metrics, ClassConsistency, ClassMetrics, SweepPoint};
 use crate::config::{Preset, TrainConfig};
 use crate::error::Error;
-use crate::run::{run, RunOptions, RunSummary};
+use crate::run::{run, RunOptions, RunSummary, StopReason};
 use crate::sample::{generate, Conditioning, SampleOptions};
 use crate::trainer::Trainer;
 use crate::tstr::{class_matched, train_synthetic_test_real, Labelled, Tstr};
@@ -68,9 +68,10 @@ pub struct PipelineOptions {
     pub preset: Preset,
     /// Image size (overrides the preset).
     pub image_size: Option<usize>,
-    /// Optimizer steps (overrides the preset).
+    /// Optimizer steps; `None` fits the run's length to `train_minutes` (see
+    /// [`crate::run::fit_steps`]).
     pub steps: Option<usize>,
-    /// Training time budget.
+    /// Training time budget in minutes: the length of a fitted run, a cap on one with `steps`.
     pub train_minutes: f64,
     /// The sampler.
     pub sampler: Sampler,
@@ -115,7 +116,7 @@ impl Default for PipelineOptions {
             preset: Preset::Small,
             image_size: None,
             steps: None,
-            train_minutes: 10.0,
+            train_minutes: 11.0,
             sampler: Sampler::DpmSolverPp2M { steps: 10 },
             sample_batch: 100,
             sample_threads: None,
@@ -361,6 +362,7 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
             time_budget: Some(Duration::from_secs_f64(opts.train_minutes * 60.0)),
             interrupt: None,
             progress: show,
+            fit_to_budget: opts.steps.is_none(),
         };
         Ok(run(&mut trainer, &train, &ro)?)
     })?;
@@ -589,6 +591,20 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
     Ok(outcome)
 }
 
+/// How the run's length came about, for the report.
+fn steps_note(s: &RunSummary, minutes: f64) -> String {
+    match (s.reason, s.fitted_steps) {
+        (StopReason::TimeBudget, Some(n)) => {
+            format!(
+                " (of {n} fitted to the {minutes}-minute budget: the machine slowed down and the budget stopped it)"
+            )
+        }
+        (StopReason::TimeBudget, None) => format!(" (stopped by the {minutes}-minute budget)"),
+        (_, Some(n)) => format!(" (fitted to the {minutes}-minute budget; `--steps {n}` repeats the run exactly)"),
+        _ => String::new(),
+    }
+}
+
 /// What the sampler starts from, shown as an image: `N(0, 1)` mapped to `[0, 1]` and clipped.
 pub fn noise_baseline(n: usize, size: usize, seed: u64) -> Array3<f32> {
     let mut rng = DiffusionRng::seed_from_u64(seed ^ 0x0150_15E0);
@@ -628,6 +644,8 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "dim": r.dim,
         "train_seconds": s.train_seconds,
         "train_steps": s.steps,
+        "train_steps_fitted": s.fitted_steps,
+        "train_stop": format!("{:?}", s.reason),
         "train_images_per_second": s.images_per_second,
         "final_loss": s.final_loss,
         "timings_seconds": o.timings.0.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -654,7 +672,7 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     let mut m = String::new();
     m.push_str(&format!("# Pipeline report: `{name}`\n\n"));
     m.push_str(&format!(
-        "{} training images ({}x{}), U-Net {} ({} parameters), {} steps in {:.0} s ({:.1} images/s, final loss {:.4}); \
+        "{} training images ({}x{}), U-Net {} ({} parameters), {} steps{} in {:.0} s ({:.1} images/s, final loss {:.4}); \
          {} images generated with {}; backend {}.\n\n",
         o.n_train,
         config.image_size,
@@ -662,6 +680,7 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
         config.unet.describe(),
         config.unet.num_params(),
         s.steps,
+        steps_note(s, opts.train_minutes),
         s.train_seconds,
         s.images_per_second,
         s.final_loss,

@@ -42,6 +42,8 @@ pub struct RunSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// Loss of the final step.
     pub final_loss: f32,
+    /// The length fitted to the time budget ([`RunOptions::fit_to_budget`]), when it was.
+    pub fitted_steps: Option<usize>,
 }
 
 /// Options of [`run`].
@@ -54,6 +56,40 @@ pub struct RunOptions<'a> {
     pub interrupt: Option<&'a AtomicBool>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Fit `total_steps` to `time_budget` from the speed of the first steps, measured within the
+    /// learning rate's warm-up (see [`fit_steps`]); the budget still stops the run if the machine
+    /// slows down later. Only a fresh run (step 0) is fitted; a resumed one keeps its length.
+    pub fit_to_budget: bool,
+}
+
+/// First step of the timed window: the first steps also allocate and warm caches.
+const FIT_FROM: usize = 3;
+/// Last step of the timed window, unless the warm-up ends earlier.
+const FIT_UNTIL: usize = 40;
+/// Shortest timed window that is trusted.
+const FIT_MIN_WINDOW: usize = 5;
+
+/// The run length that fills a time budget: `done` steps taken in `elapsed` seconds, then
+/// `per_step` seconds each. 3% of the remaining time is kept back for checkpoints and jitter,
+/// and the result is rounded down to a multiple of 10 (a length people can type), never below
+/// `done + 1`.
+pub fn fit_steps(done: usize, elapsed: f64, per_step: f64, budget: f64) -> usize {
+    let remaining = (budget - elapsed).max(0.0) * 0.97;
+    let extra = if per_step > 0.0 && per_step.is_finite() { (remaining / per_step).floor() as usize } else { 0 };
+    let n = (done + extra) / 10 * 10;
+    n.max(done + 1)
+}
+
+/// The window of steps whose speed sets the fitted length, or why there is none.
+fn fit_window(config: &crate::config::TrainConfig) -> Result<(usize, usize), String> {
+    let until = if config.cosine_decay { config.warmup_steps.min(FIT_UNTIL) } else { FIT_UNTIL };
+    if until < FIT_FROM + FIT_MIN_WINDOW {
+        return Err(format!(
+            "the warm-up ({} steps) is too short to time before the cosine decay starts",
+            config.warmup_steps
+        ));
+    }
+    Ok((FIT_FROM, until))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -172,6 +208,16 @@ pub fn run<B: UnetAutodiffBackend>(
     let mut final_loss = f32::NAN;
     let mut reason = StopReason::Finished;
     let batch = trainer.config().batch_size;
+    let mut total = total;
+    // (first timed step, last timed step, time at the first) while the length is being fitted.
+    let mut fitting: Option<(usize, usize, Option<f64>)> = None;
+    let mut fitted_steps = None;
+    if let (true, Some(_), 0) = (opts.fit_to_budget, opts.time_budget, first_step) {
+        match fit_window(trainer.config()) {
+            Ok((from, until)) => fitting = Some((from, until, None)),
+            Err(why) => bar.println(format!("not fitting the steps to the time budget: {why}")),
+        }
+    }
     while trainer.step() < total {
         if opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
             reason = StopReason::Interrupted;
@@ -195,6 +241,27 @@ pub fn run<B: UnetAutodiffBackend>(
             Err(e) => return Err(e),
         };
         final_loss = stats.loss;
+        if let (Some((from, until, t0)), Some(budget)) = (&mut fitting, opts.time_budget) {
+            let now = start.elapsed().as_secs_f64();
+            if stats.step == *from {
+                *t0 = Some(now);
+            } else if stats.step == *until {
+                let per_step = (now - t0.unwrap_or(0.0)) / (*until - *from) as f64;
+                let n = fit_steps(stats.step, now, per_step, budget.as_secs_f64());
+                trainer.set_total_steps(n)?;
+                total = n;
+                fitted_steps = Some(n);
+                bar.set_length(n as u64);
+                bar.println(format!(
+                    "{n} steps fit the {:.1}-minute budget ({:.0} ms per step); `--steps {n}` repeats this run exactly",
+                    budget.as_secs_f64() / 60.0,
+                    per_step * 1e3
+                ));
+                let json = serde_json::to_string_pretty(trainer.config()).expect("serialisable");
+                atomic_file::write(&config_path, json.as_bytes()).map_err(io_err(&config_path))?;
+                fitting = None;
+            }
+        }
         writeln!(log_file, "{},{}", stats.step, stats.loss).map_err(io_err(&log_path))?;
         log.push((stats.step, stats.loss));
         let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -228,5 +295,6 @@ pub fn run<B: UnetAutodiffBackend>(
         images_per_second: (trainer.step() - first_step) as f64 * batch as f64 / train_seconds.max(1e-9),
         last_checkpoint,
         final_loss,
+        fitted_steps,
     })
 }

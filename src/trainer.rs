@@ -225,6 +225,26 @@ impl<B: UnetAutodiffBackend> Trainer<B> {
         self.config.total_steps = self.config.total_steps.max(total_steps);
     }
 
+    /// Sets the run's length while no step taken so far depended on it: within the learning
+    /// rate's warm-up, or at any point without cosine decay. The run then is step for step the
+    /// run configured with `total_steps` from the start, which is what makes a length fitted to a
+    /// time budget reproducible (see [`crate::run::fit_steps`]).
+    pub fn set_total_steps(&mut self, total_steps: usize) -> Result<()> {
+        let value = format!("{total_steps} (at step {}, warm-up {})", self.step, self.config.warmup_steps);
+        if total_steps <= self.step {
+            return Err(TrainError::Config { field: "total_steps", value, reason: "must be more than the steps done" });
+        }
+        if self.config.cosine_decay && self.step > self.config.warmup_steps {
+            return Err(TrainError::Config {
+                field: "total_steps",
+                value,
+                reason: "the learning rate's cosine decay has used the old length since the warm-up ended",
+            });
+        }
+        self.config.total_steps = total_steps;
+        Ok(())
+    }
+
     /// The batch for optimizer step `step + 1` (mid-epoch if needed), with its labels when the
     /// model is class-conditional.
     pub fn batch_for_step(&self, data: &ImageSet, step: usize) -> Result<(Tensor<B, 4>, Option<Vec<usize>>)> {

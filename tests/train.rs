@@ -80,7 +80,8 @@ fn run_writes_logs_checkpoints_and_resumes_through_the_driver() {
     cfg.sample_steps = 3;
     cfg.keep_last = 1;
     let mut t = Trainer::<B>::new(cfg, &device).unwrap();
-    let opts = RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false };
+    let opts =
+        RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false, fit_to_budget: false };
     let s = run(&mut t, &data, &opts).unwrap();
     assert_eq!((s.reason, s.steps), (StopReason::Finished, 6));
     for f in ["config.json", "loss.csv", "loss.png", "samples/step-0000003.png", "samples/step-0000006.png"] {
@@ -115,7 +116,8 @@ fn non_finite_loss_stops_with_a_clear_error() {
     cfg.batch_size = 8;
     let mut t = Trainer::<B>::new(cfg, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false };
+    let opts =
+        RunOptions { out_dir: dir.path(), time_budget: None, interrupt: None, progress: false, fit_to_budget: false };
     let e = run(&mut t, &data, &opts).unwrap_err();
     assert!(matches!(e, TrainError::NonFiniteLoss { step: 1, .. }), "{e}");
     assert!(e.to_string().contains("non-finite") && e.to_string().contains("no checkpoint"), "{e}");
@@ -195,4 +197,82 @@ fn schedules_and_validation() {
     let mut bad = TrainConfig::small();
     bad.lr = f64::NAN;
     assert!(bad.validate().unwrap_err().to_string().contains("`lr`"));
+}
+
+#[test]
+fn a_length_set_within_the_warm_up_gives_the_run_configured_with_it() {
+    let device = Default::default();
+    let data = data();
+    let mut cfg = tiny_config();
+    cfg.warmup_steps = 4;
+    cfg.total_steps = 9;
+    let mut fixed = Trainer::<B>::new(cfg.clone(), &device).unwrap();
+    let reference = losses(&mut fixed, &data, 9);
+
+    // Started as a 30-step run, shortened to 9 at the end of the warm-up.
+    cfg.total_steps = 30;
+    let mut fitted = Trainer::<B>::new(cfg, &device).unwrap();
+    let mut l = losses(&mut fitted, &data, 4);
+    fitted.set_total_steps(9).unwrap();
+    l.extend(losses(&mut fitted, &data, 9));
+    assert_eq!(l, reference, "loss trajectory");
+    assert_eq!(ema_values(&fitted), ema_values(&fixed), "EMA weights");
+
+    // Past the warm-up the cosine decay has used the length: changing it is refused, as is a
+    // length at or below the steps done.
+    let e = fitted.set_total_steps(20).unwrap_err();
+    assert!(matches!(e, TrainError::Config { field: "total_steps", .. }) && e.to_string().contains("cosine"), "{e}");
+    let mut c = tiny_config();
+    c.cosine_decay = false;
+    let mut t = Trainer::<B>::new(c, &device).unwrap();
+    losses(&mut t, &data, 5);
+    assert!(t.set_total_steps(5).unwrap_err().to_string().contains("more than the steps done"));
+    t.set_total_steps(7).unwrap();
+    assert_eq!(t.config().total_steps, 7);
+}
+
+#[test]
+fn fitted_lengths_fill_the_budget_and_round_down() {
+    use lensing_diffusion::run::fit_steps;
+    // 40 steps in 10 s, then 0.25 s per step, budget 100 s: 0.97 * 90 / 0.25 = 349.2 more steps.
+    assert_eq!(fit_steps(40, 10.0, 0.25, 100.0), 380);
+    // The budget already spent: one more step than done, never fewer.
+    assert_eq!(fit_steps(40, 120.0, 0.25, 100.0), 41);
+    assert_eq!(fit_steps(40, 10.0, 0.0, 100.0), 41);
+    assert_eq!(fit_steps(40, 10.0, f64::NAN, 100.0), 41);
+}
+
+#[test]
+fn a_run_fitted_to_its_budget_records_the_length_it_chose() {
+    let device = Default::default();
+    let data = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config();
+    cfg.warmup_steps = 12;
+    cfg.total_steps = 1_000_000;
+    cfg.checkpoint_every = 1_000_000;
+    let mut t = Trainer::<B>::new(cfg, &device).unwrap();
+    let opts = RunOptions {
+        out_dir: dir.path(),
+        time_budget: Some(std::time::Duration::from_secs(2)),
+        interrupt: None,
+        progress: false,
+        fit_to_budget: true,
+    };
+    let s = run(&mut t, &data, &opts).unwrap();
+    let n = s.fitted_steps.expect("fitted within the warm-up");
+    assert!(n > 12 && n < 1_000_000, "{n}");
+    // Normally the fitted length is reached; a machine that slowed down stops at the budget.
+    assert!(s.reason == StopReason::Finished && s.steps == n || s.reason == StopReason::TimeBudget, "{s:?}");
+    let saved: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved.total_steps, n, "config.json gives the fitted length");
+
+    // A warm-up too short to time leaves the length alone.
+    let mut c = tiny_config();
+    c.total_steps = 8;
+    let mut t = Trainer::<B>::new(c, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(&mut t, &data, &RunOptions { out_dir: dir.path(), ..opts }).unwrap();
+    assert_eq!((s.fitted_steps, s.steps), (None, 8));
 }

@@ -347,6 +347,7 @@ fn train_with<B: UnetAutodiffBackend>(device: B::Device, args: &Args, interrupt:
         time_budget: args.time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0)),
         interrupt: Some(interrupt),
         progress: true,
+        fit_to_budget: false,
     };
     let summary = run_training(&mut trainer, &data, &opts)?;
     eprintln!(
