@@ -117,7 +117,7 @@ impl Default for PipelineOptions {
             image_size: None,
             steps: None,
             train_minutes: 11.0,
-            sampler: Sampler::DpmSolverPp2M { steps: 10 },
+            sampler: Sampler::Ddim { steps: 50, eta: 1.0 },
             sample_batch: 100,
             sample_threads: None,
             extractor: None,

@@ -90,19 +90,27 @@ impl DiffusionArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct SamplerArgs {
     /// ddpm (all T steps), ddim, or dpmpp (DPM-Solver++ 2M); or a full spec with the step count,
-    /// `dpmpp:20`, `ddim:50:0.5`, which then wins over the step flag [default: dpmpp for
-    /// pipeline, ddim for sample].
+    /// `dpmpp:20`, `ddim:50:0.5`, which then wins over the step flag [default: ddim].
     #[arg(long)]
     pub sampler: Option<String>,
-    /// DDIM eta (0 = deterministic) [default: 0].
+    /// DDIM eta: 0 is deterministic, 1 adds the posterior's noise at every step as DDPM does.
+    /// Lensing images carry pixel noise, which only a stochastic sampler restores: on the main
+    /// job, eta 1 gave FID 12 where eta 0 and DPM-Solver++ gave 100-200 (docs/REALISM.md)
+    /// [default: 1 for pipeline, 0 (the reference's) for sample].
     #[arg(long, value_parser = non_negative)]
     pub eta: Option<f64>,
 }
 
 impl SamplerArgs {
-    /// The sampler these flags name, with `steps` model evaluations unless the spec says.
-    pub fn sampler(&self, default: SamplerKind, steps: usize) -> Result<Sampler, diffusion_core::DiffusionError> {
-        let eta = self.eta.unwrap_or(0.0);
+    /// The sampler these flags name, with `steps` model evaluations unless the spec says, and
+    /// `default_eta` unless `--eta` is given.
+    pub fn sampler(
+        &self,
+        default: SamplerKind,
+        steps: usize,
+        default_eta: f64,
+    ) -> Result<Sampler, diffusion_core::DiffusionError> {
+        let eta = self.eta.unwrap_or(default_eta);
         match self.sampler.as_deref() {
             Some(spec) if spec.contains(':') => spec.parse(),
             Some(kind) => Ok(kind.parse::<SamplerKind>()?.with_steps(steps, eta)),

@@ -164,11 +164,16 @@ mod tests {
             "9",
         ]);
         let Command::Pipeline(a) = c else { panic!("not pipeline") };
-        assert_eq!(
-            a.sampler.sampler(diffusion_core::SamplerKind::DpmSolverPp, a.sample_steps).unwrap(),
-            diffusion_core::Sampler::Ddim { steps: 12, eta: 0.0 }
-        );
+        assert_eq!(a.options().unwrap().sampler, diffusion_core::Sampler::Ddim { steps: 12, eta: 1.0 });
         assert_eq!(a.train_minutes, 0.5);
+
+        // The main job's defaults are the library's: stochastic DDIM in 50 steps, and a run
+        // length fitted to 11 minutes.
+        let Command::Pipeline(a) = parses(&["pipeline"]) else { panic!("not pipeline") };
+        let (o, d) = (a.options().unwrap(), lensing_diffusion::pipeline::PipelineOptions::default());
+        assert_eq!(o.sampler, diffusion_core::Sampler::Ddim { steps: 50, eta: 1.0 });
+        assert_eq!((o.sampler, o.steps, o.train_minutes), (d.sampler, d.steps, d.train_minutes));
+        assert_eq!((o.steps, o.train_minutes), (None, 11.0));
 
         let c = parses(&[
             "train",
@@ -294,7 +299,7 @@ mod tests {
         ]);
         let Command::Sample(a) = c else { panic!("not sample") };
         assert_eq!(
-            a.sampler.sampler(diffusion_core::SamplerKind::Ddim, a.steps).unwrap(),
+            a.sampler.sampler(diffusion_core::SamplerKind::Ddim, a.steps, 0.0).unwrap(),
             diffusion_core::Sampler::Ddim { steps: 10, eta: 0.5 }
         );
         parses(&["sample", "--checkpoint", "c.pth", "--sampler", "dpm-solver++", "--out", "s.npy"]);

@@ -147,7 +147,7 @@ fn sample_with<B: UnetBackend>(device: B::Device, args: &Args) -> CmdResult {
         );
     }
     let diffusion = GaussianDiffusion::new(resolved.diffusion.clone())?;
-    let sampler = args.sampler.sampler(SamplerKind::Ddim, args.steps)?;
+    let sampler = args.sampler.sampler(SamplerKind::Ddim, args.steps, 0.0)?;
     let channels = loaded.model.config().channels;
     let init: Option<Array4<f32>> = match &args.init_noise {
         Some(p) => {
