@@ -116,7 +116,7 @@ impl Default for PipelineOptions {
             preset: Preset::Small,
             image_size: None,
             steps: None,
-            train_minutes: 11.0,
+            train_minutes: 9.0,
             sampler: Sampler::Ddim { steps: 50, eta: 1.0 },
             sample_batch: 100,
             sample_threads: None,

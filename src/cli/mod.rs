@@ -168,12 +168,12 @@ mod tests {
         assert_eq!(a.train_minutes, 0.5);
 
         // The main job's defaults are the library's: stochastic DDIM in 50 steps, and a run
-        // length fitted to 11 minutes.
+        // length fitted to 9 minutes.
         let Command::Pipeline(a) = parses(&["pipeline"]) else { panic!("not pipeline") };
         let (o, d) = (a.options().unwrap(), lensing_diffusion::pipeline::PipelineOptions::default());
         assert_eq!(o.sampler, diffusion_core::Sampler::Ddim { steps: 50, eta: 1.0 });
         assert_eq!((o.sampler, o.steps, o.train_minutes), (d.sampler, d.steps, d.train_minutes));
-        assert_eq!((o.steps, o.train_minutes), (None, 11.0));
+        assert_eq!((o.steps, o.train_minutes), (None, 9.0));
 
         let c = parses(&[
             "train",

@@ -17,7 +17,7 @@ use super::CmdResult;
 ///
 /// Writes runs/NAME/report.md (image grids, loss curve, metrics, timings, configuration),
 /// runs/NAME/metrics.json and the training run in runs/NAME/train/. With no flags: 2,000
-/// simulated Model I images at 32x32, a small U-Net trained for as many steps as fit 11 minutes
+/// simulated Model I images at 32x32, a small U-Net trained for as many steps as fit 9 minutes
 /// on the CPU, 600 images sampled with stochastic DDIM (eta 1) in 50 steps.
 ///
 /// --conditional trains a class-conditional model on the three classes (no_sub, cdm, axion) and
@@ -65,7 +65,7 @@ pub struct Args {
     /// Training time budget in minutes. Without --steps the run's length is fitted to it (the
     /// default job then takes about 13 minutes on 2 cores); with --steps it stops the run early if
     /// reached first.
-    #[arg(long, default_value = "11", value_parser = minutes)]
+    #[arg(long, default_value = "9", value_parser = minutes)]
     pub(crate) train_minutes: f64,
     #[command(flatten)]
     pub(crate) sampler: SamplerArgs,
