@@ -136,6 +136,21 @@ impl Default for PipelineOptions {
 }
 
 impl PipelineOptions {
+    /// `pipeline --conditional`'s defaults: a class-conditional model and the same 15-minute
+    /// budget on 2 cores as the unconditional job. Guided sampling evaluates the model twice per
+    /// step, and the guidance sweep and train-synthetic-test-real come on top, so the training
+    /// budget is 5 minutes and 300 images are generated (100 per class), 90 per sweep point.
+    pub fn conditional() -> Self {
+        Self {
+            conditional: true,
+            num_generated: 300,
+            train_minutes: 5.0,
+            guidance_sweep: vec![1.0, 3.0, 5.0],
+            sweep_images: 90,
+            ..Self::default()
+        }
+    }
+
     /// Check the settings; the error names the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         let positive = [

@@ -165,15 +165,23 @@ mod tests {
         ]);
         let Command::Pipeline(a) = c else { panic!("not pipeline") };
         assert_eq!(a.options().unwrap().sampler, diffusion_core::Sampler::Ddim { steps: 12, eta: 1.0 });
-        assert_eq!(a.train_minutes, 0.5);
+        assert_eq!(a.options().unwrap().train_minutes, 0.5);
 
-        // The main job's defaults are the library's: stochastic DDIM in 50 steps, and a run
-        // length fitted to 9 minutes.
-        let Command::Pipeline(a) = parses(&["pipeline"]) else { panic!("not pipeline") };
-        let (o, d) = (a.options().unwrap(), lensing_diffusion::pipeline::PipelineOptions::default());
-        assert_eq!(o.sampler, diffusion_core::Sampler::Ddim { steps: 50, eta: 1.0 });
-        assert_eq!((o.sampler, o.steps, o.train_minutes), (d.sampler, d.steps, d.train_minutes));
-        assert_eq!((o.steps, o.train_minutes), (None, 9.0));
+        // The command's defaults are the library's, with and without --conditional: stochastic
+        // DDIM in 50 steps and a run length fitted to the time budget.
+        use lensing_diffusion::pipeline::PipelineOptions;
+        for (args, d) in [
+            (&["pipeline"][..], PipelineOptions::default()),
+            (&["pipeline", "--conditional", "--name", "c"][..], PipelineOptions::conditional()),
+        ] {
+            let Command::Pipeline(a) = parses(args) else { panic!("not pipeline") };
+            let o = a.options().unwrap();
+            assert_eq!(o.sampler, diffusion_core::Sampler::Ddim { steps: 50, eta: 1.0 });
+            assert_eq!(PipelineOptions { out: d.out.clone(), progress: d.progress, ..o }, d, "{args:?}");
+        }
+        let c = PipelineOptions::conditional();
+        assert_eq!((c.train_minutes, c.num_generated, c.sweep_images), (5.0, 300, 90));
+        assert_eq!(PipelineOptions::default().train_minutes, 9.0);
 
         let c = parses(&[
             "train",

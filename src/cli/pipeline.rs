@@ -45,9 +45,10 @@ pub struct Args {
     /// 2 to 10,000,000).
     #[arg(long, default_value_t = 1000, value_parser = count(2, MAX_IMAGES))]
     pub(crate) eval_images: usize,
-    /// Images to generate (2 to 10,000,000).
-    #[arg(long, default_value_t = 600, value_parser = count(2, MAX_IMAGES))]
-    pub(crate) num_generated: usize,
+    /// Images to generate (2 to 10,000,000) [default: 600; 300 with --conditional, whose guided
+    /// sampling costs two model evaluations per step].
+    #[arg(long, value_parser = count(2, MAX_IMAGES))]
+    pub(crate) num_generated: Option<usize>,
     /// Simulated image size before resizing (the field of view stays 7.5 arcsec; 8 to 4096).
     #[arg(long, default_value_t = 150, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) sim_num_pix: usize,
@@ -62,11 +63,12 @@ pub struct Args {
     /// (1 to 10,000,000).
     #[arg(long, value_parser = count(1, 10_000_000))]
     pub(crate) steps: Option<usize>,
-    /// Training time budget in minutes. Without --steps the run's length is fitted to it (the
-    /// default job then takes about 13 minutes on 2 cores); with --steps it stops the run early if
-    /// reached first.
-    #[arg(long, default_value = "9", value_parser = minutes)]
-    pub(crate) train_minutes: f64,
+    /// Training time budget in minutes [default: 9; 5 with --conditional, whose guided sampling,
+    /// sweep and TSTR take the rest]. Without --steps the run's length is fitted to it (the
+    /// default job then takes about 13 minutes on 2 cores); with --steps it stops the run early
+    /// if reached first.
+    #[arg(long, value_parser = minutes)]
+    pub(crate) train_minutes: Option<f64>,
     #[command(flatten)]
     pub(crate) sampler: SamplerArgs,
     /// Sampling steps (dpmpp / ddim; 1 to 100000).
@@ -98,12 +100,12 @@ pub struct Args {
     /// Conditional: guidance scale of the main sample.
     #[arg(long, default_value_t = 3.0)]
     pub(crate) cond_scale: f64,
-    /// Conditional: guidance scales of the sweep (comma-separated; empty to skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,5")]
-    pub(crate) guidance_sweep: Vec<f64>,
-    /// Conditional: images generated per sweep point.
-    #[arg(long, default_value_t = 300, value_parser = count(2, MAX_IMAGES))]
-    pub(crate) sweep_images: usize,
+    /// Conditional: guidance scales of the sweep (comma-separated; empty to skip) [default: 1,3,5].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) guidance_sweep: Option<Vec<f64>>,
+    /// Conditional: images generated per sweep point [default: 90].
+    #[arg(long, value_parser = count(2, MAX_IMAGES))]
+    pub(crate) sweep_images: Option<usize>,
     /// Conditional: epochs of each train-synthetic-test-real classifier (one trained on the
     /// generated images, one on as many real ones, at the training image size; 0 skips both).
     #[arg(long, default_value_t = DEFAULT_TSTR_EPOCHS, value_parser = count(0, MAX_STEPS))]
@@ -117,17 +119,18 @@ pub struct Args {
 
 impl Args {
     pub(crate) fn options(&self) -> Result<PipelineOptions, Box<dyn std::error::Error>> {
+        let d = if self.conditional { PipelineOptions::conditional() } else { PipelineOptions::default() };
         Ok(PipelineOptions {
             out: run_dir(&self.name),
             data: self.data.clone(),
             train_images: self.train_images,
             eval_images: self.eval_images,
-            num_generated: self.num_generated,
+            num_generated: self.num_generated.unwrap_or(d.num_generated),
             sim_num_pix: self.sim_num_pix,
             preset: self.preset,
             image_size: self.image_size,
             steps: self.steps,
-            train_minutes: self.train_minutes,
+            train_minutes: self.train_minutes.unwrap_or(d.train_minutes),
             sampler: self.sampler.sampler(SamplerKind::Ddim, self.sample_steps, 1.0)?,
             sample_batch: self.sample_batch,
             sample_threads: self.sample_threads,
@@ -138,8 +141,8 @@ impl Args {
             progress: true,
             conditional: self.conditional,
             cond_scale: self.cond_scale,
-            guidance_sweep: self.guidance_sweep.clone(),
-            sweep_images: self.sweep_images,
+            guidance_sweep: self.guidance_sweep.clone().unwrap_or(d.guidance_sweep),
+            sweep_images: self.sweep_images.unwrap_or(d.sweep_images),
             tstr_epochs: self.tstr_epochs,
             bootstrap: self.bootstrap,
         })
