@@ -45,21 +45,11 @@ pub struct Trainer<B: UnetAutodiffBackend> {
     pub(crate) device: B::Device,
 }
 
-/// burn draws initial weights from one process-wide generator per backend, seeded by `B::seed`:
-/// two trainers created at once on different threads would interleave their draws. Holding this
-/// lock from the seed to the last draw keeps "same seed, same weights" true in a multi-threaded
-/// program (and in tests, which run in parallel).
-static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 impl<B: UnetAutodiffBackend> Trainer<B> {
     /// A fresh run: random weights from `config.seed`.
     pub fn new(config: TrainConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
-        let model = {
-            let _one_at_a_time = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
-            B::seed(device, config.seed);
-            config.unet.init::<B>(device)?
-        };
+        let model = config.unet.init_seeded::<B>(config.seed, device)?;
         let ema = model.valid();
         let optim = Self::optimizer(&config);
         let diffusion = GaussianDiffusion::new(config.diffusion.clone())?;

@@ -16,10 +16,23 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MetricsError, Result};
 use crate::extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
 
-/// burn draws initial weights from one process-wide generator per backend, seeded by `B::seed`;
-/// held from the seed to the last draw, this keeps two classifiers created at once on different
-/// threads from interleaving their draws (same seed, same weights).
+/// burn draws initial weights from one process-wide generator per backend, seeded by `B::seed`,
+/// and lazily, at a parameter's first use. Held from the seed until every parameter is drawn
+/// ([`materialized`]), this keeps two classifiers created at once on different threads from
+/// interleaving their draws (same seed, same weights).
 static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Draws every lazily initialised parameter of `model` now.
+fn materialized<B: burn::tensor::backend::Backend>(model: ResNet18<B>) -> ResNet18<B> {
+    struct Touch;
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    burn::module::Module::visit(&model, &mut Touch);
+    model
+}
 
 /// Settings of [`train_classifier`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,7 +166,7 @@ pub fn train_classifier<B: AutodiffBackend>(
     let mut model = {
         let _one_at_a_time = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(device, cfg.seed);
-        ResNet18::<B>::new(extractor.num_classes, device)
+        materialized(ResNet18::<B>::new(extractor.num_classes, device))
     };
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);

@@ -331,8 +331,36 @@ impl UnetConfig {
     /// convolutions and linears, `N(0,1)` memory key/values, unit RMSNorm gains).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Unet<B>, UnetError> {
         self.validate()?;
-        Ok(Unet::new(self, device))
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(materialized(Unet::new(self, device)))
     }
+
+    /// [`UnetConfig::init`] from `seed`: the same seed gives the same weights, also while other
+    /// threads create networks.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Unet<B>, UnetError> {
+        self.validate()?;
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, seed);
+        Ok(materialized(Unet::new(self, device)))
+    }
+}
+
+/// burn draws initial weights from one process-wide generator per backend, seeded by `B::seed`,
+/// and draws them lazily, at a parameter's first use. Every U-Net is initialised under this lock
+/// and drawn in full before it is released, so no other thread's draws fall between a seed and
+/// the weights it makes.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Draws every lazily initialised parameter of `model` now.
+fn materialized<B: Backend>(model: Unet<B>) -> Unet<B> {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    burn::module::Module::visit(&model, &mut Touch);
+    model
 }
 
 impl Default for UnetConfig {
