@@ -362,13 +362,17 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
     }
     let mut trainer = Trainer::<B>::new(config.clone(), device)?;
     if show {
+        let length = match opts.steps {
+            Some(n) => {
+                format!("{n} steps, stopped early by the {:.1}-minute budget if it comes first", opts.train_minutes)
+            }
+            None => format!("as many steps as fit {:.1} min (timed during the warm-up)", opts.train_minutes),
+        };
         eprintln!(
-            "   U-Net {} ({} parameters), {} images {size}x{size}, up to {} steps or {:.1} min",
+            "   U-Net {} ({} parameters), {} images {size}x{size}, {length}",
             config.unet.describe(),
             config.unet.num_params(),
             train.len(),
-            config.total_steps,
-            opts.train_minutes
         );
     }
     let summary = timings.time("train", show, || {
