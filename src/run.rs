@@ -107,6 +107,12 @@ fn fit_window(config: &crate::config::TrainConfig) -> Result<(usize, usize), Str
     Ok((FIT_FROM, until))
 }
 
+/// The run's `config.json`, written whole (at the start, and again once the length is fitted).
+fn write_config(config: &crate::config::TrainConfig, path: &Path) -> Result<(), TrainError> {
+    let json = serde_json::to_string_pretty(config).expect("serialisable");
+    atomic_file::write(path, json.as_bytes()).map_err(io_err(path))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
@@ -191,8 +197,7 @@ pub fn run<B: UnetAutodiffBackend>(
     let out = opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
     let config_path = out.join("config.json");
-    let json = serde_json::to_string_pretty(trainer.config()).expect("serialisable");
-    atomic_file::write(&config_path, json.as_bytes()).map_err(io_err(&config_path))?;
+    write_config(trainer.config(), &config_path)?;
     let ckpt_dir = out.join("checkpoints");
     let log_path = out.join("loss.csv");
     // A resumed run truncates the log to its step so the curve has no duplicate segments; the
@@ -276,8 +281,7 @@ pub fn run<B: UnetAutodiffBackend>(
                     per_step * 1e3
                 ),
                 );
-                let json = serde_json::to_string_pretty(trainer.config()).expect("serialisable");
-                atomic_file::write(&config_path, json.as_bytes()).map_err(io_err(&config_path))?;
+                write_config(trainer.config(), &config_path)?;
                 fitting = None;
             }
         }
