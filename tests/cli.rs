@@ -94,6 +94,7 @@ fn out_of_range_flags_are_refused_with_flag_value_and_range() {
         (vec!["train", "--time-budget-min", "NaN"], "--time-budget-min", "NaN", "finite"),
         (vec!["train", "--time-budget-min=-3"], "--time-budget-min", "-3", "finite"),
         (vec!["pipeline", "--train-minutes", "inf"], "--train-minutes", "inf", "finite"),
+        (vec!["pipeline", "--steps", "0"], "--steps", "0", "1..=10000000"),
         (vec!["train", "--lr", "NaN"], "--lr", "NaN", "> 0"),
         (vec!["train-classifier", "--lr", "inf"], "--lr", "inf", "> 0"),
         (vec!["train-classifier", "--lr", "0"], "--lr", "0", "> 0"),
