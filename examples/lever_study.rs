@@ -167,11 +167,12 @@ fn main() -> Result<(), Error> {
     let base = TrainConfig::small();
     let size = base.image_size;
 
-    // The pipeline's data, extractor and reference rows, exactly as `pipeline` makes them.
+    // The pipeline's data and reference rows, exactly as `pipeline` makes them, and the 64x64
+    // extractor the study was measured with (its CSV rows stay comparable).
     let train = lensing_diffusion::data::simulate_resized(N_TRAIN, 150, size, &LensClass::ALL, SEED)?;
     let real = lensing_diffusion::data::simulate_resized(N_REAL, 150, size, &LensClass::ALL, SEED + 1_000_003)?;
     let ex: FeatureExtractor<Flex> =
-        lensing_diffusion::evaluate::load_extractor_for::<B>(None, &ExtractorRecipe::default(), &device, true)?;
+        lensing_diffusion::evaluate::load_extractor_for::<B>(None, &ExtractorRecipe::legacy_s64(), &device, true)?;
     let real_f = lensing_diffusion::evaluate::embed(&ex, real.images.view(), 100, "real", false)?;
     let half = N_REAL / 2;
     let floor =

@@ -2,7 +2,6 @@
 //! image size and extractor as the generated-vs-real row (issue 21). A generated set farther from
 //! the real one than CDM subhalos are from axion vortices cannot support a substructure study.
 
-use burn::tensor::backend::Backend;
 use gen_metrics::{frechet_distance_from_features, FeatureExtractor};
 use lens_data::simulate::LensClass;
 use serde::Serialize;
@@ -25,7 +24,7 @@ pub struct BetweenClasses {
 
 /// Simulates the four sets (each class from its own seed derived from `seed`), resizes them to
 /// `size` and measures both pairs on `ex`'s features.
-pub fn fid_between_classes<B: Backend>(
+pub fn fid_between_classes<B: gen_metrics::KernelBackend>(
     ex: &FeatureExtractor<B>,
     n_first: usize,
     n_second: usize,

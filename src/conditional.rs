@@ -89,7 +89,7 @@ pub fn classifier_indices<B: Backend>(ex: &FeatureExtractor<B>, class_names: &[S
 
 /// Classify `images` (`[N, H, W]` in `[0, 1]`, any size) and compare with `labels` (indices into
 /// `class_names`).
-pub fn class_consistency<B: Backend>(
+pub fn class_consistency<B: gen_metrics::KernelBackend>(
     ex: &FeatureExtractor<B>,
     images: ArrayView3<'_, f32>,
     labels: &[usize],

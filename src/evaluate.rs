@@ -7,7 +7,7 @@
 //! use lensing_diffusion::evaluate::{load_extractor, features_of_path};
 //!
 //! let device = Default::default();
-//! let ex = load_extractor::<Autodiff<Flex>>(None, 64, &device, false)?;
+//! let ex = load_extractor::<Autodiff<Flex>>(None, 128, &device, false)?;
 //! let real = features_of_path(&ex, "real/".as_ref(), 64, false)?;
 //! let generated = features_of_path(&ex, "samples.npy".as_ref(), 64, false)?;
 //! let report = gen_metrics::evaluate_features(real.view(), generated.view(), None, &Default::default())?;
@@ -17,7 +17,6 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use gen_metrics::physics::{compare_sets, write_plots, PhysicsComparison, PhysicsSet};
 use gen_metrics::{EvaluationReport, FeatureExtractor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,10 +33,10 @@ fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
     pb
 }
 
-/// The extractor at `path`; without one, the extractor of the default recipe at `image_size`
-/// input (the shipped file for 64, else one trained on simulated data on first use and cached
-/// in [`cache_dir`]); `num_pix` other than 150 also trains one (simulated on that grid).
-pub fn load_extractor_for<B: AutodiffBackend>(
+/// The extractor at `path`; without one, the extractor of `recipe` (the shipped file for a
+/// shipped recipe, else one trained on simulated data on first use and cached in
+/// [`cache_dir`]).
+pub fn load_extractor_for<B: gen_metrics::KernelAutodiffBackend>(
     path: Option<&Path>,
     recipe: &ExtractorRecipe,
     device: &B::Device,
@@ -69,14 +68,15 @@ pub fn load_extractor_for<B: AutodiffBackend>(
     Ok(ex)
 }
 
-/// [`load_extractor_for`] with the default recipe at `image_size`.
-pub fn load_extractor<B: AutodiffBackend>(
+/// [`load_extractor_for`] with the shipped recipe of input `image_size` (128: the default, 64:
+/// the first one), else the default recipe at that size.
+pub fn load_extractor<B: gen_metrics::KernelAutodiffBackend>(
     path: Option<&Path>,
     image_size: usize,
     device: &B::Device,
     progress: bool,
 ) -> Result<FeatureExtractor<B::InnerBackend>, Error> {
-    load_extractor_for::<B>(path, &ExtractorRecipe { image_size, ..ExtractorRecipe::default() }, device, progress)
+    load_extractor_for::<B>(path, &ExtractorRecipe::for_image_size(image_size), device, progress)
 }
 
 /// Resize `[n, h, w]` images to `size` x `size` (antialiased bilinear; a copy when already that
@@ -95,7 +95,7 @@ pub fn to_size(images: ArrayView3<'_, f32>, size: usize) -> Array3<f32> {
 }
 
 /// Features of images in `[0, 1]` (any size; resized to the extractor's input), in batches.
-pub fn embed<B: Backend>(
+pub fn embed<B: gen_metrics::KernelBackend>(
     ex: &FeatureExtractor<B>,
     images: ArrayView3<'_, f32>,
     batch: usize,
@@ -111,7 +111,7 @@ pub fn embed<B: Backend>(
 
 /// Features of the images in a file or folder (any format lens-data reads; min-max normalised
 /// per image and resized to the extractor's input on load).
-pub fn features_of_path<B: Backend>(
+pub fn features_of_path<B: gen_metrics::KernelBackend>(
     ex: &FeatureExtractor<B>,
     path: &Path,
     batch: usize,

@@ -513,7 +513,7 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
             let train_cfg = gen_metrics::TrainConfig {
                 epochs: opts.tstr_epochs,
                 seed: opts.seed ^ TSTR_SEED_SALT,
-                ..ExtractorRecipe::default().train
+                ..ExtractorRecipe::legacy_s64().train
             };
             let pb = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
             pb.set_style(

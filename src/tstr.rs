@@ -28,7 +28,6 @@
 //! # Ok::<(), lensing_diffusion::Error>(())
 //! ```
 
-use burn::tensor::backend::AutodiffBackend;
 use gen_metrics::train::{train_classifier, TrainConfig, TrainReport};
 use gen_metrics::ExtractorConfig;
 use ndarray::{ArrayView3, Axis};
@@ -185,7 +184,7 @@ fn check(set: &str, s: &Labelled<'_>, class_names: &[String]) -> Result<(), Erro
 /// `image_size` (antialiased bilinear, [`to_size`]). `progress(step, total, loss)` counts the
 /// steps of both arms, generated first.
 #[allow(clippy::too_many_arguments)]
-pub fn train_synthetic_test_real<B: AutodiffBackend>(
+pub fn train_synthetic_test_real<B: gen_metrics::KernelAutodiffBackend>(
     generated: Labelled<'_>,
     real_train: Labelled<'_>,
     real_test: Labelled<'_>,
@@ -295,7 +294,7 @@ mod tests {
         let (train, labels) = set(48, 16, 2);
         let shifted: Vec<usize> = labels.iter().map(|l| (l + 1) % 3).collect();
         let (test, test_labels) = set(42, 16, 3);
-        let cfg = TrainConfig { epochs: 6, batch_size: 8, lr: 1e-3, seed: 5 };
+        let cfg = TrainConfig { epochs: 6, batch_size: 8, lr: 1e-3, seed: 5, ..TrainConfig::default() };
         let mut steps = 0;
         let t = train_synthetic_test_real::<B>(
             Labelled { images: gen.view(), labels: &gen_labels },
@@ -367,7 +366,7 @@ mod tests {
     #[test]
     fn bad_sets_are_errors_naming_the_set() {
         let (imgs, labels) = set(6, 8, 0);
-        let cfg = TrainConfig { epochs: 1, batch_size: 4, lr: 1e-3, seed: 0 };
+        let cfg = TrainConfig { epochs: 1, batch_size: 4, lr: 1e-3, seed: 0, ..TrainConfig::default() };
         let run = |g: Labelled<'_>, t: Labelled<'_>, cfg: &TrainConfig| {
             let real = l(&imgs, &labels);
             train_synthetic_test_real::<B>(g, real, t, &names(), cfg, 8, &Default::default(), |_, _, _| {})

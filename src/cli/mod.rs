@@ -394,7 +394,41 @@ mod tests {
             "0.001",
             "--seed",
             "4",
+            "--fixed-data",
+            "--no-augment",
+            "--constant-lr",
+            "--minutes",
+            "3",
+            "--run-dir",
+            "r",
         ]);
+    }
+
+    /// `train-classifier` without flags trains the shipped default recipe, and the documented
+    /// flags give the first (64x64) one.
+    #[test]
+    fn train_classifier_defaults_are_the_shipped_recipes() {
+        use lensing_diffusion::classifier::ExtractorRecipe;
+        let recipe = |args: &[&str]| match parses(args) {
+            Command::TrainClassifier(a) => train_classifier::recipe(&a),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(recipe(&["train-classifier"]), ExtractorRecipe::default());
+        let legacy = [
+            "train-classifier",
+            "--image-size",
+            "64",
+            "--n-heldout",
+            "600",
+            "--epochs",
+            "8",
+            "--fixed-data",
+            "--no-augment",
+            "--constant-lr",
+            "--bn-recalibration",
+            "0",
+        ];
+        assert_eq!(recipe(&legacy), ExtractorRecipe::legacy_s64());
     }
 
     #[test]

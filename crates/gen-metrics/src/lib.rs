@@ -68,5 +68,8 @@ pub mod report;
 pub use report::{bandwidth_key, evaluate_features, real_vs_real, EvalConfig, EvaluationReport, NoiseFloor, TwoSample};
 pub mod extractor;
 pub use extractor::{ExtractorConfig, FeatureExtractor, ResNet18};
+/// The backend traits the extractor needs (its convolution and batch norm): every burn backend
+/// this workspace uses implements them.
+pub use kernel_ops::{KernelAutodiffBackend, KernelBackend};
 pub mod train;
 pub use train::{train_classifier, TrainConfig, TrainReport};

@@ -2,14 +2,18 @@
 //! something for FID / RKE. Where the images come from (the lensing simulator, a folder) is the
 //! caller's business: this crate knows no lensing code.
 
-use burn::module::AutodiffModule;
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::ElementConversion;
 use burn::tensor::{Int, Tensor, TensorData};
+use kernel_ops::{KernelAutodiffBackend, KernelBackend};
 use ndarray::ArrayView3;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -34,23 +38,51 @@ fn materialized<B: burn::tensor::backend::Backend>(model: ResNet18<B>) -> ResNet
     model
 }
 
-/// Settings of [`train_classifier`].
+/// Settings of [`train_classifier`] and [`train_classifier_streamed`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Passes over the training images.
+    /// Passes over the training images (with a data source, fresh sets of images).
     pub epochs: usize,
     /// Images per step.
     pub batch_size: usize,
-    /// Adam learning rate.
+    /// Adam learning rate (the peak, with `cosine`).
     pub lr: f64,
-    /// Seed of the initialisation and the shuffles.
+    /// Seed of the initialisation, the shuffles and the augmentation.
     pub seed: u64,
+    /// Each training image is shown under a random element of the dihedral group (four
+    /// rotations by 90 degrees, each mirrored or not): the classes of a lens do not change.
+    #[serde(default)]
+    pub augment: bool,
+    /// Cosine decay of the learning rate from `lr` to zero over all steps, else constant.
+    #[serde(default)]
+    pub cosine: bool,
+    /// After the last epoch, recompute every batch norm's running statistics with the final
+    /// weights as the plain average over this many batches of one more epoch's images ("precise
+    /// BN"), instead of keeping the exponential averages collected while the weights moved.
+    /// 0 keeps them.
+    #[serde(default)]
+    pub bn_recalibration: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 8, batch_size: 32, lr: 1e-3, seed: 0 }
+        Self { epochs: 8, batch_size: 32, lr: 1e-3, seed: 0, augment: false, cosine: false, bn_recalibration: 0 }
     }
+}
+
+/// One epoch of training as the curve records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss of the epoch.
+    pub train_loss: f64,
+    /// Accuracy on the epoch's training batches (in training mode, as they were seen).
+    pub train_accuracy: f64,
+    /// Accuracy on the held-out images after the epoch.
+    pub heldout_accuracy: f64,
+    /// Seconds since the run started (summed over resumed sessions).
+    pub seconds: f64,
 }
 
 /// What training measured.
@@ -62,12 +94,25 @@ pub struct TrainReport {
     pub heldout_accuracy: f64,
     /// `confusion[true][predicted]` counts on the held-out images.
     pub confusion: Vec<Vec<usize>>,
-    /// Training images.
+    /// One-vs-rest ROC AUC of each class on the held-out images (softmax probability of the
+    /// class as the score).
+    #[serde(default)]
+    pub roc_auc: Vec<f64>,
+    /// The training curve, one record per epoch.
+    #[serde(default)]
+    pub curve: Vec<EpochRecord>,
+    /// Training images per epoch.
     pub n_train: usize,
     /// Held-out images.
     pub n_heldout: usize,
-    /// Wall time in seconds.
+    /// Wall time in seconds (summed over resumed sessions).
     pub seconds: f64,
+    /// Training images per second over the run (steps only, no evaluation or data).
+    #[serde(default)]
+    pub train_images_per_second: f64,
+    /// Why training ended: `"completed"` or `"time budget"` (then fewer epochs than configured).
+    #[serde(default)]
+    pub stop: String,
     /// The settings used.
     pub config: TrainConfig,
 }
@@ -85,30 +130,119 @@ fn batch_tensor<B: burn::tensor::backend::Backend>(
     Tensor::from_data(TensorData::new(v, [idx.len(), 1, h, w]), device)
 }
 
+/// `img` `[s, s]` (row-major) under dihedral element `g` (0..8): `g % 4` quarter turns, then a
+/// mirror when `g >= 4`.
+pub fn dihedral(img: &[f32], s: usize, g: u8) -> Vec<f32> {
+    let mut out = vec![0f32; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            let (mut u, v) = match g % 4 {
+                0 => (x, y),
+                1 => (s - 1 - y, x),
+                2 => (s - 1 - x, s - 1 - y),
+                _ => (y, s - 1 - x),
+            };
+            if g >= 4 {
+                u = s - 1 - u;
+            }
+            out[v * s + u] = img[y * s + x];
+        }
+    }
+    out
+}
+
+/// One-vs-rest ROC AUC: the probability that a positive scores above a negative (ties count
+/// half), by ranks. `NaN` when either class is empty.
+pub fn roc_auc(scores: &[f64], positive: &[bool]) -> f64 {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut i) = (0f64, 0);
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += (i..=j).filter(|&k| positive[idx[k]]).count() as f64 * avg;
+        i = j + 1;
+    }
+    let np = positive.iter().filter(|&&p| p).count() as f64;
+    let nn = positive.len() as f64 - np;
+    if np == 0.0 || nn == 0.0 {
+        return f64::NAN;
+    }
+    (rank_sum - np * (np + 1.0) / 2.0) / (np * nn)
+}
+
+/// Class probabilities (softmax of the logits) of each image, eval mode, batches of `batch`.
+pub fn probabilities<B: KernelBackend>(
+    model: &ResNet18<B>,
+    images: ArrayView3<'_, f32>,
+    batch: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<f64>>> {
+    let n = images.dim().0;
+    let mut out = Vec::with_capacity(n);
+    let idx: Vec<usize> = (0..n).collect();
+    for ch in idx.chunks(batch.max(1)) {
+        let logits = model.forward(batch_tensor::<B>(images, ch, device));
+        let k = logits.dims()[1];
+        let p = burn::tensor::activation::softmax(logits, 1).into_data().convert::<f64>();
+        let v: Vec<f64> = p.to_vec().map_err(|e| MetricsError::Linalg(format!("prediction readback: {e:?}")))?;
+        out.extend(v.chunks_exact(k).map(|r| r.to_vec()));
+    }
+    Ok(out)
+}
+
 /// Predicted class of each image (eval mode, batches of `batch`).
-pub fn predict<B: burn::tensor::backend::Backend>(
+pub fn predict<B: KernelBackend>(
     model: &ResNet18<B>,
     images: ArrayView3<'_, f32>,
     batch: usize,
     device: &B::Device,
 ) -> Result<Vec<usize>> {
-    let n = images.dim().0;
-    let mut out = Vec::with_capacity(n);
-    let idx: Vec<usize> = (0..n).collect();
-    for ch in idx.chunks(batch.max(1)) {
-        let p = model.forward(batch_tensor::<B>(images, ch, device)).argmax(1).into_data();
-        let v: Vec<i64> =
-            p.convert::<i64>().to_vec().map_err(|e| MetricsError::Linalg(format!("prediction readback: {e:?}")))?;
-        out.extend(v.into_iter().map(|c| c as usize));
-    }
-    Ok(out)
+    let probs = probabilities(model, images, batch, device)?;
+    Ok(probs.iter().map(|p| (0..p.len()).fold(0, |best, c| if p[c] > p[best] { c } else { best })).collect())
+}
+
+/// Labelled training images of one epoch: `[N, S, S]` in `[0, 1]` and one label per image.
+pub type EpochData = (ndarray::Array3<f32>, Vec<usize>);
+
+/// Where [`train_classifier_streamed`] keeps its resumable state and when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    /// Folder for the state after every epoch (weights, optimiser, curve): a run started
+    /// again with the same folder and settings continues after the last finished epoch.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Stop before an epoch that would end after this many seconds (counted over resumed
+    /// sessions), measuring the held-out set as it stands.
+    pub time_budget_s: Option<f64>,
+}
+
+/// What [`RunControl::checkpoint_dir`] holds besides the burn records.
+#[derive(Serialize, Deserialize)]
+struct RunState {
+    config: TrainConfig,
+    extractor: ExtractorConfig,
+    epochs_done: usize,
+    curve: Vec<EpochRecord>,
+    step_seconds: f64,
+    steps_images: usize,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> MetricsError + '_ {
+    move |source| MetricsError::Io { path: path.to_path_buf(), source }
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
 }
 
 /// Trains a [`ResNet18`] classifier on `images [N, S, S]` (values in `[0, 1]`, `S` =
 /// `extractor.image_size`) with integer `labels`, and measures it on the held-out set.
 /// `progress(step, total_steps, loss)` is called after every step.
 #[allow(clippy::too_many_arguments)]
-pub fn train_classifier<B: AutodiffBackend>(
+pub fn train_classifier<B: KernelAutodiffBackend>(
     images: ArrayView3<'_, f32>,
     labels: &[usize],
     heldout: ArrayView3<'_, f32>,
@@ -116,24 +250,62 @@ pub fn train_classifier<B: AutodiffBackend>(
     extractor: ExtractorConfig,
     cfg: &TrainConfig,
     device: &B::Device,
-    mut progress: impl FnMut(usize, usize, f64),
+    progress: impl FnMut(usize, usize, f64),
 ) -> Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
-    let (n, h, w) = images.dim();
-    if n != labels.len() || heldout.dim().0 != heldout_labels.len() {
+    if images.dim().0 != labels.len() {
         return Err(MetricsError::InvalidParameter {
             name: "labels",
             value: format!("{} / {}", labels.len(), heldout_labels.len()),
             reason: "one label per image".into(),
         });
     }
-    if h != extractor.image_size || w != extractor.image_size || heldout.dim().1 != h || heldout.dim().2 != w {
+    let data = |_epoch: usize| Ok((images.to_owned(), labels.to_vec()));
+    train_classifier_streamed::<B>(
+        images.dim().0,
+        data,
+        heldout,
+        heldout_labels,
+        extractor,
+        cfg,
+        &RunControl::default(),
+        device,
+        progress,
+    )
+}
+
+/// Trains a [`ResNet18`] classifier on `n_train` images per epoch that `data(epoch)` (0-based)
+/// returns (fresh images every epoch, or the same ones), and measures it on the held-out set
+/// after every epoch (the curve), with ROC AUC and the confusion matrix at the end. `control`
+/// makes the run resumable and bounded in time. `progress(step, total_steps, loss)` is called
+/// after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
+    n_train: usize,
+    mut data: impl FnMut(usize) -> Result<EpochData>,
+    heldout: ArrayView3<'_, f32>,
+    heldout_labels: &[usize],
+    extractor: ExtractorConfig,
+    cfg: &TrainConfig,
+    control: &RunControl,
+    device: &B::Device,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
+    let (h, w) = (heldout.dim().1, heldout.dim().2);
+    if heldout.dim().0 != heldout_labels.len() {
+        return Err(MetricsError::InvalidParameter {
+            name: "labels",
+            value: format!("{} held-out images, {} labels", heldout.dim().0, heldout_labels.len()),
+            reason: "one label per image".into(),
+        });
+    }
+    if h != extractor.image_size || w != extractor.image_size {
         return Err(MetricsError::InvalidParameter {
             name: "images",
             value: format!("{h}x{w}"),
             reason: format!("expected {0}x{0}", extractor.image_size),
         });
     }
-    if let Some(&bad) = labels.iter().chain(heldout_labels).find(|&&l| l >= extractor.num_classes) {
+    if let Some(&bad) = heldout_labels.iter().find(|&&l| l >= extractor.num_classes) {
         return Err(MetricsError::InvalidParameter {
             name: "labels",
             value: bad.to_string(),
@@ -155,11 +327,18 @@ pub fn train_classifier<B: AutodiffBackend>(
             reason: "need held-out images to measure accuracy".into(),
         });
     }
-    if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
+    if n_train == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
         return Err(MetricsError::InvalidParameter {
             name: "train",
-            value: format!("n = {n}, batch = {}, epochs = {}", cfg.batch_size, cfg.epochs),
+            value: format!("n = {n_train}, batch = {}, epochs = {}", cfg.batch_size, cfg.epochs),
             reason: "need images, batch > 0, epochs > 0".into(),
+        });
+    }
+    if let Some(b) = control.time_budget_s.filter(|b| !(b.is_finite() && *b > 0.0)) {
+        return Err(MetricsError::InvalidParameter {
+            name: "time budget",
+            value: b.to_string(),
+            reason: "must be finite and > 0 seconds".into(),
         });
     }
     let t0 = std::time::Instant::now();
@@ -169,21 +348,100 @@ pub fn train_classifier<B: AutodiffBackend>(
         materialized(ResNet18::<B>::new(extractor.num_classes, device))
     };
     let mut optim = AdamConfig::new().init();
+    let mut state = RunState {
+        config: cfg.clone(),
+        extractor: extractor.clone(),
+        epochs_done: 0,
+        curve: Vec::new(),
+        step_seconds: 0.0,
+        steps_images: 0,
+    };
+    // Resume: the state of the last finished epoch, when it was written with these settings.
+    if let Some(dir) = &control.checkpoint_dir {
+        let sp = dir.join("state.json");
+        if sp.is_file() {
+            let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
+            let saved: RunState = serde_json::from_str(&text)
+                .map_err(|e| MetricsError::Json { path: sp.clone(), message: e.to_string() })?;
+            // The recalibration runs after the last epoch: changing it keeps the epochs valid.
+            let same = TrainConfig { bn_recalibration: cfg.bn_recalibration, ..saved.config.clone() } == *cfg;
+            if !same || saved.extractor != extractor {
+                return Err(MetricsError::InvalidParameter {
+                    name: "checkpoint",
+                    value: dir.display().to_string(),
+                    reason: "holds a run with other settings; use another folder or the same settings".into(),
+                });
+            }
+            let ck = |what: &str, e: burn::record::RecorderError| MetricsError::Checkpoint {
+                path: dir.join(what),
+                message: format!("cannot resume: {e}"),
+            };
+            let rec = recorder();
+            model = model.load_record(rec.load(dir.join("model"), device).map_err(|e| ck("model.mpk", e))?);
+            optim = optim.load_record(rec.load(dir.join("optim"), device).map_err(|e| ck("optim.mpk", e))?);
+            state = saved;
+        }
+    }
+    let elapsed_before = state.curve.last().map_or(0.0, |r| r.seconds);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..n).collect();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let steps_per_epoch = n_train.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
-    let mut step = 0;
-    let mut epoch_loss = Vec::new();
-    for _ in 0..cfg.epochs {
+    let mut step = state.epochs_done * steps_per_epoch;
+    let mut stop = "completed";
+    let s = extractor.image_size;
+    for epoch in state.epochs_done..cfg.epochs {
+        let now = elapsed_before + t0.elapsed().as_secs_f64();
+        let last = state.curve.last().map(|r| r.seconds).unwrap_or(0.0);
+        let prev = state.curve.iter().rev().nth(1).map_or(0.0, |r| r.seconds);
+        let epoch_time = last - prev;
+        // Without a measured epoch (a fresh run's first) there is nothing to predict with: run it.
+        if let Some(budget) = control.time_budget_s {
+            if epoch_time > 0.0 && now + epoch_time > budget {
+                stop = "time budget";
+                break;
+            }
+        }
+        let (images, labels) = data(epoch)?;
+        let (n, ih, iw) = images.dim();
+        if n != n_train || n != labels.len() || ih != s || iw != s {
+            return Err(MetricsError::InvalidParameter {
+                name: "training images",
+                value: format!("epoch {}: {n} images of {ih}x{iw}, {} labels", epoch + 1, labels.len()),
+                reason: format!("expected {n_train} images of {s}x{s} with one label each"),
+            });
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l >= extractor.num_classes) {
+            return Err(MetricsError::InvalidParameter {
+                name: "labels",
+                value: bad.to_string(),
+                reason: format!("must be < {}", extractor.num_classes),
+            });
+        }
+        // One generator per epoch: a resumed run draws what an uninterrupted one would.
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
-        let mut sum = 0.0;
+        let (mut sum, mut correct) = (0.0, 0usize);
+        let ts = std::time::Instant::now();
         for ch in order.chunks(cfg.batch_size) {
-            let x = batch_tensor::<B>(images, ch, device);
+            let x = if cfg.augment {
+                let mut v = Vec::with_capacity(ch.len() * s * s);
+                for &i in ch {
+                    let img = images.index_axis(ndarray::Axis(0), i);
+                    let img = img.as_standard_layout();
+                    v.extend(dihedral(img.as_slice().expect("standard layout"), s, rng.random_range(0..8u8)));
+                }
+                Tensor::<B, 4>::from_data(TensorData::new(v, [ch.len(), 1, s, s]), device)
+            } else {
+                batch_tensor::<B>(images.view(), ch, device)
+            };
             let y: Vec<i64> = ch.iter().map(|&i| labels[i] as i64).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [ch.len()]), device);
-            let loss = loss_fn.forward(model.forward(x), y);
+            let logits = model.forward(x);
+            let hits: i64 =
+                logits.clone().argmax(1).reshape([ch.len()]).equal(y.clone()).int().sum().into_scalar().elem();
+            let loss = loss_fn.forward(logits, y);
             let lv: f64 = loss
                 .clone()
                 .into_data()
@@ -191,32 +449,111 @@ pub fn train_classifier<B: AutodiffBackend>(
                 .to_vec::<f64>()
                 .map_err(|e| MetricsError::Linalg(format!("loss readback: {e:?}")))?[0];
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
+            let lr = if cfg.cosine {
+                cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos())
+            } else {
+                cfg.lr
+            };
+            model = optim.step(lr, model, grads);
             sum += lv;
+            correct += hits as usize;
             step += 1;
             progress(step, total, lv);
         }
-        epoch_loss.push(sum / steps_per_epoch as f64);
+        state.step_seconds += ts.elapsed().as_secs_f64();
+        state.steps_images += n;
+        let acc = accuracy(&predict(&model.valid(), heldout, cfg.batch_size, device)?, heldout_labels);
+        state.epochs_done = epoch + 1;
+        state.curve.push(EpochRecord {
+            epoch: epoch + 1,
+            train_loss: sum / steps_per_epoch as f64,
+            train_accuracy: correct as f64 / n as f64,
+            heldout_accuracy: acc,
+            seconds: elapsed_before + t0.elapsed().as_secs_f64(),
+        });
+        if let Some(dir) = &control.checkpoint_dir {
+            save_state(dir, &model, &optim, &state)?;
+        }
+    }
+    if cfg.bn_recalibration > 0 && stop == "completed" {
+        let (images, _) = data(cfg.epochs)?;
+        let n = images.dim().0.min(cfg.bn_recalibration * cfg.batch_size);
+        let idx: Vec<usize> = (0..n).collect();
+        for (i, ch) in idx.chunks(cfg.batch_size).enumerate() {
+            // Momentum 1 / (i + 1): after batch i each running statistic is the mean over batches 0..=i.
+            model.set_batch_norm_momentum(1.0 / (i as f64 + 1.0));
+            let _ = model.forward(batch_tensor::<B>(images.view(), ch, device));
+        }
+        model.set_batch_norm_momentum(0.1);
     }
     let model = model.valid();
-    let pred = predict(&model, heldout, cfg.batch_size, device)?;
+    let probs = probabilities(&model, heldout, cfg.batch_size, device)?;
     let k = extractor.num_classes;
+    let pred: Vec<usize> =
+        probs.iter().map(|p| (0..k).fold(0, |best, c| if p[c] > p[best] { c } else { best })).collect();
     let mut confusion = vec![vec![0usize; k]; k];
     for (&t, &p) in heldout_labels.iter().zip(&pred) {
         confusion[t][p] += 1;
     }
-    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let roc = (0..k)
+        .map(|c| {
+            let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+            let pos: Vec<bool> = heldout_labels.iter().map(|&l| l == c).collect();
+            roc_auc(&scores, &pos)
+        })
+        .collect();
     let report = TrainReport {
-        epoch_loss,
-        heldout_accuracy: if pred.is_empty() { f64::NAN } else { correct as f64 / pred.len() as f64 },
+        epoch_loss: state.curve.iter().map(|r| r.train_loss).collect(),
+        heldout_accuracy: accuracy(&pred, heldout_labels),
         confusion,
-        n_train: n,
+        roc_auc: roc,
+        n_train,
         n_heldout: pred.len(),
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: elapsed_before + t0.elapsed().as_secs_f64(),
+        train_images_per_second: if state.step_seconds > 0.0 {
+            state.steps_images as f64 / state.step_seconds
+        } else {
+            0.0
+        },
+        stop: stop.into(),
+        curve: state.curve,
         config: cfg.clone(),
     };
     let info = serde_json::to_value(&report).ok();
     Ok((FeatureExtractor { model, config: extractor, info }, report))
+}
+
+fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
+    pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
+}
+
+/// Writes the epoch's state into `dir` atomically: a new folder beside it, then swapped in.
+fn save_state<B: KernelAutodiffBackend, O: Optimizer<ResNet18<B>, B>>(
+    dir: &Path,
+    model: &ResNet18<B>,
+    optim: &O,
+    state: &RunState,
+) -> Result<()> {
+    let tmp = atomic_file::temp_path(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let write = || -> Result<()> {
+        let rec = recorder();
+        let ck = |what: &str, e: burn::record::RecorderError| MetricsError::Checkpoint {
+            path: tmp.join(what),
+            message: format!("could not write: {e}"),
+        };
+        rec.record(model.clone().into_record(), tmp.join("model")).map_err(|e| ck("model.mpk", e))?;
+        rec.record(optim.to_record(), tmp.join("optim")).map_err(|e| ck("optim.mpk", e))?;
+        let sp = tmp.join("state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(state).expect("serialisable")).map_err(io(&sp))?;
+        atomic_file::replace_dir(&tmp, dir).map_err(io(dir))
+    };
+    let r = write();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    r
 }
 
 #[cfg(test)]
@@ -256,5 +593,99 @@ mod tests {
         assert!(e.contains("heldout"), "{e}");
         let e = run(&images, &labels, TrainConfig { epochs: 0, ..TrainConfig::default() });
         assert!(e.contains("epochs = 0"), "{e}");
+    }
+
+    /// The eight dihedral elements of an asymmetric image are eight different images, each a
+    /// permutation of the pixels, and element 0 is the identity.
+    #[test]
+    fn dihedral_group_has_eight_distinct_elements() {
+        let s = 3;
+        let img: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        let all: Vec<Vec<f32>> = (0..8).map(|g| dihedral(&img, s, g)).collect();
+        assert_eq!(all[0], img);
+        for (i, a) in all.iter().enumerate() {
+            let mut sorted = a.clone();
+            sorted.sort_by(f32::total_cmp);
+            assert_eq!(sorted, img, "element {i} is not a permutation");
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Four quarter turns are the identity.
+        let mut r = img.clone();
+        for _ in 0..4 {
+            r = dihedral(&r, s, 1);
+        }
+        assert_eq!(r, img);
+    }
+
+    /// ROC AUC: a perfect ranking, a reversed one, all ties, and a hand-counted case.
+    #[test]
+    fn roc_auc_counts_ranked_pairs() {
+        let pos = [false, false, true, true];
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &pos), 1.0);
+        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &pos), 0.0);
+        assert_eq!(roc_auc(&[0.5; 4], &pos), 0.5);
+        // Pairs (pos, neg): (0.3 > 0.1), (0.3 < 0.4), (0.6 > 0.1), (0.6 > 0.4): 3 of 4.
+        assert_eq!(roc_auc(&[0.1, 0.4, 0.3, 0.6], &pos), 0.75);
+        assert!(roc_auc(&[0.1, 0.2], &[true, true]).is_nan());
+    }
+
+    /// A run stopped after one epoch and resumed from its folder ends with the weights, curve
+    /// and accuracy of the uninterrupted run; a folder holding other settings is refused.
+    #[test]
+    fn resumed_run_matches_the_uninterrupted_one() {
+        let s = 8;
+        let make = |n: usize, seed: usize| {
+            let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
+            let images = Array3::from_shape_fn((n, s, s), |(i, y, x)| {
+                let c = labels[i] as f32;
+                ((x * (1 + labels[i]) + y * 3 + i * 7 + seed) % 11) as f32 / 11.0 * (0.5 + 0.25 * c)
+            });
+            (images, labels)
+        };
+        let (ho, ho_labels) = make(6, 99);
+        let ex = ExtractorConfig { image_size: s, ..ExtractorConfig::default() };
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch_size: 4,
+            lr: 1e-3,
+            seed: 3,
+            augment: true,
+            cosine: true,
+            bn_recalibration: 1,
+        };
+        let run = |control: &RunControl, epochs: usize| {
+            let cfg = TrainConfig { epochs, ..cfg.clone() };
+            train_classifier_streamed::<Autodiff<Flex>>(
+                8,
+                |epoch| Ok(make(8, epoch)),
+                ho.view(),
+                &ho_labels,
+                ex.clone(),
+                &cfg,
+                control,
+                &Default::default(),
+                |_, _, _| {},
+            )
+        };
+        let (whole, whole_report) = run(&RunControl::default(), 2).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let control = RunControl { checkpoint_dir: Some(dir.path().join("run")), time_budget_s: None };
+        // The first session runs out of time after epoch 1 (a budget below one epoch's time).
+        let (_, first) = run(&RunControl { time_budget_s: Some(1e-9), ..control.clone() }, 2).unwrap();
+        assert_eq!(first.stop, "time budget");
+        assert_eq!(first.curve.len(), 1);
+        let (resumed, resumed_report) = run(&control, 2).unwrap();
+        assert_eq!(resumed_report.curve.len(), 2);
+        for (a, b) in resumed_report.curve.iter().zip(&whole_report.curve) {
+            assert_eq!((a.epoch, a.train_loss, a.heldout_accuracy), (b.epoch, b.train_loss, b.heldout_accuracy));
+        }
+        let w = |m: &FeatureExtractor<Flex>| m.model.fc.weight.val().into_data();
+        w(&resumed).assert_eq(&w(&whole), true);
+        assert_eq!(resumed_report.stop, "completed");
+        // Other settings in the same folder: a typed error naming the checkpoint.
+        let e = run(&control, 3).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("checkpoint") && e.contains("other settings"), "{e}");
     }
 }

@@ -1,7 +1,8 @@
 //! # unet-kernels
 //!
-//! The CPU kernels the `unet` crate runs on burn's Flex backend, on plain `f32` slices in NCHW
-//! order, with no burn dependency (as candle keeps `candle-kernels` apart from the tensor code):
+//! The CPU kernels the `unet` crate and `gen-metrics`' ResNet run on burn's Flex backend
+//! (through `kernel-ops`), on plain `f32` slices in NCHW order, with no burn dependency (as
+//! candle keeps `candle-kernels` apart from the tensor code):
 //!
 //! - [`same_conv`]: the network's `k x k`, stride-1, "same"-padded convolution and its input and
 //!   weight gradients: a direct AVX-512 kernel (8 output channels x 48 pixels in 24 registers)
@@ -11,10 +12,12 @@
 //!   closed-form gradient (SIMD through `pulp`'s run-time dispatch).
 //! - [`softmax`]: softmax over the middle axis of `[groups, len, inner]` (rows or columns) and
 //!   its gradient.
+//! - [`batch_norm`]: training-mode batch normalisation with optional ReLU and its gradient, and
+//!   the evaluation-mode affine (the lensing classifier's ResNet in `gen-metrics`).
 //!
 //! These are low-level: each function takes the geometry and slices and **panics** when a slice
 //! length does not match the geometry (a caller bug, not bad input). The safe, shape-checked way
-//! in is `unet::UnetBackend`, which falls back to burn's own operations where a kernel does not
+//! in is `kernel_ops::KernelBackend` / `unet::UnetBackend`, which fall back to burn's own operations where a kernel does not
 //! apply. Results are reproducible bit for bit per kind of CPU (the direct and GEMM paths sum in
 //! different orders).
 //!
@@ -22,6 +25,7 @@
 //! None. Kernels are chosen at run time from the CPU's features.
 #![warn(missing_docs)]
 
+pub mod batch_norm;
 mod fill;
 pub mod norm_act;
 pub mod same_conv;

@@ -46,7 +46,9 @@ fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// contiguous `[N, C, 1]` operand: burn's generic conv2d bias gradient reshapes a strided
 /// tensor, which Flex copies element by element; the broadcast add's gradient is a plain
 /// reduction over the trailing axes. Same arithmetic. Without gradients (inference) the conv's
-/// own fused bias is used. Goes through [`UnetBackend::conv2d_same`] (Flex: our own kernel).
+/// own fused bias is used. Goes through
+/// [`KernelBackend::conv2d_same`](crate::backend::KernelBackend::conv2d_same) (Flex: our own
+/// kernel).
 fn conv_same<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let cout = conv.weight.dims()[0];
     if !conv.weight.val().is_require_grad() {
