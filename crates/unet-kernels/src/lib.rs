@@ -16,9 +16,9 @@
 //!   the evaluation-mode affine (the lensing classifier's ResNet in `gen-metrics`).
 //!
 //! These are low-level: each function takes the geometry and slices and **panics** when a slice
-//! length does not match the geometry (a caller bug, not bad input). The safe, shape-checked way
-//! in is `kernel_ops::KernelBackend` / `unet::UnetBackend`, which fall back to burn's own operations where a kernel does not
-//! apply. Results are reproducible bit for bit per kind of CPU (the direct and GEMM paths sum in
+//! length does not match the geometry (a caller bug, not bad input). The safe, shape-checked ways
+//! in are `kernel_ops::KernelBackend` and `unet::UnetBackend`, which fall back to burn's own
+//! operations where a kernel does not apply. Results are reproducible bit for bit per kind of CPU (the direct and GEMM paths sum in
 //! different orders).
 //!
 //! ## Feature flags
