@@ -79,7 +79,8 @@ pub struct PipelineOptions {
     pub sample_batch: usize,
     /// Sampling threads (`None`: the backend's default).
     pub sample_threads: Option<usize>,
-    /// Feature extractor weights (`None`: the shipped one, or one trained for `sim_num_pix`).
+    /// Feature extractor weights (`None`: the shipped 64x64 one, or one of its recipe trained for
+    /// `sim_num_pix`).
     pub extractor: Option<PathBuf>,
     /// Bandwidths of RKE / RRKE / Vendi.
     pub bandwidths: Vec<f64>,
@@ -350,7 +351,11 @@ pub fn run_pipeline<B: UnetAutodiffBackend>(
 
     // 2. Feature extractor (trained on lensing images; shipped or cached).
     let extractor = timings.time("feature extractor", show, || {
-        let recipe = ExtractorRecipe { num_pix: opts.sim_num_pix, ..ExtractorRecipe::default() };
+        // The 64x64 extractor, not the 128x128 default of `evaluate`: the job's images are 32x32,
+        // and 4x upsampled they are far outside what the 128x128 one was trained on (measured
+        // on this job: generated vs real 246 against cdm vs axion 12.9, pure noise 1.6e6;
+        // docs/REALISM.md). Until an extractor matched to the job's size is shipped.
+        let recipe = ExtractorRecipe { num_pix: opts.sim_num_pix, ..ExtractorRecipe::legacy_s64() };
         crate::evaluate::load_extractor_for::<B>(opts.extractor.as_deref(), &recipe, device, show)
     })?;
 

@@ -82,8 +82,9 @@ pub struct Args {
     #[arg(long)]
     pub(crate) sample_threads: Option<usize>,
     /// Feature extractor weights (.bpk from train-classifier, or a torchvision .pth). Default:
-    /// the one shipped in assets/extractor/; with a non-default simulation size, one trained on
-    /// first use and cached.
+    /// the 64x64 one shipped in assets/extractor/ (the job's 32x32 images are too far from the
+    /// 128x128 one's inputs); with a non-default simulation size, one trained on first use and
+    /// cached.
     #[arg(long)]
     pub(crate) extractor: Option<PathBuf>,
     /// Gaussian-kernel bandwidths for RKE / RRKE / Vendi.
