@@ -202,7 +202,12 @@ pub fn predict<B: KernelBackend>(
     device: &B::Device,
 ) -> Result<Vec<usize>> {
     let probs = probabilities(model, images, batch, device)?;
-    Ok(probs.iter().map(|p| (0..p.len()).fold(0, |best, c| if p[c] > p[best] { c } else { best })).collect())
+    Ok(probs.iter().map(|p| argmax(p)).collect())
+}
+
+/// The index of the largest value (the first on ties).
+fn argmax(p: &[f64]) -> usize {
+    (0..p.len()).fold(0, |best, c| if p[c] > p[best] { c } else { best })
 }
 
 /// Labelled training images of one epoch: `[N, S, S]` in `[0, 1]` and one label per image.
@@ -255,7 +260,7 @@ pub fn train_classifier<B: KernelAutodiffBackend>(
     if images.dim().0 != labels.len() {
         return Err(MetricsError::InvalidParameter {
             name: "labels",
-            value: format!("{} / {}", labels.len(), heldout_labels.len()),
+            value: format!("{} training images, {} labels", images.dim().0, labels.len()),
             reason: "one label per image".into(),
         });
     }
@@ -489,8 +494,7 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
     let model = model.valid();
     let probs = probabilities(&model, heldout, cfg.batch_size, device)?;
     let k = extractor.num_classes;
-    let pred: Vec<usize> =
-        probs.iter().map(|p| (0..k).fold(0, |best, c| if p[c] > p[best] { c } else { best })).collect();
+    let pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
     let mut confusion = vec![vec![0usize; k]; k];
     for (&t, &p) in heldout_labels.iter().zip(&pred) {
         confusion[t][p] += 1;
