@@ -99,6 +99,7 @@ fn out_of_range_flags_are_refused_with_flag_value_and_range() {
         (vec!["train-classifier", "--lr", "inf"], "--lr", "inf", "> 0"),
         (vec!["train-classifier", "--lr", "0"], "--lr", "0", "> 0"),
         (vec!["train-classifier", "--epochs", "0"], "--epochs", "0", "1..=100000"),
+        (vec!["train-classifier", "--minutes", "0"], "--minutes", "0", "> 0"),
         (vec!["train", "--conditional", "--cond-drop-prob", "1.5"], "--cond-drop-prob", "1.5", "[0, 1]"),
         (
             vec!["sample", "--checkpoint", "c.bpk", "--out", "s.npy", "--rescaled-phi", "NaN"],

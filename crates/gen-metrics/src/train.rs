@@ -597,6 +597,30 @@ mod tests {
         assert!(e.contains("heldout"), "{e}");
         let e = run(&images, &labels, TrainConfig { epochs: 0, ..TrainConfig::default() });
         assert!(e.contains("epochs = 0"), "{e}");
+        // A time budget that is not a positive number of seconds, and a data source whose
+        // epoch disagrees with the announced count, are refused naming them.
+        let streamed = |budget: Option<f64>, n_data: usize| {
+            train_classifier_streamed::<Autodiff<Flex>>(
+                4,
+                |_| Ok((Array3::<f32>::zeros((n_data, 8, 8)), vec![0; n_data])),
+                images.view(),
+                &labels,
+                ex.clone(),
+                &TrainConfig { epochs: 1, batch_size: 4, ..TrainConfig::default() },
+                &RunControl { checkpoint_dir: None, time_budget_s: budget },
+                &Default::default(),
+                |_, _, _| {},
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        for b in [0.0, -1.0, f64::NAN] {
+            let e = streamed(Some(b), 4);
+            assert!(e.contains("time budget"), "budget {b}: {e}");
+        }
+        let e = streamed(None, 3);
+        assert!(e.contains("training images") && e.contains("epoch 1: 3 images"), "{e}");
     }
 
     /// The eight dihedral elements of an asymmetric image are eight different images, each a
