@@ -21,10 +21,71 @@
 //! (docs/performance-history.md). Here the GEMM writes NCHW rows directly.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
 use crate::fill::{filled_by, SharedMut};
+
+/// The arithmetic of the direct kernel (forward and input gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 inputs, weights and sums (the default).
+    #[default]
+    F32,
+    /// Inputs and weights rounded to bfloat16 (round to nearest even), products summed in f32
+    /// by AVX512-BF16 dot products: what PyTorch's CPU autocast does for a convolution. Where
+    /// the direct kernel does not run (output channels not in blocks of 8, a CPU without
+    /// AVX512-BF16) and for the weight gradient, the convolution stays f32.
+    Bf16,
+}
+
+/// The process-wide [`Precision`] ([`forward`] and [`input_grad`] read it), chosen once at the
+/// edge like rayon's thread count: 0 = f32, 1 = bf16.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// [`set_precision`] asked for bf16 on a CPU without AVX512-BF16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Unavailable;
+
+impl std::fmt::Display for Bf16Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bf16 convolutions need a CPU with AVX-512F and AVX512-BF16, which this one lacks")
+    }
+}
+
+impl std::error::Error for Bf16Unavailable {}
+
+/// Whether this CPU runs [`Precision::Bf16`]: x86-64 with AVX-512F and AVX512-BF16.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Sets the process-wide precision of [`forward`] and [`input_grad`]; refuses bf16 where
+/// [`bf16_available`] is false (the setting is then unchanged).
+pub fn set_precision(p: Precision) -> Result<(), Bf16Unavailable> {
+    if p == Precision::Bf16 && !bf16_available() {
+        return Err(Bf16Unavailable);
+    }
+    PRECISION.store(p as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The process-wide precision ([`set_precision`]).
+pub fn precision() -> Precision {
+    if PRECISION.load(Ordering::Relaxed) == 1 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
 
 /// Shapes of one call: input `[n, cin, h, w]`, weight `[cout, cin, k, k]` (odd `k`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +172,12 @@ fn padded_planes(g: &Geometry, xi: &[f32], shifts: usize, plane: usize) -> Vec<f
 /// copy. The GEMM formulation spent about 15 % of a DeepLense forward in the gemm crate packing
 /// the window (a full copy of it per kernel row) and another 5 % replicating the shifted input;
 /// here the input is written once per image and read from cache.
+///
+/// In bf16 ([`Precision::Bf16`]) the same tiles run on pairs of input channels: each 32-bit
+/// lane of a padded plane holds one pixel of two channels as bf16, each broadcast weight the two
+/// channels' weights, and one AVX512-BF16 dot product (`vdpbf16ps`) adds both products to the
+/// f32 accumulator: half the loads, broadcasts and instructions of the f32 tile.
+#[cfg(target_arch = "x86_64")]
 mod direct {
     use super::*;
 
@@ -118,20 +185,6 @@ mod direct {
     pub(super) const CO: usize = 8;
     /// Wide pixels per tile: three 16-lane vectors.
     pub(super) const PX: usize = 48;
-
-    /// Whether the direct kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
-    /// in whole blocks of [`CO`].
-    pub(super) fn available(g: &Geometry) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            g.cout.is_multiple_of(CO) && std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = g;
-            false
-        }
-    }
 
     /// Weights packed per block of [`CO`] output channels,
     /// `wp[block][c][tap][o] = W[block * CO + o][c][tap]`, read in order by the kernel. Written
@@ -210,12 +263,55 @@ mod direct {
         out: &mut [MaybeUninit<f32>],
         parallel: bool,
     ) {
-        let r = g.row();
-        let (m, plane) = (wide_len(g), plane_len(g));
+        let plane = plane_len(g);
         let xpad = padded_planes(g, xi, 1, plane);
-        let block_weights = g.cin * g.k * g.k * CO;
+        run_tiles(g, g.cin, &xpad, plane, wp, tile, bias, out, parallel);
+    }
+
+    /// [`forward_image`] in bf16: the padded planes rounded to bf16 and interleaved in pairs of
+    /// channels ([`bf16::pairs`]), `wp` from [`bf16::pack_weights`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16 (`bf16_available`).
+    pub(super) unsafe fn forward_image_bf16(
+        g: &Geometry,
+        wp: &[u32],
+        xi: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        parallel: bool,
+    ) {
+        let plane = plane_len(g);
+        let xpad = padded_planes(g, xi, 1, plane);
+        // SAFETY: the caller checked AVX-512F.
+        let xpairs = unsafe { bf16::pairs(&xpad, g.cin, plane) };
+        run_tiles(g, g.cin.div_ceil(2), &xpairs, plane, wp, tile_bf16, bias, out, parallel);
+    }
+
+    /// One tile's kernel: `(x, plane, r, k, rows, w, dst, dst_stride)` as [`tile`] takes them.
+    type Tile<T, W> = unsafe fn(*const T, usize, usize, usize, usize, *const W, *mut f32, usize);
+
+    /// Runs `tile` over every block of output channels and tile of wide pixels of one image
+    /// whose padded input is `rows` planes of `plane` elements (`rows * k * k * CO` packed weights
+    /// per block), and writes the result to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_tiles<T: Sync, W: Sync>(
+        g: &Geometry,
+        rows: usize,
+        xpad: &[T],
+        plane: usize,
+        wp: &[W],
+        tile: Tile<T, W>,
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        parallel: bool,
+    ) {
+        let r = g.row();
+        let m = wide_len(g);
+        let block_weights = rows * g.k * g.k * CO;
         let blocks = g.cout / CO;
-        let group = group_tiles(g);
+        // A bf16 pair of channels takes the bytes of one f32 channel: the cache budget counts rows.
+        let group = group_tiles(&Geometry { cin: rows, ..*g });
         let fill = |wide: *mut f32| {
             let shared = SharedMut(wide);
             // One group of tiles: every block of output channels over the group's tiles, so
@@ -227,26 +323,23 @@ mod direct {
                 let shared = shared;
                 for block in 0..blocks {
                     for t in first..(first + group).min(m / PX) {
-                        // SAFETY: `available` checked AVX-512F; the tile reads `xpad` at
-                        // `c * plane + t * PX + dy * R + dx + (0..PX)`, below `(c + 1) * plane`
-                        // by `plane_len`; it reads `CO * cin * k * k` weights of this block and
-                        // writes rows `block * CO..(block + 1) * CO` of `wide`, elements
-                        // `t * PX..(t + 1) * PX`, which no other block or tile writes.
-                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the callers checked the CPU features `tile` needs; the tile
+                        // reads `xpad` at `c * plane + t * PX + dy * R + dx + (0..PX)`, below
+                        // `(c + 1) * plane` by `plane_len`; it reads `block_weights` weights of
+                        // this block and writes rows `block * CO..(block + 1) * CO` of `wide`,
+                        // elements `t * PX..(t + 1) * PX`, which no other block or tile writes.
                         unsafe {
                             tile(
                                 xpad.as_ptr().add(t * PX),
                                 plane,
                                 r,
                                 g.k,
-                                g.cin,
+                                rows,
                                 wp.as_ptr().add(block * block_weights),
                                 shared.0.add(block * CO * m + t * PX),
                                 m,
                             );
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        let _ = (t, shared, block_weights, r, plane);
                     }
                 }
             };
@@ -267,7 +360,6 @@ mod direct {
     /// # Safety
     /// The CPU has AVX-512F; `x` is readable at every offset named above, `w` for
     /// `cin * k * k * CO` elements, and `dst` writable at every `o * dst_stride + j`.
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
@@ -306,6 +398,136 @@ mod direct {
                 unsafe { _mm512_storeu_ps(dst.add(o * dst_stride + v * 16), *a) };
             }
         }
+    }
+
+    /// [`tile`] on pairs of channels in bf16: `x` holds `pairs` planes of 32-bit lanes (a pixel
+    /// of channels `2c` and `2c + 1`), `w` the pairs' weights in the same layout
+    /// ([`bf16::pack_weights`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16; the ranges as for [`tile`], counted in 32-bit lanes
+    /// and pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_bf16(
+        x: *const u32,
+        plane: usize,
+        r: usize,
+        k: usize,
+        pairs: usize,
+        w: *const u32,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain lanes.
+        let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+        let mut acc = [[_mm512_setzero_ps(); 3]; CO];
+        for c in 0..pairs {
+            // SAFETY (all pointer arithmetic below): within the ranges the caller guarantees.
+            let xc = unsafe { x.add(c * plane) };
+            let wc = unsafe { w.add(c * k * k * CO) };
+            for dy in 0..k {
+                for dx in 0..k {
+                    let src = unsafe { xc.add(dy * r + dx) } as *const __m512i;
+                    let (x0, x1, x2) = unsafe {
+                        (
+                            bh(_mm512_loadu_si512(src)),
+                            bh(_mm512_loadu_si512(src.add(1))),
+                            bh(_mm512_loadu_si512(src.add(2))),
+                        )
+                    };
+                    let wt = unsafe { wc.add((dy * k + dx) * CO) };
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let wv = bh(_mm512_set1_epi32(unsafe { *wt.add(o) } as i32));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], wv, x0);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], wv, x1);
+                        acc[2] = _mm512_dpbf16_ps(acc[2], wv, x2);
+                    }
+                }
+            }
+        }
+        for (o, acc) in acc.iter().enumerate() {
+            for (v, a) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(dst.add(o * dst_stride + v * 16), *a) };
+            }
+        }
+    }
+
+    /// The bf16 operands of [`tile_bf16`].
+    pub(super) mod bf16 {
+        use super::CO;
+
+        /// `v` rounded to bfloat16 (to nearest, ties to even), as the bits of an f32 whose low
+        /// 16 bits are zero. A NaN stays a (quiet) NaN.
+        #[inline(always)]
+        pub(crate) fn round(v: f32) -> u32 {
+            let b = v.to_bits();
+            let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+            if v.is_nan() {
+                (b | 0x0040_0000) & 0xffff_0000
+            } else {
+                rounded
+            }
+        }
+
+        /// Channels `2c` and `2c + 1` of `x` (`rows` planes of `plane` values) as one plane of
+        /// 32-bit lanes, channel `2c` in the low half; a lone last channel is paired with zeros.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F (the loop is compiled for it).
+        #[target_feature(enable = "avx512f")]
+        pub(in super::super) unsafe fn pairs(x: &[f32], rows: usize, plane: usize) -> Vec<u32> {
+            let mut out = vec![0u32; rows.div_ceil(2) * plane];
+            for (p, dst) in out.chunks_exact_mut(plane).enumerate() {
+                let lo = &x[2 * p * plane..][..plane];
+                if 2 * p + 1 < rows {
+                    let hi = &x[(2 * p + 1) * plane..][..plane];
+                    for ((d, a), b) in dst.iter_mut().zip(lo).zip(hi) {
+                        *d = (round(*a) >> 16) | round(*b);
+                    }
+                } else {
+                    for (d, a) in dst.iter_mut().zip(lo) {
+                        *d = round(*a) >> 16;
+                    }
+                }
+            }
+            out
+        }
+
+        /// The f32 weights packed by [`super::pack_weights`] (`[block][c][tap][o]`, `cin`
+        /// channels, `kk` taps) as pairs of channels, `[block][c / 2][tap][o]`, channel `2c` in
+        /// the low half.
+        pub(in super::super) fn pack_weights(wp: &[f32], cin: usize, kk: usize) -> Vec<u32> {
+            let (per_block, pairs) = (cin * kk * CO, cin.div_ceil(2));
+            let mut out = Vec::with_capacity(wp.len() / per_block.max(1) * pairs * kk * CO);
+            for block in wp.chunks_exact(per_block) {
+                for p in 0..pairs {
+                    let lo = &block[2 * p * kk * CO..][..kk * CO];
+                    if 2 * p + 1 < cin {
+                        let hi = &block[(2 * p + 1) * kk * CO..][..kk * CO];
+                        out.extend(lo.iter().zip(hi).map(|(a, b)| (round(*a) >> 16) | round(*b)));
+                    } else {
+                        out.extend(lo.iter().map(|a| round(*a) >> 16));
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Whether the [`direct`] kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
+/// in whole blocks of 8.
+fn direct_available(g: &Geometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        g.cout.is_multiple_of(direct::CO) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
     }
 }
 
@@ -377,16 +599,34 @@ fn images_in_parallel(n: usize) -> bool {
 }
 
 /// The convolution of `x` `[n, cin, h, w]` with `weight` `[cout, cin, k, k]` plus `bias`
-/// `[cout]`, stride 1, zero padding `k / 2`: `[n, cout, h, w]`, row-major.
+/// `[cout]`, stride 1, zero padding `k / 2`: `[n, cout, h, w]`, row-major, in the process-wide
+/// [`precision`].
 ///
 /// Images run in parallel or one after the other as [`images_in_parallel`] decides.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    forward_with(g, x, weight, bias, precision())
+}
+
+/// [`forward`] in the given precision (bf16 where the CPU and the geometry allow it).
+pub fn forward_with(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, precision: Precision) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.cin * g.k * g.k, "same_conv: weight length");
-    convolve(g, x, Weights::AsGiven(weight), bias)
+    convolve(g, x, Weights::AsGiven(weight), bias, precision)
+}
+
+/// The weights in the layout of the kernel that runs.
+enum Packed {
+    /// Regrouped per kernel row, for the GEMMs.
+    Gemm(Vec<f32>),
+    /// Packed per block of output channels, for the direct kernel.
+    #[cfg(target_arch = "x86_64")]
+    Direct(Vec<f32>),
+    /// The same as pairs of bf16 channels, for the direct kernel in bf16.
+    #[cfg(target_arch = "x86_64")]
+    DirectBf16(Vec<u32>),
 }
 
 /// [`forward`] with the weights as [`Weights`] says.
-fn convolve(g: &Geometry, x: &[f32], weights: Weights<'_>, bias: Option<&[f32]>) -> Vec<f32> {
+fn convolve(g: &Geometry, x: &[f32], weights: Weights<'_>, bias: Option<&[f32]>, precision: Precision) -> Vec<f32> {
     assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
     assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");
     let (img_in, img_out) = (g.cin * g.h * g.w, g.cout * g.h * g.w);
@@ -397,24 +637,36 @@ fn convolve(g: &Geometry, x: &[f32], weights: Weights<'_>, bias: Option<&[f32]>)
             _ => vec![0f32; g.n * img_out],
         };
     }
-    // The weights in the layout of the kernel that runs: packed per block of output channels
-    // for the direct kernel, regrouped per kernel row for the GEMMs.
-    let direct = direct::available(g);
-    let packed = if direct {
-        direct::pack_weights(g, weights)
-    } else {
-        match weights {
+    #[cfg(target_arch = "x86_64")]
+    let direct = direct_available(g).then(|| {
+        let wp = direct::pack_weights(g, weights);
+        if precision == Precision::Bf16 && bf16_available() {
+            Packed::DirectBf16(direct::bf16::pack_weights(&wp, g.cin, g.k * g.k))
+        } else {
+            Packed::Direct(wp)
+        }
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let direct = {
+        let _ = precision;
+        None
+    };
+    let packed = direct.unwrap_or_else(|| {
+        Packed::Gemm(match weights {
             Weights::AsGiven(w) => regroup_weights(g, w),
             Weights::Adjoint(w) => regroup_weights(g, &adjoint(g, w)),
-        }
-    };
+        })
+    });
     // One image; `parallel`: the image's own work spread over the rayon threads.
-    let image = |xi: &[f32], o: &mut [MaybeUninit<f32>], parallel: bool| {
-        if direct {
-            direct::forward_image(g, &packed, xi, bias, o, parallel)
-        } else {
+    let image = |xi: &[f32], o: &mut [MaybeUninit<f32>], parallel: bool| match &packed {
+        #[cfg(target_arch = "x86_64")]
+        Packed::Direct(wp) => direct::forward_image(g, wp, xi, bias, o, parallel),
+        // SAFETY: chosen only where `bf16_available` (AVX-512F and AVX512-BF16).
+        #[cfg(target_arch = "x86_64")]
+        Packed::DirectBf16(wp) => unsafe { direct::forward_image_bf16(g, wp, xi, bias, o, parallel) },
+        Packed::Gemm(wr) => {
             let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-            forward_image(g, &packed, xi, bias, o, par)
+            forward_image(g, wr, xi, bias, o, par)
         }
     };
     let mut out = Vec::with_capacity(g.n * img_out);
@@ -433,10 +685,16 @@ fn convolve(g: &Geometry, x: &[f32], weights: Weights<'_>, bias: Option<&[f32]>)
 
 /// The gradient of [`forward`] with respect to its input: `grad` `[n, cout, h, w]` convolved
 /// with the weights transposed and flipped (`[cin, cout, k, k]`, same padding): `[n, cin, h, w]`.
+/// In the process-wide [`precision`].
 pub fn input_grad(g: &Geometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    input_grad_with(g, weight, grad, precision())
+}
+
+/// [`input_grad`] in the given precision (bf16 where the CPU and the geometry allow it).
+pub fn input_grad_with(g: &Geometry, weight: &[f32], grad: &[f32], precision: Precision) -> Vec<f32> {
     assert_eq!(weight.len(), g.cout * g.cin * g.k * g.k, "same_conv: weight length");
     let transposed = Geometry { cin: g.cout, cout: g.cin, ..*g };
-    convolve(&transposed, grad, Weights::Adjoint(weight), None)
+    convolve(&transposed, grad, Weights::Adjoint(weight), None, precision)
 }
 
 /// The weights a [`convolve`] call applies, for its geometry `g`.
@@ -731,6 +989,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// bf16: the forward and the input gradient equal the textbook sums of the operands rounded
+    /// to bf16 (the products are exact in f32; only the f32 sums round), and differ from f32.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_sums_the_rounded_operands() {
+        if !bf16_available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let rounded = |v: &[f32]| -> Vec<f32> { v.iter().map(|a| f32::from_bits(direct::bf16::round(*a))).collect() };
+        for (i, g) in [
+            // An odd channel count (a lone last channel), one channel, several tiles and blocks.
+            Geometry { n: 2, cin: 3, h: 9, w: 13, cout: 16, k: 3 },
+            Geometry { n: 1, cin: 1, h: 6, w: 5, cout: 8, k: 7 },
+            Geometry { n: 3, cin: 4, h: 12, w: 40, cout: 24, k: 3 },
+            Geometry { n: 1, cin: 16, h: 40, w: 30, cout: 16, k: 3 },
+            Geometry { n: 2, cin: 8, h: 7, w: 9, cout: 8, k: 1 },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 11);
+            let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 110);
+            let b = values(g.cout, i as u64 + 210);
+            let gr = values(g.n * g.cout * g.h * g.w, i as u64 + 310);
+            let got = forward_with(g, &x, &wt, Some(&b), Precision::Bf16);
+            let want = direct(g, &rounded(&x), &rounded(&wt), Some(&b));
+            let f32_out = forward_with(g, &x, &wt, Some(&b), Precision::F32);
+            let mut moved = 0f64;
+            for (j, ((a, e), f)) in got.iter().zip(&want).zip(&f32_out).enumerate() {
+                assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?} bf16 forward at {j}: {a} vs {e}");
+                moved = moved.max((a - f).abs() as f64);
+            }
+            assert!(moved > 1e-4, "{g:?}: the bf16 forward equals the f32 one (max difference {moved})");
+            // The input gradient runs the direct kernel when the input channels come in 8s.
+            if g.cin % 8 == 0 {
+                let (wr, grr) = (rounded(&wt), rounded(&gr));
+                let mut want = vec![0f64; x.len()];
+                for (o, xi, wi) in taps(g) {
+                    want[xi] += grr[o] as f64 * wr[wi] as f64;
+                }
+                let got = input_grad_with(g, &wt, &gr, Precision::Bf16);
+                for (j, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
+                        "{g:?} bf16 input gradient at {j}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let r = |v: f32| f32::from_bits(direct::bf16::round(v));
+        assert_eq!(r(1.0), 1.0);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(r(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(r(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2.0 * 2f32.powi(-7));
+        assert_eq!(r(-3.0e38), f32::from_bits(0xff62_0000));
+        assert!(r(f32::NAN).is_nan());
+        assert!(r(f32::from_bits(0x7f80_0001)).is_nan());
+        assert_eq!(r(f32::INFINITY), f32::INFINITY);
     }
 
     #[test]

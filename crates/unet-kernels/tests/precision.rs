@@ -1,0 +1,31 @@
+//! The process-wide precision setting (its own test binary: setting it would race the unit
+//! tests that check the f32 kernels to 1e-5).
+
+use unet_kernels::same_conv::{self, Geometry, Precision};
+
+#[test]
+fn forward_and_input_grad_follow_the_setting() {
+    let g = Geometry { n: 2, cin: 8, h: 10, w: 12, cout: 16, k: 3 };
+    let vals = |n: usize, m: f32| (0..n).map(|i| (i as f32 * m).sin()).collect::<Vec<f32>>();
+    let (x, w, gr) =
+        (vals(g.n * g.cin * g.h * g.w, 0.37), vals(g.cout * g.cin * 9, 0.91), vals(g.n * g.cout * 120, 0.53));
+    assert_eq!(same_conv::precision(), Precision::F32, "f32 unless set");
+    match same_conv::set_precision(Precision::Bf16) {
+        Ok(()) => {
+            assert_eq!(same_conv::precision(), Precision::Bf16);
+            assert_eq!(
+                same_conv::forward(&g, &x, &w, None),
+                same_conv::forward_with(&g, &x, &w, None, Precision::Bf16)
+            );
+            assert_eq!(same_conv::input_grad(&g, &w, &gr), same_conv::input_grad_with(&g, &w, &gr, Precision::Bf16));
+            assert_ne!(same_conv::forward(&g, &x, &w, None), same_conv::forward_with(&g, &x, &w, None, Precision::F32));
+        }
+        Err(e) => {
+            assert!(!same_conv::bf16_available());
+            assert!(e.to_string().contains("AVX512-BF16"), "{e}");
+            assert_eq!(same_conv::precision(), Precision::F32, "a refused setting leaves f32");
+        }
+    }
+    same_conv::set_precision(Precision::F32).unwrap();
+    assert_eq!(same_conv::forward(&g, &x, &w, None), same_conv::forward_with(&g, &x, &w, None, Precision::F32));
+}
