@@ -20,7 +20,8 @@
 //! the `cuda` feature, `cuda`, or with the `tch` feature, `tch` (libtorch: its first GPU, else
 //! its CPU), whose float type `TRAIN_STEP_DTYPE` picks: `f32` (default), `f16` or `bf16` (the
 //! whole step in that type: weights, activations, gradients and AdamW moments; no f32 master
-//! weights, unlike PyTorch's autocast). On cuda, `TRAIN_STEP_KERNEL_CACHE=DIR` switches cubecl's
+//! weights, unlike PyTorch's autocast). On flex, `TRAIN_STEP_DTYPE=bf16` is `--precision bf16`:
+//! the convolutions' operands in bf16 with f32 sums, all else f32 (CPUs with AVX512-BF16). On cuda, `TRAIN_STEP_KERNEL_CACHE=DIR` switches cubecl's
 //! kernel cache on in DIR, as the commands do (`lensing_diffusion::backend::configure_cubecl`);
 //! without it the cache stays off, i.e. every run starts cold. `TRAIN_STEP_TRAIN_BATCH` overrides the
 //! training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
@@ -118,6 +119,13 @@ fn quick(reps: usize) {
     let d = &dtype;
     match (kind, d.as_str()) {
         (BackendKind::Flex, "f32") => quick_on::<Flex>(reps, &Default::default(), kind, d, started),
+        // Mixed precision as `--precision bf16` runs it: bf16 convolution operands, f32 sums,
+        // everything else (weights, AdamW, norms, attention) f32.
+        (BackendKind::Flex, "bf16") => {
+            lensing_diffusion::unet::set_conv_precision(lensing_diffusion::unet::ConvPrecision::Bf16)
+                .unwrap_or_else(|e| panic!("TRAIN_STEP_DTYPE=bf16: {e}"));
+            quick_on::<Flex>(reps, &Default::default(), kind, d, started)
+        }
         (BackendKind::NdArray, "f32") => {
             quick_on::<burn::backend::NdArray>(reps, &Default::default(), kind, d, started)
         }
@@ -152,8 +160,8 @@ fn quick(reps: usize) {
             started,
         ),
         (_, d) => panic!(
-            "TRAIN_STEP_DTYPE={d} is not available for {kind} (flex and ndarray take f32; cuda and tch take f32, f16 \
-             or bf16)"
+            "TRAIN_STEP_DTYPE={d} is not available for {kind} (flex takes f32 or bf16, ndarray f32; cuda and tch \
+             take f32, f16 or bf16)"
         ),
     }
 }

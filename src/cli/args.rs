@@ -12,6 +12,46 @@ pub struct BackendArgs {
     /// `--features tch`: libtorch on its first GPU, else its CPU).
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
+    /// Convolution arithmetic on flex: f32, or bf16 - the inputs and weights of the 3x3
+    /// convolutions (forward and input gradient) rounded to bfloat16 and their products summed
+    /// in f32 by AVX512-BF16 dot products, as PyTorch's CPU autocast does; the weights, their
+    /// gradients, norms and attention stay f32. bf16 needs a CPU with AVX512-BF16 (see
+    /// docs/PERFORMANCE.md for the speed and the loss against f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+}
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// f32 throughout.
+    F32,
+    /// bf16 convolution operands, f32 sums.
+    Bf16,
+}
+
+impl BackendArgs {
+    /// Sets the process-wide convolution precision; bf16 is refused, naming the flag, off flex or
+    /// on a CPU without AVX512-BF16.
+    pub fn apply_precision(&self) -> Result<(), lensing_diffusion::Error> {
+        let precision = match self.precision {
+            PrecisionArg::F32 => unet::ConvPrecision::F32,
+            PrecisionArg::Bf16 if self.backend != BackendKind::Flex => {
+                return Err(lensing_diffusion::Error::invalid(
+                    "--precision",
+                    "bf16",
+                    format!("runs on --backend flex only (the CPU kernels), not {:?}", self.backend),
+                ))
+            }
+            PrecisionArg::Bf16 => unet::ConvPrecision::Bf16,
+        };
+        unet::set_conv_precision(precision)
+            .map_err(|e| lensing_diffusion::Error::invalid("--precision", "bf16", e.to_string()))?;
+        if precision == unet::ConvPrecision::Bf16 {
+            eprintln!("convolutions in bf16 with f32 sums (--precision bf16)");
+        }
+        Ok(())
+    }
 }
 
 /// The U-Net's shape: `--dim`, `--dim-mults`, `--channels`.

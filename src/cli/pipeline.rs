@@ -196,6 +196,7 @@ fn go<B: unet::UnetAutodiffBackend>(device: B::Device, opts: &PipelineOptions) -
 
 pub fn run(args: Args) -> CmdResult {
     let opts = args.options()?;
+    args.backend.apply_precision()?;
     let backend: BackendKind = opts.backend;
     with_autodiff_backend!(backend, go(&opts))
 }

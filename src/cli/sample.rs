@@ -123,6 +123,7 @@ pub(crate) fn labels_path(out: &std::path::Path) -> PathBuf {
 }
 
 pub fn run(args: Args) -> CmdResult {
+    args.backend.apply_precision()?;
     with_backend!(args.backend.backend, sample_with(&args))
 }
 

@@ -205,6 +205,7 @@ impl Args {
 }
 
 pub fn run(args: Args) -> CmdResult {
+    args.backend.apply_precision()?;
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupt.clone();

@@ -39,6 +39,15 @@ use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
 pub mod flex;
 
+/// The arithmetic of the convolution on Flex: f32, or bf16 operands with f32 sums on CPUs with
+/// AVX512-BF16 ([`set_conv_precision`]; the forward and the input gradient of
+/// [`KernelBackend::conv2d_same`] where `unet-kernels`' direct kernel runs). Other backends
+/// ignore it.
+pub use unet_kernels::same_conv::{
+    bf16_available, precision as conv_precision, set_precision as set_conv_precision, Bf16Unavailable,
+    Precision as ConvPrecision,
+};
+
 /// The output of [`KernelBackend::batch_norm_train`]: the normalised tensor and the batch
 /// statistics it used (for the running averages), each `[C]`.
 #[derive(Debug)]
