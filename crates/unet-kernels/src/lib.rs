@@ -17,6 +17,8 @@
 //! - [`batch_norm`]: training-mode batch normalisation with optional ReLU and its gradient, and
 //!   the evaluation-mode affine (the lensing classifier's ResNet in `gen-metrics`).
 //!
+//! - [`cache`]: the core's L2 size from CPUID, which sizes the convolution's blocking.
+//!
 //! These are low-level: each function takes the geometry and slices and **panics** when a slice
 //! length does not match the geometry (a caller bug, not bad input). The safe, shape-checked ways
 //! in are `kernel_ops::KernelBackend` and `unet::UnetBackend`, which fall back to burn's own
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod batch_norm;
+pub mod cache;
 mod fill;
 pub mod norm_act;
 pub mod same_conv;

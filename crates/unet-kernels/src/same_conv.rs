@@ -237,19 +237,21 @@ mod direct {
 
     /// Tiles per group: the unit over which every block of output channels runs before the
     /// next group starts. A group's input (`cin` rows of its pixels plus the `(k - 1) * (R + 1)`
-    /// halo) is sized for about 512 KB, so that it stays in the L2 cache while the blocks read
-    /// it (running each block over the whole image instead re-read the input from memory once
-    /// per 8 output channels: 69 MB per image at 128 channels and 128 x 128, and a convolution
-    /// time that doubled or tripled with the memory traffic of other processes). When the
-    /// weights outweigh the image's input (the 16 x 16 stages), one group holds the whole
-    /// image, so that the weights are read once per image.
+    /// halo) is sized for half the core's L2 cache ([`crate::cache::l2_bytes`]: 512 KB on the
+    /// Zen 5 the kernel was tuned on), so that it stays there while the blocks read it (running
+    /// each block over the whole image instead re-read the input from memory once per 8 output
+    /// channels: 69 MB per image at 128 channels and 128 x 128, and a convolution time that
+    /// doubled or tripled with the memory traffic of other processes). When the weights
+    /// outweigh the image's input (the 16 x 16 stages), one group holds the whole image, so that
+    /// the weights are read once per image.
     fn group_tiles(g: &Geometry) -> usize {
-        const BUDGET: usize = 128 * 1024;
+        // In 4-byte elements (an f32, or a bf16 pair of channels).
+        let budget = crate::cache::l2_bytes() / 2 / 4;
         let tiles = wide_len(g) / PX;
         if g.cout * g.cin * g.k * g.k >= g.cin * plane_len(g) {
             return tiles.max(1);
         }
-        let per_channel = BUDGET / g.cin.max(1);
+        let per_channel = budget / g.cin.max(1);
         (per_channel.saturating_sub((g.k - 1) * (g.row() + 1)) / PX).clamp(1, tiles.max(1))
     }
 
