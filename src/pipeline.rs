@@ -679,9 +679,19 @@ fn metrics_json<B: burn::tensor::backend::Backend>(
         "sampler": opts.sampler.kind().to_string(),
         "sample_steps": opts.sampler.model_evaluations(o.config.diffusion.timesteps),
         "backend": opts.backend.to_string(),
+        // The U-Net's convolutions (`--precision`); the metrics always run in f32.
+        "precision": precision_name(),
         "physics": o.physics,
         "conditional": o.conditional,
     })
+}
+
+/// The process-wide precision of the U-Net's convolutions, as `--precision` names it.
+fn precision_name() -> &'static str {
+    match unet::conv_precision() {
+        unet::ConvPrecision::F32 => "f32",
+        unet::ConvPrecision::Bf16 => "bf16",
+    }
 }
 
 fn report_markdown<B: burn::tensor::backend::Backend>(
@@ -697,7 +707,7 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
     m.push_str(&format!("# Pipeline report: `{name}`\n\n"));
     m.push_str(&format!(
         "{} training images ({}x{}), U-Net {} ({} parameters), {} steps{} in {:.0} s ({:.1} images/s, final loss {:.4}); \
-         {} images generated with {}; backend {}.\n\n",
+         {} images generated with {}; backend {}{}.\n\n",
         o.n_train,
         config.image_size,
         config.image_size,
@@ -710,7 +720,8 @@ fn report_markdown<B: burn::tensor::backend::Backend>(
         s.final_loss,
         r.n_generated,
         opts.sampler.describe(),
-        opts.backend
+        opts.backend,
+        if precision_name() == "bf16" { ", U-Net convolutions in bf16 with f32 sums (metrics in f32)" } else { "" }
     ));
     m.push_str("| held-out real | generated (EMA weights) | pure noise (the sampler's start) |\n|---|---|---|\n");
     m.push_str("| ![real](real_grid.png) | ![generated](generated_grid.png) | ![noise](noise_grid.png) |\n\n");

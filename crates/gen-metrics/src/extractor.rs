@@ -172,8 +172,10 @@ impl<B: Backend> ResNet18<B> {
 }
 
 impl<B: KernelBackend> ResNet18<B> {
-    /// Pooled 512-d features of `[N, 1, H, W]` images (after the last stage, before `fc`).
+    /// Pooled 512-d features of `[N, 1, H, W]` images (after the last stage, before `fc`), with
+    /// f32 convolutions whatever `kernel_ops::set_conv_precision` chose.
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let _f32 = kernel_ops::F32Convolutions::new();
         let x = self.maxpool.forward(batch_norm(&self.bn1, self.conv1.forward(x), true));
         let mut x = x;
         for l in [&self.layer1, &self.layer2, &self.layer3, &self.layer4] {

@@ -295,6 +295,8 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
     device: &B::Device,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<(FeatureExtractor<B::InnerBackend>, TrainReport)> {
+    // The classifier is a measuring instrument: f32 whatever the process chose for the U-Net.
+    let _f32 = kernel_ops::F32Convolutions::new();
     let (h, w) = (heldout.dim().1, heldout.dim().2);
     if heldout.dim().0 != heldout_labels.len() {
         return Err(MetricsError::InvalidParameter {
