@@ -36,7 +36,7 @@ pub struct ExtractorRecipe {
 }
 
 impl Default for ExtractorRecipe {
-    /// The shipped 128x128 extractor: 18 epochs of 3,000 freshly simulated images each, under
+    /// The shipped 128x128 extractor: 32 epochs of 3,000 freshly simulated images each, under
     /// random dihedral transformations, Adam with a cosine decay from 1e-3, batch 32, batch-norm
     /// statistics recomputed over 50 batches at the end; 1,500 held-out images
     /// (assets/extractor/README.md has what it measured).
@@ -47,7 +47,7 @@ impl Default for ExtractorRecipe {
             num_pix: 150,
             image_size: 128,
             train: TrainConfig {
-                epochs: 18,
+                epochs: 32,
                 batch_size: 32,
                 lr: 1e-3,
                 seed: 0,

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     pub(crate) extractor: Option<PathBuf>,
     /// Input size of the default extractor (images are resized to it; 8 to 4096). 128 and 64
-    /// are shipped (128: 18 epochs of fresh simulated images; 64: the first, less accurate
+    /// are shipped (128: 32 epochs of fresh simulated images; 64: the first, less accurate
     /// one); another size trains one on simulated data on first use and caches it.
     #[arg(long, default_value_t = 128, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: usize,

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 128, value_parser = count(8, MAX_IMAGE_SIZE))]
     pub(crate) image_size: usize,
     /// Epochs (1 to 100000).
-    #[arg(long, default_value_t = 18, value_parser = count(1, MAX_STEPS))]
+    #[arg(long, default_value_t = 32, value_parser = count(1, MAX_STEPS))]
     pub(crate) epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32, value_parser = count(1, MAX_STEPS))]
