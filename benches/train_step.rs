@@ -21,10 +21,10 @@
 //! its CPU), whose float type `TRAIN_STEP_DTYPE` picks: `f32` (default), `f16` or `bf16` (the
 //! whole step in that type: weights, activations, gradients and AdamW moments; no f32 master
 //! weights, unlike PyTorch's autocast). On flex, `TRAIN_STEP_DTYPE=bf16` is `--precision bf16`:
-//! the convolutions' operands in bf16 with f32 sums, all else f32 (CPUs with AVX512-BF16). On cuda, `TRAIN_STEP_KERNEL_CACHE=DIR` switches cubecl's
-//! kernel cache on in DIR, as the commands do (`lensing_diffusion::backend::configure_cubecl`);
-//! without it the cache stays off, i.e. every run starts cold. `TRAIN_STEP_TRAIN_BATCH` overrides the
-//! training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
+//! the convolutions' operands in bf16 with f32 sums, all else f32 (CPUs with AVX512-BF16). On
+//! cuda, `TRAIN_STEP_KERNEL_CACHE=DIR` switches cubecl's kernel cache on in DIR, as the commands
+//! do (`lensing_diffusion::backend::configure_cubecl`); without it the cache stays off, i.e. every
+//! run starts cold. `TRAIN_STEP_TRAIN_BATCH` overrides the training batch. On the GPU every timed repetition ends with `Backend::sync`, and the warm-up
 //! is `TRAIN_STEP_WARMUP` repetitions (default 1; cubecl autotunes its kernels on first use).
 //! Cases (the same in the Python script):
 //! - `pipeline`: `Unet(16, (1,2,4))` at 32x32 (what `lensing-diffusion pipeline` trains); training

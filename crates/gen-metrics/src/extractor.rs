@@ -172,8 +172,10 @@ impl<B: Backend> ResNet18<B> {
 }
 
 impl<B: KernelBackend> ResNet18<B> {
-    /// Pooled 512-d features of `[N, 1, H, W]` images (after the last stage, before `fc`), with
-    /// f32 convolutions whatever `kernel_ops::set_conv_precision` chose.
+    /// Pooled 512-d features of `[N, 1, H, W]` images (after the last stage, before `fc`), the
+    /// forward's convolutions in f32 whatever `kernel_ops::set_conv_precision` chose (a backward
+    /// runs later, outside this call: training code holds its own `kernel_ops::F32Convolutions`,
+    /// as `train_classifier_streamed` does).
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let _f32 = kernel_ops::F32Convolutions::new();
         let x = self.maxpool.forward(batch_norm(&self.bn1, self.conv1.forward(x), true));

@@ -48,35 +48,11 @@ pub use unet_kernels::same_conv::{
     Precision as ConvPrecision,
 };
 
-/// While alive, the convolutions run in f32 whatever [`set_conv_precision`] chose; dropping it
-/// restores the setting. For results that must not depend on that setting (gen-metrics'
-/// features and classifier: a metric measured under `--precision bf16` stays comparable). The
-/// setting is process-wide: do not hold one while another thread convolves in bf16.
-#[must_use = "the setting is restored when the guard drops"]
-pub struct F32Convolutions(ConvPrecision);
-
-impl F32Convolutions {
-    /// Switches the convolutions to f32 until the guard drops.
-    pub fn new() -> Self {
-        let previous = conv_precision();
-        // f32 is always available.
-        let _ = set_conv_precision(ConvPrecision::F32);
-        Self(previous)
-    }
-}
-
-impl Default for F32Convolutions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for F32Convolutions {
-    fn drop(&mut self) {
-        // It was set before, so the CPU has it.
-        let _ = set_conv_precision(self.0);
-    }
-}
+/// While alive, the convolutions called on this thread run in f32 whatever
+/// [`set_conv_precision`] chose (other threads keep the setting): for results that must not
+/// depend on it, such as gen-metrics' features and classifier, so that a metric measured under
+/// `--precision bf16` stays comparable. Scopes nest; the guard must drop on its own thread.
+pub use unet_kernels::same_conv::F32Scope as F32Convolutions;
 
 /// The output of [`KernelBackend::batch_norm_train`]: the normalised tensor and the batch
 /// statistics it used (for the running averages), each `[C]`.

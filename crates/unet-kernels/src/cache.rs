@@ -3,26 +3,33 @@
 
 use std::sync::OnceLock;
 
-/// Assumed where the CPU does not say: the smallest per-core L2 of the x86-64 server cores we
-/// target (Zen 2-5 have 512 KB-1 MB, Ice Lake/Sapphire Rapids 1.25-2 MB).
+/// Assumed where the CPU does not say: the smallest per-core L2 of the AVX-512 cores the direct
+/// kernel runs on (Zen 4/5 have 1 MB, Ice Lake/Sapphire Rapids 1.25-2 MB).
 const FALLBACK_L2: usize = 1 << 20;
 
 /// The per-core L2 cache in bytes: CPUID's deterministic cache parameters (leaf 4 on Intel,
 /// 0x8000001D on AMD), else 1 MiB.
 pub fn l2_bytes() -> usize {
     static L2: OnceLock<usize> = OnceLock::new();
-    *L2.get_or_init(|| detect_l2().filter(|&b| (64 << 10..=64 << 20).contains(&b)).unwrap_or(FALLBACK_L2))
+    *L2.get_or_init(|| detected_l2().unwrap_or(FALLBACK_L2))
+}
+
+/// The CPU's L2 size when it reports a plausible one (64 KB to 64 MB).
+fn detected_l2() -> Option<usize> {
+    detect_l2().filter(|&b| (64 << 10..=64 << 20).contains(&b))
 }
 
 #[cfg(target_arch = "x86_64")]
 fn detect_l2() -> Option<usize> {
     use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
-    // CPUID exists on every x86-64 CPU (safe in std); leaves above the maximum the CPU reports
-    // are not queried.
-    let vendor = __cpuid(0);
+    // SAFETY: CPUID exists on every x86-64 CPU; leaves above the maximum the CPU reports are not
+    // queried. (Safe functions since Rust 1.94; `unsafe` for the 1.92 this crate supports.)
+    #[allow(unused_unsafe)]
+    let vendor = unsafe { __cpuid(0) };
     let amd = vendor.ebx == u32::from_le_bytes(*b"Auth");
     let leaf = if amd {
-        let max_ext = __cpuid(0x8000_0000).eax;
+        #[allow(unused_unsafe)]
+        let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
         if max_ext < 0x8000_001D {
             return None;
         }
@@ -34,7 +41,8 @@ fn detect_l2() -> Option<usize> {
         4
     };
     for sub in 0..16 {
-        let CpuidResult { eax, ebx, ecx, .. } = __cpuid_count(leaf, sub);
+        #[allow(unused_unsafe)]
+        let CpuidResult { eax, ebx, ecx, .. } = unsafe { __cpuid_count(leaf, sub) };
         let kind = eax & 0x1f; // 0: no more caches; 1 data, 2 instruction, 3 unified
         if kind == 0 {
             break;
@@ -59,21 +67,27 @@ fn detect_l2() -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// On Linux the kernel's own reading of the caches is in sysfs: CPUID must agree with it.
+    /// On Linux the kernel's own reading of the caches is in sysfs: CPUID must report the L2
+    /// size of one of the CPUs (hybrid CPUs have cores with different L2s).
     #[test]
     fn l2_matches_what_linux_reports() {
         let l2 = l2_bytes();
         assert!((64 << 10..=64 << 20).contains(&l2), "{l2}");
-        let Ok(dirs) = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache") else { return };
-        for d in dirs.flatten() {
-            let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default().trim().to_string();
-            if read("level") == "2" && read("type") != "Instruction" {
-                let size = read("size");
-                let kb: usize = size.trim_end_matches('K').parse().unwrap_or(0);
-                if size.ends_with('K') && kb > 0 && detect_l2().is_some() {
-                    assert_eq!(l2, kb << 10, "CPUID says {l2} bytes, sysfs {size}");
+        let Some(detected) = detected_l2() else { return };
+        assert_eq!(l2, detected);
+        let mut sysfs = Vec::new();
+        for cpu in std::fs::read_dir("/sys/devices/system/cpu").into_iter().flatten().flatten() {
+            for d in std::fs::read_dir(cpu.path().join("cache")).into_iter().flatten().flatten() {
+                let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default().trim().to_string();
+                if read("level") == "2" && read("type") != "Instruction" {
+                    if let Some(kb) = read("size").strip_suffix('K').and_then(|k| k.parse::<usize>().ok()) {
+                        sysfs.push(kb << 10);
+                    }
                 }
             }
+        }
+        if !sysfs.is_empty() {
+            assert!(sysfs.contains(&detected), "CPUID says {detected} bytes, sysfs {sysfs:?}");
         }
     }
 }

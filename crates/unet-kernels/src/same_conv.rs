@@ -12,7 +12,7 @@
 //! out as `[C_out, H, W]` with the bias added.
 //!
 //! On x86-64 CPUs with AVX-512F, when the output channels come in blocks of 8, the forward and
-//! the input gradient skip the GEMMs: the [`direct`] kernel reads one padded plane per channel
+//! the input gradient skip the GEMMs: the `direct` kernel reads one padded plane per channel
 //! at each tap's offset and accumulates tiles of 48 wide pixels x 8 output channels in
 //! registers, without the gemm crate's packed copy of the window (crates/unet/ARCHITECTURE.md).
 //!
@@ -20,12 +20,16 @@
 //! result back to NCHW element by element and a tenth in a single-threaded input transpose
 //! (docs/performance-history.md). Here the GEMM writes NCHW rows directly.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use crate::fill::{filled_by, SharedMut};
+use crate::fill::filled_by;
+#[cfg(target_arch = "x86_64")]
+use crate::fill::SharedMut;
 
 /// The arithmetic of the direct kernel (forward and input gradient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,8 +39,9 @@ pub enum Precision {
     F32,
     /// Inputs and weights rounded to bfloat16 (round to nearest even), products summed in f32
     /// by AVX512-BF16 dot products: what PyTorch's CPU autocast does for a convolution. Where
-    /// the direct kernel does not run (output channels not in blocks of 8, a CPU without
-    /// AVX512-BF16) and for the weight gradient, the convolution stays f32.
+    /// the direct kernel does not run (the forward's output channels, or the input gradient's
+    /// input channels, not in blocks of 8; a CPU without AVX512-BF16) and for the weight
+    /// gradient, the convolution stays f32.
     Bf16,
 }
 
@@ -78,8 +83,46 @@ pub fn set_precision(p: Precision) -> Result<(), Bf16Unavailable> {
     Ok(())
 }
 
-/// The process-wide precision ([`set_precision`]).
+thread_local! {
+    /// Live [`F32Scope`]s on this thread.
+    static F32_SCOPES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// While alive, [`forward`] and [`input_grad`] called on this thread run in f32 whatever
+/// [`set_precision`] chose; other threads are not affected. For results that must not depend
+/// on the setting (a metric's features). Not `Send`: it must drop on the thread that made it.
+#[must_use = "the scope ends when the guard drops"]
+pub struct F32Scope {
+    _not_send: PhantomData<*const ()>,
+}
+
+impl F32Scope {
+    /// Starts an f32 scope on this thread (scopes nest).
+    pub fn new() -> Self {
+        F32_SCOPES.with(|c| c.set(c.get() + 1));
+        Self { _not_send: PhantomData }
+    }
+}
+
+impl Default for F32Scope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for F32Scope {
+    fn drop(&mut self) {
+        F32_SCOPES.with(|c| c.set(c.get() - 1));
+    }
+}
+
+/// The precision [`forward`] and [`input_grad`] use on this thread: f32 inside an
+/// [`F32Scope`], else the process-wide setting ([`set_precision`]). Read once per call, on the
+/// calling thread, before the work is spread over rayon's threads.
 pub fn precision() -> Precision {
+    if F32_SCOPES.with(|c| c.get()) > 0 {
+        return Precision::F32;
+    }
     if PRECISION.load(Ordering::Relaxed) == 1 {
         Precision::Bf16
     } else {
@@ -237,8 +280,8 @@ mod direct {
 
     /// Tiles per group: the unit over which every block of output channels runs before the
     /// next group starts. A group's input (`cin` rows of its pixels plus the `(k - 1) * (R + 1)`
-    /// halo) is sized for half the core's L2 cache ([`crate::cache::l2_bytes`]: 512 KB on the
-    /// Zen 5 the kernel was tuned on), so that it stays there while the blocks read it (running
+    /// halo) is sized for half the core's L2 cache ([`crate::cache::l2_bytes`]; the Zen 5 the
+    /// kernel was tuned on has 1 MB, so 512 KB there), so that it stays there while the blocks read it (running
     /// each block over the whole image instead re-read the input from memory once per 8 output
     /// channels: 69 MB per image at 128 channels and 128 x 128, and a convolution time that
     /// doubled or tripled with the memory traffic of other processes). When the weights
@@ -519,7 +562,7 @@ mod direct {
     }
 }
 
-/// Whether the [`direct`] kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
+/// Whether the `direct` kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
 /// in whole blocks of 8.
 fn direct_available(g: &Geometry) -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -1,5 +1,5 @@
-//! The process-wide precision setting (its own test binary: setting it would race the unit
-//! tests that check the f32 kernels to 1e-5).
+//! The process-wide precision setting and the per-thread f32 scope (their own test binary, one
+//! test: setting the precision would race the unit tests that check the f32 kernels to 1e-5).
 
 use unet_kernels::same_conv::{self, Geometry, Precision};
 
@@ -28,4 +28,25 @@ fn forward_and_input_grad_follow_the_setting() {
     }
     same_conv::set_precision(Precision::F32).unwrap();
     assert_eq!(same_conv::forward(&g, &x, &w, None), same_conv::forward_with(&g, &x, &w, None, Precision::F32));
+    an_f32_scope_is_per_thread();
+}
+
+/// An f32 scope holds f32 on its own thread only, nests, and ends when it drops (called from
+/// the test above: both set the process-wide precision, so they must not run concurrently).
+fn an_f32_scope_is_per_thread() {
+    if same_conv::set_precision(Precision::Bf16).is_err() {
+        return;
+    }
+    {
+        let _outer = same_conv::F32Scope::new();
+        {
+            let _inner = same_conv::F32Scope::new();
+            assert_eq!(same_conv::precision(), Precision::F32);
+        }
+        assert_eq!(same_conv::precision(), Precision::F32, "the outer scope still holds");
+        let other = std::thread::spawn(same_conv::precision).join().unwrap();
+        assert_eq!(other, Precision::Bf16, "another thread keeps the process-wide setting");
+    }
+    assert_eq!(same_conv::precision(), Precision::Bf16);
+    same_conv::set_precision(Precision::F32).unwrap();
 }
