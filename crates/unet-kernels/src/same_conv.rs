@@ -281,10 +281,10 @@ mod direct {
     /// Tiles per group: the unit over which every block of output channels runs before the
     /// next group starts. A group's input (`cin` rows of its pixels plus the `(k - 1) * (R + 1)`
     /// halo) is sized for half the core's L2 cache ([`crate::cache::l2_bytes`]; the Zen 5 the
-    /// kernel was tuned on has 1 MB, so 512 KB there), so that it stays there while the blocks read it (running
-    /// each block over the whole image instead re-read the input from memory once per 8 output
-    /// channels: 69 MB per image at 128 channels and 128 x 128, and a convolution time that
-    /// doubled or tripled with the memory traffic of other processes). When the weights
+    /// kernel was tuned on has 1 MB, so 512 KB there), so that it stays there while the blocks
+    /// read it (running each block over the whole image instead re-read the input from memory
+    /// once per 8 output channels: 69 MB per image at 128 channels and 128 x 128, and a
+    /// convolution time that doubled or tripled with the memory traffic of other processes). When the weights
     /// outweigh the image's input (the 16 x 16 stages), one group holds the whole image, so that
     /// the weights are read once per image.
     fn group_tiles(g: &Geometry) -> usize {
@@ -516,6 +516,22 @@ mod direct {
             }
         }
 
+        /// Rows `2p` and `2p + 1` of `x` (`rows` rows of `len` values) as one row of 32-bit
+        /// lanes, row `2p` in the low half, appended to `out`; a lone last row is paired with
+        /// zeros. The one pairing behind both operands of [`super::tile_bf16`].
+        #[inline(always)]
+        fn pair_rows(x: &[f32], rows: usize, len: usize, out: &mut Vec<u32>) {
+            for p in 0..rows.div_ceil(2) {
+                let lo = &x[2 * p * len..][..len];
+                if 2 * p + 1 < rows {
+                    let hi = &x[(2 * p + 1) * len..][..len];
+                    out.extend(lo.iter().zip(hi).map(|(a, b)| (round(*a) >> 16) | round(*b)));
+                } else {
+                    out.extend(lo.iter().map(|a| round(*a) >> 16));
+                }
+            }
+        }
+
         /// Channels `2c` and `2c + 1` of `x` (`rows` planes of `plane` values) as one plane of
         /// 32-bit lanes, channel `2c` in the low half; a lone last channel is paired with zeros.
         ///
@@ -523,20 +539,8 @@ mod direct {
         /// The CPU has AVX-512F (the loop is compiled for it).
         #[target_feature(enable = "avx512f")]
         pub(in super::super) unsafe fn pairs(x: &[f32], rows: usize, plane: usize) -> Vec<u32> {
-            let mut out = vec![0u32; rows.div_ceil(2) * plane];
-            for (p, dst) in out.chunks_exact_mut(plane).enumerate() {
-                let lo = &x[2 * p * plane..][..plane];
-                if 2 * p + 1 < rows {
-                    let hi = &x[(2 * p + 1) * plane..][..plane];
-                    for ((d, a), b) in dst.iter_mut().zip(lo).zip(hi) {
-                        *d = (round(*a) >> 16) | round(*b);
-                    }
-                } else {
-                    for (d, a) in dst.iter_mut().zip(lo) {
-                        *d = round(*a) >> 16;
-                    }
-                }
-            }
+            let mut out = Vec::with_capacity(rows.div_ceil(2) * plane);
+            pair_rows(x, rows, plane, &mut out);
             out
         }
 
@@ -544,18 +548,10 @@ mod direct {
         /// channels, `kk` taps) as pairs of channels, `[block][c / 2][tap][o]`, channel `2c` in
         /// the low half.
         pub(in super::super) fn pack_weights(wp: &[f32], cin: usize, kk: usize) -> Vec<u32> {
-            let (per_block, pairs) = (cin * kk * CO, cin.div_ceil(2));
-            let mut out = Vec::with_capacity(wp.len() / per_block.max(1) * pairs * kk * CO);
+            let per_block = cin * kk * CO;
+            let mut out = Vec::with_capacity(wp.len() / per_block.max(1) * cin.div_ceil(2) * kk * CO);
             for block in wp.chunks_exact(per_block) {
-                for p in 0..pairs {
-                    let lo = &block[2 * p * kk * CO..][..kk * CO];
-                    if 2 * p + 1 < cin {
-                        let hi = &block[(2 * p + 1) * kk * CO..][..kk * CO];
-                        out.extend(lo.iter().zip(hi).map(|(a, b)| (round(*a) >> 16) | round(*b)));
-                    } else {
-                        out.extend(lo.iter().map(|a| round(*a) >> 16));
-                    }
-                }
+                pair_rows(block, cin, kk * CO, &mut out);
             }
             out
         }
