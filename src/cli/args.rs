@@ -16,8 +16,8 @@ pub struct BackendArgs {
     /// convolutions (3x3 and the first 7x7; forward and input gradient) rounded to bfloat16 and
     /// their products summed in f32 by AVX512-BF16 dot products, as PyTorch's CPU autocast does;
     /// the master weights, their gradients, AdamW, norms and attention stay f32, and the metrics
-    /// run in f32. bf16 needs a CPU with AVX512-BF16 (see
-    /// docs/PERFORMANCE.md for the speed and the loss against f32).
+    /// run in f32. bf16 needs a CPU with AVX512-BF16 (see docs/PERFORMANCE.md for the speed and
+    /// the loss against f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
 }
