@@ -68,7 +68,10 @@ pub struct Args {
     #[arg(long)]
     pub(crate) constant_lr: bool,
     /// After the last epoch, recompute the batch-norm running statistics with the final weights
-    /// over this many batches of freshly simulated images (0: keep the running averages).
+    /// over this many batches of freshly simulated images. After every epoch they are recomputed
+    /// over at most 10 of its batches before the held-out accuracy is measured, so the curve, and
+    /// a run stopped by --minutes, measure the weights rather than averages that lag them
+    /// (0: keep the running averages throughout).
     #[arg(long, default_value_t = 50, value_parser = count(0, MAX_STEPS))]
     pub(crate) bn_recalibration: usize,
     /// Stop before an epoch that would end after this many minutes (counted over resumed

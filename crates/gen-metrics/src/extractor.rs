@@ -139,8 +139,8 @@ fn batch_norm<B: KernelBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) 
 /// `downsample.{0,1}` which are `downsample.{conv,bn}` here (remapped on load).
 #[derive(Module, Debug)]
 pub struct ResNet18<B: Backend> {
-    conv1: Conv2d<B>,
-    bn1: BatchNorm<B>,
+    pub(crate) conv1: Conv2d<B>,
+    pub(crate) bn1: BatchNorm<B>,
     maxpool: MaxPool2d,
     layer1: Vec<BasicBlock<B>>,
     layer2: Vec<BasicBlock<B>>,

@@ -59,7 +59,9 @@ pub struct TrainConfig {
     /// After the last epoch, recompute every batch norm's running statistics with the final
     /// weights as the plain average over this many batches of one more epoch's images ("precise
     /// BN"), instead of keeping the exponential averages collected while the weights moved.
-    /// 0 keeps them.
+    /// After every epoch they are also recomputed, over at most 10 of its batches, before the
+    /// held-out set is measured, so the curve (and a run stopped by its time budget) measures
+    /// the weights rather than lagging averages. 0 keeps the averages throughout.
     #[serde(default)]
     pub bn_recalibration: usize,
 }
@@ -79,7 +81,8 @@ pub struct EpochRecord {
     pub train_loss: f64,
     /// Accuracy on the epoch's training batches (in training mode, as they were seen).
     pub train_accuracy: f64,
-    /// Accuracy on the held-out images after the epoch.
+    /// Accuracy on the held-out images after the epoch (with `bn_recalibration` > 0, after the
+    /// running statistics were recomputed over a few of the epoch's batches).
     pub heldout_accuracy: f64,
     /// Seconds since the run started (summed over resumed sessions).
     pub seconds: f64,
@@ -469,6 +472,14 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
         }
         state.step_seconds += ts.elapsed().as_secs_f64();
         state.steps_images += n;
+        if cfg.bn_recalibration > 0 {
+            // The running averages lag the weights while the learning rate is high, enough to
+            // turn a network that classifies its training batches well into one that calls every
+            // held-out image one class. Recomputed, they measure the weights the epoch ended with;
+            // training itself only ever normalises with the batch's own statistics.
+            let batches = cfg.bn_recalibration.min(EPOCH_RECALIBRATION_BATCHES);
+            recalibrate(&mut model, images.view(), batches, cfg.batch_size, device);
+        }
         let acc = accuracy(&predict(&model.valid(), heldout, cfg.batch_size, device)?, heldout_labels);
         state.epochs_done = epoch + 1;
         state.curve.push(EpochRecord {
@@ -484,14 +495,7 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
     }
     if cfg.bn_recalibration > 0 && stop == "completed" {
         let (images, _) = data(cfg.epochs)?;
-        let n = images.dim().0.min(cfg.bn_recalibration * cfg.batch_size);
-        let idx: Vec<usize> = (0..n).collect();
-        for (i, ch) in idx.chunks(cfg.batch_size).enumerate() {
-            // Momentum 1 / (i + 1): after batch i each running statistic is the mean over batches 0..=i.
-            model.set_batch_norm_momentum(1.0 / (i as f64 + 1.0));
-            let _ = model.forward(batch_tensor::<B>(images.view(), ch, device));
-        }
-        model.set_batch_norm_momentum(0.1);
+        recalibrate(&mut model, images.view(), cfg.bn_recalibration, cfg.batch_size, device);
     }
     let model = model.valid();
     let probs = probabilities(&model, heldout, cfg.batch_size, device)?;
@@ -527,6 +531,30 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
     };
     let info = serde_json::to_value(&report).ok();
     Ok((FeatureExtractor { model, config: extractor, info }, report))
+}
+
+/// With `bn_recalibration` > 0, the batches of an epoch's own images (at most that many) over
+/// which the running statistics are recomputed before the held-out set is measured after it: a
+/// few percent of the epoch's work.
+const EPOCH_RECALIBRATION_BATCHES: usize = 10;
+
+/// Recomputes every batch norm's running statistics with the current weights as the plain average
+/// over the first `batches` batches of `images` ("precise BN").
+fn recalibrate<B: KernelAutodiffBackend>(
+    model: &mut ResNet18<B>,
+    images: ArrayView3<'_, f32>,
+    batches: usize,
+    batch_size: usize,
+    device: &B::Device,
+) {
+    let n = images.dim().0.min(batches * batch_size);
+    let idx: Vec<usize> = (0..n).collect();
+    for (i, ch) in idx.chunks(batch_size).enumerate() {
+        // Momentum 1 / (i + 1): after batch i each running statistic is the mean over batches 0..=i.
+        model.set_batch_norm_momentum(1.0 / (i as f64 + 1.0));
+        let _ = model.forward(batch_tensor::<B>(images, ch, device));
+    }
+    model.set_batch_norm_momentum(0.1);
 }
 
 fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
@@ -661,19 +689,79 @@ mod tests {
         assert!(roc_auc(&[0.1, 0.2], &[true, true]).is_nan());
     }
 
+    /// `n` labelled `s`x`s` images whose pattern depends on the class, varied by `seed`.
+    fn toy(n: usize, s: usize, seed: usize) -> EpochData {
+        let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
+        let images = Array3::from_shape_fn((n, s, s), |(i, y, x)| {
+            let c = labels[i] as f32;
+            ((x * (1 + labels[i]) + y * 3 + i * 7 + seed) % 11) as f32 / 11.0 * (0.5 + 0.25 * c)
+        });
+        (images, labels)
+    }
+
+    /// After an epoch the held-out set is measured with running statistics recomputed over the
+    /// epoch's first batches, not with the averages that lag the weights: in a run stopped by its
+    /// time budget (so without the final recalibration), the stem's batch norm holds the mean of
+    /// the per-batch means and unbiased variances of its input over exactly those images, and
+    /// the curve's last accuracy is the returned model's.
+    #[test]
+    fn epochs_are_measured_with_recomputed_statistics() {
+        let s = 8;
+        let (ho, ho_labels) = toy(6, s, 99);
+        let ex = ExtractorConfig { image_size: s, ..ExtractorConfig::default() };
+        let cfg = TrainConfig { epochs: 2, batch_size: 4, bn_recalibration: 2, ..TrainConfig::default() };
+        let (model, report) = train_classifier_streamed::<Autodiff<Flex>>(
+            12,
+            |epoch| Ok(toy(12, s, epoch)),
+            ho.view(),
+            &ho_labels,
+            ex,
+            &cfg,
+            &RunControl { checkpoint_dir: None, time_budget_s: Some(1e-9) },
+            &Default::default(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        assert_eq!((report.stop.as_str(), report.curve.len()), ("time budget", 1));
+        assert_eq!(report.curve[0].heldout_accuracy, report.heldout_accuracy);
+        // The stem's convolution, with the returned weights, over epoch 0's first two batches.
+        let m = &model.model;
+        let (images, _) = toy(12, s, 0);
+        let x: Vec<f32> = images.iter().take(8 * s * s).copied().collect();
+        let y = m.conv1.forward(Tensor::<Flex, 4>::from_data(TensorData::new(x, [8, 1, s, s]), &Default::default()));
+        let [_, c, h, w] = y.dims();
+        let y: Vec<f32> = y.into_data().to_vec().unwrap();
+        let per = 4 * h * w;
+        let (mut mean, mut var) = (vec![0f64; c], vec![0f64; c]);
+        for b in 0..2 {
+            for ch in 0..c {
+                let v: Vec<f64> = (0..4)
+                    .flat_map(|i| {
+                        let at = ((b * 4 + i) * c + ch) * h * w;
+                        y[at..at + h * w].iter().map(|&v| v as f64)
+                    })
+                    .collect();
+                let mu = v.iter().sum::<f64>() / per as f64;
+                mean[ch] += mu / 2.0;
+                var[ch] += v.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (per - 1) as f64 / 2.0;
+            }
+        }
+        let got = |t: Tensor<Flex, 1>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+        for (name, want, have) in
+            [("mean", &mean, got(m.bn1.running_mean.value())), ("var", &var, got(m.bn1.running_var.value()))]
+        {
+            for (ch, (a, b)) in want.iter().zip(&have).enumerate() {
+                assert!((a - *b as f64).abs() <= 1e-4 * (1.0 + a.abs()), "running {name}[{ch}]: want {a}, have {b}");
+            }
+        }
+    }
+
     /// A run stopped after one epoch and resumed from its folder ends with the weights, curve
     /// and accuracy of the uninterrupted run; a folder holding other settings is refused.
     #[test]
     fn resumed_run_matches_the_uninterrupted_one() {
         let s = 8;
-        let make = |n: usize, seed: usize| {
-            let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
-            let images = Array3::from_shape_fn((n, s, s), |(i, y, x)| {
-                let c = labels[i] as f32;
-                ((x * (1 + labels[i]) + y * 3 + i * 7 + seed) % 11) as f32 / 11.0 * (0.5 + 0.25 * c)
-            });
-            (images, labels)
-        };
+        let make = |n: usize, seed: usize| toy(n, s, seed);
         let (ho, ho_labels) = make(6, 99);
         let ex = ExtractorConfig { image_size: s, ..ExtractorConfig::default() };
         let cfg = TrainConfig {
