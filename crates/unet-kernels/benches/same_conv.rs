@@ -1,5 +1,5 @@
-//! The 3x3 same convolution of the DeepLense U-Net's stages (batch 4), forward and input
-//! gradient, in f32 and in bf16 (`Precision::Bf16`, on CPUs with AVX512-BF16), side by side in
+//! The 3x3 same convolution of the DeepLense U-Net's stages (batch 4), forward and both
+//! gradients, in f32 and in bf16 (`Precision::Bf16`, on CPUs with AVX512-BF16), side by side in
 //! one run:
 //!
 //! ```text
@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
     for (c_in, size) in [(64, 128), (128, 64), (256, 32)] {
         let g = Geometry { n: 4, cin: c_in, h: size, w: size, cout: c_in, k: 3 };
         let (x, w) = (values(g.n * g.cin * g.h * g.w), values(g.cout * g.cin * 9));
-        // Multiply-adds per call (the same for the input gradient).
+        // Multiply-adds per call (the same for both gradients).
         group.throughput(Throughput::Elements((g.n * g.cout * g.cin * 9 * g.h * g.w) as u64));
         for &p in &precisions {
             let id = format!("c{c_in}_{size}px_{p:?}");
@@ -40,6 +40,9 @@ fn bench(c: &mut Criterion) {
             });
             group.bench_with_input(BenchmarkId::new("input_grad", &id), &p, |b, &p| {
                 b.iter(|| same_conv::input_grad_with(&g, &w, &x, p))
+            });
+            group.bench_with_input(BenchmarkId::new("weight_grad", &id), &p, |b, &p| {
+                b.iter(|| same_conv::weight_grad_with(&g, &x, &x, p))
             });
         }
     }

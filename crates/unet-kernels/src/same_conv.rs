@@ -558,6 +558,9 @@ mod direct {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod weight_grad_bf16;
+
 /// Whether the `direct` kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
 /// in whole blocks of 8.
 fn direct_available(g: &Geometry) -> bool {
@@ -801,10 +804,32 @@ fn transpose_grad(g: &Geometry, gi: &[f32]) -> Vec<f32> {
 /// [`forward`]; `grad_wide` is zero where the window reads across the padding, and laid out as
 /// [`pixel_major_grad`] decides). The images' contributions are added in image order, whatever
 /// the thread count.
+///
+/// In the process-wide [`precision`]; in bf16 see [`weight_grad_with`].
 pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    weight_grad_with(g, x, grad, precision())
+}
+
+/// [`weight_grad`] in the given precision. In bf16 (where the CPU allows it, with at least 8
+/// input and 16 output channels) the input and the output gradient are rounded to bf16 and the
+/// products summed in f32 by a kernel of its own (`weight_grad_bf16.rs`); elsewhere the f32
+/// GEMMs run.
+pub fn weight_grad_with(g: &Geometry, x: &[f32], grad: &[f32], precision: Precision) -> Vec<f32> {
     assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
     assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");
     assert_eq!(grad.len(), g.n * g.cout * g.h * g.w, "same_conv: gradient length");
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && g.n > 0 && g.h * g.w > 0 && weight_grad_bf16::applies(g) && bf16_available() {
+        // SAFETY: `bf16_available` and `applies` checked.
+        return unsafe { weight_grad_bf16::weight_grad(g, x, grad) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = precision;
+    weight_grad_f32(g, x, grad)
+}
+
+/// [`weight_grad`] in f32: the GEMMs.
+fn weight_grad_f32(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (k, h, w, r, s, cout, cin) = (g.k, g.h, g.w, g.row(), g.plane(), g.cout, g.cin);
     let kk = k * cin;
     let (img_in, img_out) = (cin * h * w, cout * h * w);
@@ -1032,8 +1057,8 @@ mod tests {
         }
     }
 
-    /// bf16: the forward and the input gradient equal the textbook sums of the operands rounded
-    /// to bf16 (the products are exact in f32; only the f32 sums round), and differ from f32.
+    /// bf16: the forward and both gradients equal the textbook sums of the operands rounded to
+    /// bf16 (the products are exact in f32; only the f32 sums round), and differ from f32.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn bf16_sums_the_rounded_operands() {
@@ -1049,6 +1074,13 @@ mod tests {
             Geometry { n: 3, cin: 4, h: 12, w: 40, cout: 24, k: 3 },
             Geometry { n: 1, cin: 16, h: 40, w: 30, cout: 16, k: 3 },
             Geometry { n: 2, cin: 8, h: 7, w: 9, cout: 8, k: 1 },
+            // The weight gradient's kernel: tiles of 32 and of 16 output channels, channels not
+            // in whole tiles, an odd count of wide pixels, one and several blocks of pixels,
+            // images in parallel or one image's tiles in parallel, 1x1 and 5x5 kernels.
+            Geometry { n: 3, cin: 8, h: 9, w: 13, cout: 32, k: 3 },
+            Geometry { n: 1, cin: 12, h: 5, w: 7, cout: 20, k: 5 },
+            Geometry { n: 2, cin: 16, h: 3, w: 3, cout: 48, k: 1 },
+            Geometry { n: 1, cin: 8, h: 16, w: 17, cout: 64, k: 3 },
         ]
         .iter()
         .enumerate()
@@ -1057,15 +1089,18 @@ mod tests {
             let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 110);
             let b = values(g.cout, i as u64 + 210);
             let gr = values(g.n * g.cout * g.h * g.w, i as u64 + 310);
-            let got = forward_with(g, &x, &wt, Some(&b), Precision::Bf16);
-            let want = direct(g, &rounded(&x), &rounded(&wt), Some(&b));
-            let f32_out = forward_with(g, &x, &wt, Some(&b), Precision::F32);
-            let mut moved = 0f64;
-            for (j, ((a, e), f)) in got.iter().zip(&want).zip(&f32_out).enumerate() {
-                assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?} bf16 forward at {j}: {a} vs {e}");
-                moved = moved.max((a - f).abs() as f64);
+            // The forward runs the direct kernel when the output channels come in 8s.
+            if g.cout % 8 == 0 {
+                let got = forward_with(g, &x, &wt, Some(&b), Precision::Bf16);
+                let want = direct(g, &rounded(&x), &rounded(&wt), Some(&b));
+                let f32_out = forward_with(g, &x, &wt, Some(&b), Precision::F32);
+                let mut moved = 0f64;
+                for (j, ((a, e), f)) in got.iter().zip(&want).zip(&f32_out).enumerate() {
+                    assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?} bf16 forward at {j}: {a} vs {e}");
+                    moved = moved.max((a - f).abs() as f64);
+                }
+                assert!(moved > 1e-4, "{g:?}: the bf16 forward equals the f32 one (max difference {moved})");
             }
-            assert!(moved > 1e-4, "{g:?}: the bf16 forward equals the f32 one (max difference {moved})");
             // The input gradient runs the direct kernel when the input channels come in 8s.
             if g.cin % 8 == 0 {
                 let (wr, grr) = (rounded(&wt), rounded(&gr));
@@ -1080,6 +1115,25 @@ mod tests {
                         "{g:?} bf16 input gradient at {j}: {a} vs {e}"
                     );
                 }
+            }
+            // The weight gradient has a bf16 kernel from 8 input and 16 output channels.
+            if g.cin >= 8 && g.cout >= 16 {
+                let (xr, grr) = (rounded(&x), rounded(&gr));
+                let mut want = vec![0f64; wt.len()];
+                for (o, xi, wi) in taps(g) {
+                    want[wi] += grr[o] as f64 * xr[xi] as f64;
+                }
+                let got = weight_grad_with(g, &x, &gr, Precision::Bf16);
+                let f32_grad = weight_grad_with(g, &x, &gr, Precision::F32);
+                let mut moved = 0f64;
+                for (j, ((a, e), f)) in got.iter().zip(&want).zip(&f32_grad).enumerate() {
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
+                        "{g:?} bf16 weight gradient at {j}: {a} vs {e}"
+                    );
+                    moved = moved.max((a - f).abs() as f64);
+                }
+                assert!(moved > 1e-4, "{g:?}: the bf16 weight gradient equals the f32 one ({moved})");
             }
         }
     }
