@@ -12,11 +12,10 @@ pub struct BackendArgs {
     /// `--features tch`: libtorch on its first GPU, else its CPU).
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
-    /// Convolution arithmetic on flex: f32, or bf16 - the inputs and weights of the U-Net's
-    /// convolutions (3x3 and the first 7x7; forward and input gradient) rounded to bfloat16 and
-    /// their products summed in f32 by AVX512-BF16 dot products, as PyTorch's CPU autocast does;
-    /// the master weights, their gradients, AdamW, norms and attention stay f32, and the metrics
-    /// run in f32. bf16 needs a CPU with AVX512-BF16 (see docs/PERFORMANCE.md for the speed and
+    /// Convolution arithmetic on flex: f32, or bf16 - the operands of the U-Net's convolutions
+    /// (3x3 and the first 7x7; forward, input and weight gradients) rounded to bfloat16 and their
+    /// products summed in f32 by AVX512-BF16 dot products, as PyTorch's CPU autocast does; the
+    /// master weights, AdamW, norms and attention stay f32, and the metrics run in f32. bf16 needs a CPU with AVX512-BF16 (see docs/PERFORMANCE.md for the speed and
     /// the loss against f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
