@@ -373,8 +373,11 @@ pub fn train_classifier_streamed<B: KernelAutodiffBackend>(
             let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
             let saved: RunState = serde_json::from_str(&text)
                 .map_err(|e| MetricsError::Json { path: sp.clone(), message: e.to_string() })?;
-            // The recalibration runs after the last epoch: changing it keeps the epochs valid.
-            let same = TrainConfig { bn_recalibration: cfg.bn_recalibration, ..saved.config.clone() } == *cfg;
+            // The weights do not depend on the recalibration, nor does the curve on the final
+            // one's length: only the batches recomputed after each epoch must agree.
+            let per_epoch = |c: &TrainConfig| c.bn_recalibration.min(EPOCH_RECALIBRATION_BATCHES);
+            let same = TrainConfig { bn_recalibration: cfg.bn_recalibration, ..saved.config.clone() } == *cfg
+                && per_epoch(&saved.config) == per_epoch(cfg);
             if !same || saved.extractor != extractor {
                 return Err(MetricsError::InvalidParameter {
                     name: "checkpoint",
@@ -715,7 +718,7 @@ mod tests {
             |epoch| Ok(toy(12, s, epoch)),
             ho.view(),
             &ho_labels,
-            ex,
+            ex.clone(),
             &cfg,
             &RunControl { checkpoint_dir: None, time_budget_s: Some(1e-9) },
             &Default::default(),
@@ -724,6 +727,20 @@ mod tests {
         .unwrap();
         assert_eq!((report.stop.as_str(), report.curve.len()), ("time budget", 1));
         assert_eq!(report.curve[0].heldout_accuracy, report.heldout_accuracy);
+        // The recalibration never touches the weights: the run without it ends with the same.
+        let (plain, _) = train_classifier_streamed::<Autodiff<Flex>>(
+            12,
+            |epoch| Ok(toy(12, s, epoch)),
+            ho.view(),
+            &ho_labels,
+            ex,
+            &TrainConfig { bn_recalibration: 0, ..cfg.clone() },
+            &RunControl { checkpoint_dir: None, time_budget_s: Some(1e-9) },
+            &Default::default(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        plain.model.fc.weight.val().into_data().assert_eq(&model.model.fc.weight.val().into_data(), true);
         // The stem's convolution, with the returned weights, over epoch 0's first two batches.
         let m = &model.model;
         let (images, _) = toy(12, s, 0);
@@ -757,7 +774,8 @@ mod tests {
     }
 
     /// A run stopped after one epoch and resumed from its folder ends with the weights, curve
-    /// and accuracy of the uninterrupted run; a folder holding other settings is refused.
+    /// and accuracy of the uninterrupted run; a folder holding other settings (other epochs, no
+    /// recalibration after each epoch) is refused.
     #[test]
     fn resumed_run_matches_the_uninterrupted_one() {
         let s = 8;
@@ -805,5 +823,22 @@ mod tests {
         // Other settings in the same folder: a typed error naming the checkpoint.
         let e = run(&control, 3).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("checkpoint") && e.contains("other settings"), "{e}");
+        // Without the recalibration after each epoch, the folder's curve would mix two kinds of
+        // measurement: refused too.
+        let e = train_classifier_streamed::<Autodiff<Flex>>(
+            8,
+            |epoch| Ok(make(8, epoch)),
+            ho.view(),
+            &ho_labels,
+            ex.clone(),
+            &TrainConfig { bn_recalibration: 0, ..cfg.clone() },
+            &control,
+            &Default::default(),
+            |_, _, _| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("other settings"), "{e}");
     }
 }
