@@ -40,8 +40,8 @@ use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 pub mod flex;
 
 /// The arithmetic of the convolution on Flex: f32, or bf16 operands with f32 sums on CPUs with
-/// AVX512-BF16 ([`set_conv_precision`]; the forward and the input gradient of
-/// [`KernelBackend::conv2d_same`] where `unet-kernels`' direct kernel runs). Other backends
+/// AVX512-BF16 ([`set_conv_precision`]; the forward and both gradients of
+/// [`KernelBackend::conv2d_same`] where `unet-kernels`' bf16 kernels run). Other backends
 /// ignore it.
 pub use unet_kernels::same_conv::{
     bf16_available, precision as conv_precision, set_precision as set_conv_precision, Bf16Unavailable,

@@ -37,15 +37,16 @@ pub enum Precision {
     /// f32 inputs, weights and sums (the default).
     #[default]
     F32,
-    /// Inputs and weights rounded to bfloat16 (round to nearest even), products summed in f32
-    /// by AVX512-BF16 dot products: what PyTorch's CPU autocast does for a convolution. Where
-    /// the direct kernel does not run (the forward's output channels, or the input gradient's
-    /// input channels, not in blocks of 8; a CPU without AVX512-BF16) and for the weight
-    /// gradient, the convolution stays f32.
+    /// Operands rounded to bfloat16 (round to nearest even), products summed in f32 by
+    /// AVX512-BF16 dot products, as PyTorch's CPU autocast rounds a convolution's operands (its
+    /// results stay f32 here). The convolution stays f32 where its bf16 kernel does not run: the
+    /// forward's output channels, or the input gradient's input channels, not in blocks of 8;
+    /// the weight gradient with fewer than 8 input or 16 output channels; a CPU without
+    /// AVX512-BF16.
     Bf16,
 }
 
-/// The process-wide [`Precision`] ([`forward`] and [`input_grad`] read it), chosen once at the
+/// The process-wide [`Precision`] ([`forward`], [`input_grad`] and [`weight_grad`] read it), chosen once at the
 /// edge like rayon's thread count: 0 = f32, 1 = bf16.
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
@@ -73,7 +74,7 @@ pub fn bf16_available() -> bool {
     }
 }
 
-/// Sets the process-wide precision of [`forward`] and [`input_grad`]; refuses bf16 where
+/// Sets the process-wide precision of [`forward`], [`input_grad`] and [`weight_grad`]; refuses bf16 where
 /// [`bf16_available`] is false (the setting is then unchanged).
 pub fn set_precision(p: Precision) -> Result<(), Bf16Unavailable> {
     if p == Precision::Bf16 && !bf16_available() {
@@ -88,7 +89,7 @@ thread_local! {
     static F32_SCOPES: Cell<usize> = const { Cell::new(0) };
 }
 
-/// While alive, [`forward`] and [`input_grad`] called on this thread run in f32 whatever
+/// While alive, [`forward`], [`input_grad`] and [`weight_grad`] called on this thread run in f32 whatever
 /// [`set_precision`] chose; other threads are not affected. For results that must not depend
 /// on the setting (a metric's features). Not `Send`: it must drop on the thread that made it.
 #[must_use = "the scope ends when the guard drops"]
@@ -116,7 +117,7 @@ impl Drop for F32Scope {
     }
 }
 
-/// The precision [`forward`] and [`input_grad`] use on this thread: f32 inside an
+/// The precision [`forward`], [`input_grad`] and [`weight_grad`] use on this thread: f32 inside an
 /// [`F32Scope`], else the process-wide setting ([`set_precision`]). Read once per call, on the
 /// calling thread, before the work is spread over rayon's threads.
 pub fn precision() -> Precision {
@@ -1075,12 +1076,13 @@ mod tests {
             Geometry { n: 1, cin: 16, h: 40, w: 30, cout: 16, k: 3 },
             Geometry { n: 2, cin: 8, h: 7, w: 9, cout: 8, k: 1 },
             // The weight gradient's kernel: tiles of 32 and of 16 output channels, channels not
-            // in whole tiles, an odd count of wide pixels, one and several blocks of pixels,
-            // images in parallel or one image's tiles in parallel, 1x1 and 5x5 kernels.
+            // in whole tiles (20 -> 32 and 40 -> 48 output, 12 -> 16 input), an odd count of
+            // wide pixels, one and several blocks of pixels, 1x1 and 5x5 kernels.
             Geometry { n: 3, cin: 8, h: 9, w: 13, cout: 32, k: 3 },
             Geometry { n: 1, cin: 12, h: 5, w: 7, cout: 20, k: 5 },
             Geometry { n: 2, cin: 16, h: 3, w: 3, cout: 48, k: 1 },
             Geometry { n: 1, cin: 8, h: 16, w: 17, cout: 64, k: 3 },
+            Geometry { n: 1, cin: 8, h: 6, w: 7, cout: 40, k: 3 },
         ]
         .iter()
         .enumerate()
@@ -1123,7 +1125,14 @@ mod tests {
                 for (o, xi, wi) in taps(g) {
                     want[wi] += grr[o] as f64 * xr[xi] as f64;
                 }
-                let got = weight_grad_with(g, &x, &gr, Precision::Bf16);
+                // On one thread and on two (one image's tiles, or images, in parallel): the same
+                // sums in the same order, bit for bit.
+                let on = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| weight_grad_with(g, &x, &gr, Precision::Bf16))
+                };
+                let got = on(2);
+                assert_eq!(got, on(1), "{g:?}: the bf16 weight gradient depends on the thread count");
                 let f32_grad = weight_grad_with(g, &x, &gr, Precision::F32);
                 let mut moved = 0f64;
                 for (j, ((a, e), f)) in got.iter().zip(&want).zip(&f32_grad).enumerate() {

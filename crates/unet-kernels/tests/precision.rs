@@ -4,7 +4,7 @@
 use unet_kernels::same_conv::{self, Geometry, Precision};
 
 #[test]
-fn forward_and_input_grad_follow_the_setting() {
+fn the_convolution_follows_the_setting() {
     let g = Geometry { n: 2, cin: 8, h: 10, w: 12, cout: 16, k: 3 };
     let vals = |n: usize, m: f32| (0..n).map(|i| (i as f32 * m).sin()).collect::<Vec<f32>>();
     let (x, w, gr) =
@@ -18,7 +18,17 @@ fn forward_and_input_grad_follow_the_setting() {
                 same_conv::forward_with(&g, &x, &w, None, Precision::Bf16)
             );
             assert_eq!(same_conv::input_grad(&g, &w, &gr), same_conv::input_grad_with(&g, &w, &gr, Precision::Bf16));
+            assert_eq!(same_conv::weight_grad(&g, &x, &gr), same_conv::weight_grad_with(&g, &x, &gr, Precision::Bf16));
             assert_ne!(same_conv::forward(&g, &x, &w, None), same_conv::forward_with(&g, &x, &w, None, Precision::F32));
+            assert_ne!(same_conv::weight_grad(&g, &x, &gr), same_conv::weight_grad_with(&g, &x, &gr, Precision::F32));
+            {
+                // An f32 scope covers all three.
+                let _f32 = same_conv::F32Scope::new();
+                assert_eq!(
+                    same_conv::weight_grad(&g, &x, &gr),
+                    same_conv::weight_grad_with(&g, &x, &gr, Precision::F32)
+                );
+            }
         }
         Err(e) => {
             assert!(!same_conv::bf16_available());

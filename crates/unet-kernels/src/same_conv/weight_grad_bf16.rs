@@ -21,9 +21,9 @@ use super::{images_in_parallel, Geometry};
 const MR: usize = 8;
 /// f32 lanes of a vector: output channels per accumulator.
 const LANES: usize = 16;
-/// Pixel pairs per block of the reduction: a tile's gradient rows (32 output channels) and input
-/// rows (8 channels, both alignments, all taps' offsets of a 3x3 kernel at 128 pixels) stay in a
-/// 48 KB L1 cache.
+/// Pixel pairs per block of the reduction: a tile's gradient rows (128 pairs of 32 output
+/// channels, 16 KB) and input rows (8 channels' 256 pixels and the 3x3 taps' halo of two image
+/// rows, 8 KB at 128 pixels a row) stay in the L1 cache.
 const BLOCK: usize = 128;
 
 /// Whether the bf16 weight gradient runs for `g`: enough channels to fill its tiles (the 1-channel
@@ -75,12 +75,13 @@ struct Shape {
     cout: usize,
     /// Input channels rounded up to whole tiles.
     cin: usize,
-    /// Output channels per tile: 32 (two vectors) where they come in 32s, else 16.
+    /// Output channels per tile: 32 (two vectors) where the rounded-up count comes in 32s,
+    /// else 16.
     cw: usize,
     /// Pixel pairs of the wide gradient (`h * R` pixels, a lone last pixel paired with zero).
     pairs: usize,
     /// bf16 pixels of each padded input plane: every tap's window, up to pixel
-    /// `2 * pairs - 1 + off`, and a zero beyond.
+    /// `2 * pairs - 1 + off` (with 2 to spare).
     plane: usize,
 }
 
