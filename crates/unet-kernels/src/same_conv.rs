@@ -798,6 +798,32 @@ fn transpose_grad(g: &Geometry, gi: &[f32]) -> Vec<f32> {
     gt
 }
 
+/// `sum over images i of one(x_i, grad_i, parallel)` for the weight gradients: images in
+/// parallel (`parallel` false) or one after the other, each spreading its own work over the
+/// threads (`parallel` true), as [`images_in_parallel`] decides; the sum runs in image order
+/// either way, so the result does not depend on the thread count. `g.n` > 0.
+fn sum_over_images(
+    g: &Geometry,
+    x: &[f32],
+    grad: &[f32],
+    one: impl Fn(&[f32], &[f32], bool) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let (img_in, img_out) = (g.cin * g.h * g.w, g.cout * g.h * g.w);
+    let parts: Vec<Vec<f32>> = if images_in_parallel(g.n) {
+        x.par_chunks(img_in).zip(grad.par_chunks(img_out)).map(|(xi, gi)| one(xi, gi, false)).collect()
+    } else {
+        x.chunks(img_in).zip(grad.chunks(img_out)).map(|(xi, gi)| one(xi, gi, true)).collect()
+    };
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().expect("n > 0 images");
+    for p in parts {
+        for (a, b) in sum.iter_mut().zip(&p) {
+            *a += b;
+        }
+    }
+    sum
+}
+
 /// The gradient of [`forward`] with respect to its weights, `[cout, cin, k, k]`:
 /// `dW[co][c][dy][dx] = sum over images and pixels of grad[co][y][x] * xpad[c][y + dy][x + dx]`.
 ///
@@ -890,21 +916,9 @@ fn weight_grad_f32(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             })
         }
     };
-    let parts: Vec<Vec<f32>> = if images_in_parallel(g.n) {
-        x.par_chunks(img_in)
-            .zip(grad.par_chunks(img_out))
-            .map(|(xi, gi)| one(xi, gi, gemm::Parallelism::None))
-            .collect()
-    } else {
-        x.chunks(img_in).zip(grad.chunks(img_out)).map(|(xi, gi)| one(xi, gi, gemm::Parallelism::Rayon(0))).collect()
-    };
-    let mut parts = parts.into_iter();
-    let mut dwt = parts.next().expect("n > 0 images");
-    for p in parts {
-        for (a, b) in dwt.iter_mut().zip(&p) {
-            *a += b;
-        }
-    }
+    let dwt = sum_over_images(g, x, grad, |xi, gi, parallel| {
+        one(xi, gi, if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None })
+    });
     for co in 0..cout {
         for c in 0..cin {
             for dy in 0..k {

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::direct::bf16::round;
-use super::{images_in_parallel, Geometry};
+use super::Geometry;
 
 /// Input channels per register tile (broadcast rows).
 const MR: usize = 8;
@@ -51,20 +51,8 @@ unsafe fn to_bf16(dst: &mut [u16], src: &[f32]) {
 /// `g.h` and `g.w` are not 0.
 pub(super) unsafe fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let s = Shape::new(g);
-    let (img_in, img_out) = (g.cin * g.h * g.w, g.cout * g.h * g.w);
-    // SAFETY (both calls): the caller's guarantees.
-    let parts: Vec<Vec<f32>> = if images_in_parallel(g.n) {
-        x.par_chunks(img_in).zip(grad.par_chunks(img_out)).map(|(xi, gi)| unsafe { s.image(xi, gi, false) }).collect()
-    } else {
-        x.chunks(img_in).zip(grad.chunks(img_out)).map(|(xi, gi)| unsafe { s.image(xi, gi, true) }).collect()
-    };
-    let mut parts = parts.into_iter();
-    let mut sum = parts.next().expect("n > 0 images");
-    for p in parts {
-        for (a, b) in sum.iter_mut().zip(&p) {
-            *a += b;
-        }
-    }
+    // SAFETY: the caller's guarantees.
+    let sum = super::sum_over_images(g, x, grad, |xi, gi, parallel| unsafe { s.image(xi, gi, parallel) });
     s.unpack(&sum)
 }
 
