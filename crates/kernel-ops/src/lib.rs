@@ -79,6 +79,15 @@ pub struct BatchNormGrads<B: Backend> {
 
 /// A burn backend with the operations of this crate.
 pub trait KernelBackend: Backend {
+    /// Whether the networks should run their 1x1 convolutions through
+    /// [`KernelBackend::conv2d_same`] too, rather than as a batched matmul on the weights (the
+    /// default: burn's generic `conv2d` backward transposes and copies the input, its matmul
+    /// backward does not). True where `conv2d_same` is a kernel of ours, which then runs every
+    /// convolution of the network, in the process's precision (bf16 included).
+    fn pointwise_conv_as_same() -> bool {
+        false
+    }
+
     /// `k x k` convolution of `x` `[N, C_in, H, W]` with `weight` `[C_out, C_in, k, k]` (odd
     /// `k`), stride 1, zero padding `k / 2`, plus `bias` `[C_out]`: output `[N, C_out, H, W]`.
     fn conv2d_same(
@@ -310,6 +319,10 @@ pub fn batch_norm_eval<B: KernelBackend>(
 }
 
 impl KernelBackend for burn::backend::Flex {
+    fn pointwise_conv_as_same() -> bool {
+        true
+    }
+
     fn conv2d_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -438,6 +451,10 @@ impl KernelBackend for burn::backend::LibTorch<burn::tensor::bf16> {}
 /// backend's gradient operations (on Flex: our kernels). A convolution with a bias is burn's own
 /// autodiff `conv2d`; the evaluation normalisation is burn's composition (tracked op by op).
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    fn pointwise_conv_as_same() -> bool {
+        B::pointwise_conv_as_same()
+    }
+
     fn conv2d_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -25,11 +25,17 @@ fn conv<B: Backend>(cin: usize, cout: usize, k: usize, bias: bool, device: &B::D
         .init(device)
 }
 
-/// A 1x1 convolution computed as a batched matmul `W [1, C_out, C_in] x [N, C_in, H*W]` on
-/// the parameters of `conv` (same weights, same keys). burn's generic `conv2d` backward
-/// transposes the input to `[C_in, N, H, W]` and copies it element by element on Flex;
-/// the matmul backward uses strided gemm instead. Same sums up to float rounding.
-fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// A 1x1 convolution on the parameters of `conv` (same weights, same keys): through the
+/// backend's same convolution where it is a kernel of ours
+/// ([`KernelBackend::pointwise_conv_as_same`](kernel_ops::KernelBackend::pointwise_conv_as_same):
+/// Flex, where it then runs in bf16 under `--precision bf16` like the 3x3 ones), else as a
+/// batched matmul `W [1, C_out, C_in] x [N, C_in, H*W]` (burn's generic `conv2d` backward
+/// transposes the input to `[C_in, N, H, W]` and copies it; the matmul backward does not). Same
+/// sums up to float rounding.
+fn conv1x1<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if B::pointwise_conv_as_same() {
+        return conv_same(conv, x);
+    }
     let [n, cin, h, w] = x.dims();
     let cout = conv.weight.dims()[0];
     let weight = conv.weight.val().reshape([1, cout, cin]);
@@ -221,16 +227,23 @@ impl<B: UnetBackend> LinearAttention<B> {
         let n = h * w;
         let c = x.dims()[1];
         let hidden = heads * dh;
-        let x = self.norm.forward(x).reshape([b, c, n]);
-        // `to_qkv` then `chunk(3)`, as three matmuls on row blocks of the weight, each
-        // `[b, heads, dh, n]`. q's softmax over the feature axis (`dim=-2`) is the backend's
-        // `softmax_cols`: on burn Flex a softmax (and its autodiff decomposition) over a middle
-        // axis goes through strided element-by-element copies, and computing q transposed for a
-        // last-axis softmax left permuted copies in the forward and backward instead.
-        let rows = |i: usize| self.to_qkv.weight.val().narrow(0, i * hidden, hidden).reshape([1, hidden, c]);
-        let q = rows(0).matmul(x.clone()).reshape([b, heads, dh, n]);
-        let k = rows(1).matmul(x.clone()).reshape([b, heads, dh, n]);
-        let v = rows(2).matmul(x).reshape([b, heads, dh, n]);
+        let x = self.norm.forward(x);
+        // `to_qkv` then `chunk(3)`, as three 1x1 convolutions on row blocks of the weight (each
+        // contiguous), each `[b, heads, dh, n]`. q's softmax over the feature axis (`dim=-2`) is
+        // the backend's `softmax_cols`: on burn Flex a softmax (and its autodiff decomposition)
+        // over a middle axis goes through strided element-by-element copies, and computing q
+        // transposed for a last-axis softmax left permuted copies in the forward and backward
+        // instead.
+        let rows = |i: usize| self.to_qkv.weight.val().narrow(0, i * hidden, hidden);
+        let project = |i: usize| -> Tensor<B, 4> {
+            let y = if B::pointwise_conv_as_same() {
+                conv2d_same(x.clone(), rows(i), None)
+            } else {
+                rows(i).reshape([1, hidden, c]).matmul(x.clone().reshape([b, c, n])).reshape([b, hidden, h, w])
+            };
+            y.reshape([b, heads, dh, n])
+        };
+        let (q, k, v) = (project(0), project(1), project(2));
         let (k, v) = match &self.mem_kv {
             Some(mem) => {
                 let mem = mem.val();
