@@ -55,10 +55,72 @@ pub fn tensor(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTe
 }
 
 /// `t` itself when its f32 values are contiguous, else a contiguous copy.
+///
+/// A batch of transposed matrices (a gradient that came back through `swap_dims`, e.g. an
+/// attention operand's) is copied here tile by tile: burn Flex copies any layout that does not
+/// collapse to two dimensions with its element-by-element strided iterator, several times slower.
 pub fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
+        return t;
     }
+    if t.dtype() == DType::F32 {
+        if let Some(values) = copy_batched_2d(&t) {
+            return tensor(values, t.shape());
+        }
+    }
+    t.to_contiguous()
+}
+
+/// Side of the square tiles [`copy_batched_2d`] copies a strided matrix in.
+const TILE: usize = 16;
+
+/// The values of an f32 tensor whose layout collapses to exactly three positive-stride
+/// dimensions `[batch, rows, cols]`, in row-major order; `None` for any other layout (burn copies
+/// those that collapse to one or two dimensions at memory speed itself).
+fn copy_batched_2d(t: &FlexTensor) -> Option<Vec<f32>> {
+    let layout = t.layout();
+    // Drop size-1 dimensions and merge neighbours whose strides chain (row-major order).
+    let mut dims: Vec<(usize, isize)> = Vec::new();
+    for (&len, &stride) in layout.shape().iter().zip(layout.strides()) {
+        if len == 1 {
+            continue;
+        }
+        match dims.last_mut() {
+            Some((l, s)) if *s == stride * len as isize => {
+                *l *= len;
+                *s = stride;
+            }
+            _ => dims.push((len, stride)),
+        }
+    }
+    if dims.len() != 3 || dims.iter().any(|&(_, s)| s < 0) {
+        return None;
+    }
+    let [(batch, sb), (rows, sr), (cols, sc)] = [dims[0], dims[1], dims[2]];
+    let (sb, sr, sc) = (sb as usize, sr as usize, sc as usize);
+    let src = &t.storage::<f32>()[layout.start_offset()..];
+    let mut out = vec![0f32; batch * rows * cols];
+    for (b, dst) in out.chunks_exact_mut((rows * cols).max(1)).enumerate().take(batch) {
+        let base = b * sb;
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                let (r1, c1) = ((r0 + TILE).min(rows), (c0 + TILE).min(cols));
+                // Within a tile, walk the source along its smaller stride.
+                if sc <= sr {
+                    for r in r0..r1 {
+                        for c in c0..c1 {
+                            dst[r * cols + c] = src[base + r * sr + c * sc];
+                        }
+                    }
+                } else {
+                    for c in c0..c1 {
+                        for r in r0..r1 {
+                            dst[r * cols + c] = src[base + r * sr + c * sc];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
 }

@@ -219,3 +219,29 @@ fn batch_norm_gradients_match_burn_on_flex() {
 fn batch_norm_gradients_match_burn_on_ndarray() {
     batch_norm_gradients_match_burn::<burn::backend::NdArray>();
 }
+
+/// `flex::contiguous` copies strided views value for value as burn does: batches of transposed
+/// matrices (its tiled path), narrowed ones, plain 2-D transposes, broadcast (stride-0) rows,
+/// and layouts it leaves to burn (a permutation that stays four-dimensional).
+#[test]
+fn contiguous_copies_strided_views_like_burn() {
+    let dev = Default::default();
+    let x = Tensor::<F, 4>::random([3, 2, 37, 21], Distribution::Normal(0.0, 1.0), &dev);
+    let views: Vec<(&str, Tensor<F, 4>)> = vec![
+        ("transposed", x.clone().swap_dims(2, 3)),
+        ("narrowed then transposed", x.clone().narrow(3, 4, 17).swap_dims(2, 3)),
+        ("transposed then narrowed", x.clone().swap_dims(2, 3).narrow(2, 3, 15)),
+        ("one batch", x.clone().narrow(0, 1, 1).narrow(1, 0, 1).swap_dims(2, 3)),
+        ("broadcast", x.clone().narrow(1, 0, 1).narrow(2, 5, 1).expand([3, 4, 6, 21])),
+        ("permuted", x.clone().permute([3, 1, 0, 2])),
+    ];
+    for (name, view) in views {
+        let prim = view.into_primitive().tensor();
+        assert!(!prim.is_contiguous(), "{name}: the view is strided");
+        let expected = prim.to_contiguous();
+        let got = flex::contiguous(prim);
+        assert!(got.is_contiguous(), "{name}");
+        assert_eq!(got.shape(), expected.shape(), "{name}");
+        assert_eq!(flex::f32s(&got), flex::f32s(&expected), "{name}");
+    }
+}

@@ -256,10 +256,14 @@ impl<B: UnetBackend> LinearAttention<B> {
         };
         let q = softmax_cols(q).mul_scalar((dh as f64).powf(-0.5));
         let k = softmax_last(k);
-        // context[d, e] = sum_n k[d, n] v[e, n]
-        let context = k.matmul(v.swap_dims(2, 3));
+        // context[d, e] = sum_n k[d, n] v[e, n], computed transposed, `v k^T`, so that v (the
+        // larger operand's gradient, as wide as the image) comes back contiguous from the
+        // matmul's backward rather than as a transposed view that reshaping copies element by
+        // element; k's transposed gradient goes to the softmax's backward, which copies it by
+        // tiles.
+        let context_t = v.matmul(k.swap_dims(2, 3));
         // out[e, n] = sum_d context[d, e] q[d, n]
-        let out = context.swap_dims(2, 3).matmul(q);
+        let out = context_t.matmul(q);
         let out = out.reshape([b, heads * dh, h, w]);
         self.out_norm.forward(conv1x1(&self.to_out, out))
     }

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use burn::backend::{Flex, NdArray};
-use burn::tensor::backend::Backend;
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
@@ -110,6 +112,37 @@ fn non_default_config_matches_pytorch_forward() {
     assert!(d <= 1e-5, "max |diff| = {d:e}");
 }
 
+/// The network's outputs after one SGD step on the mean squared output: plain SGD (not Adam)
+/// so that the step is proportional to the gradients and any gradient error shows.
+fn after_one_step<B>(device: &B::Device) -> Vec<f32>
+where
+    B: AutodiffBackend + unet::UnetBackend,
+    B::InnerBackend: unet::UnetBackend,
+{
+    let model = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, None, device).unwrap();
+    let (x, t) = inputs::<B>(device);
+    let loss = model.forward(x.clone(), t.clone()).powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = SgdConfig::new().init().step(0.1, model, grads);
+    model.valid().forward(x.inner(), t.inner()).into_data().to_vec().unwrap()
+}
+
+/// The gradients of our Flex path (its own convolution kernels, 1x1 convolutions included, the
+/// fused norm and softmaxes, the linear attention's context computed transposed) against burn's
+/// generic operations on NdArray, through one SGD step.
+#[test]
+fn one_training_step_on_flex_matches_ndarray() {
+    use burn::backend::Autodiff;
+    let flex = after_one_step::<Autodiff<Flex>>(&Default::default());
+    let ndarray = after_one_step::<Autodiff<NdArray>>(&Default::default());
+    let before: Vec<f32> = expected("forward_out.npy").iter().copied().collect();
+    let moved = flex.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let d = flex.iter().zip(&ndarray).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("one SGD step: outputs moved by up to {moved:e}; NdArray vs Flex max |diff| {d:e}");
+    assert!(moved > 1e-3, "the step must change the network for the comparison to mean anything");
+    assert!(d <= 1e-4, "NdArray vs Flex after one step: max |diff| {d:e}");
+}
+
 /// The same network on burn's LibTorch backend (libtorch's CPU; `--features tch`, libtorch 2.9):
 /// the forward against PyTorch, and one training step against Flex's.
 #[cfg(feature = "tch")]
@@ -117,9 +150,6 @@ mod libtorch {
     use super::*;
     use burn::backend::libtorch::LibTorchDevice;
     use burn::backend::{Autodiff, LibTorch};
-    use burn::module::AutodiffModule;
-    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-    use burn::tensor::backend::AutodiffBackend;
 
     #[test]
     fn forward_matches_pytorch() {
@@ -127,21 +157,6 @@ mod libtorch {
         let model =
             load_checkpoint::<LibTorch>(&fixture("unet_state_dict.pth"), Weights::Model, None, &device).unwrap();
         check(&model, "forward_out.npy", &device);
-    }
-
-    /// The network's outputs after one SGD step on the mean squared output: plain SGD (not Adam)
-    /// so that the step is proportional to the gradients and any gradient error shows.
-    fn after_one_step<B>(device: &B::Device) -> Vec<f32>
-    where
-        B: AutodiffBackend + unet::UnetBackend,
-        B::InnerBackend: unet::UnetBackend,
-    {
-        let model = load_checkpoint::<B>(&fixture("unet_state_dict.pth"), Weights::Model, None, device).unwrap();
-        let (x, t) = inputs::<B>(device);
-        let loss = model.forward(x.clone(), t.clone()).powf_scalar(2.0).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = SgdConfig::new().init().step(0.1, model, grads);
-        model.valid().forward(x.inner(), t.inner()).into_data().to_vec().unwrap()
     }
 
     #[test]
