@@ -4,8 +4,9 @@
 //! extension, so that a backend can bring its own kernels:
 //!
 //! - the `k x k` "same" convolution (stride 1, padding `k / 2`, no dilation, one group) and its
-//!   two gradients ([`KernelBackend::conv2d_same`]): every 3x3 convolution of the U-Net and the
-//!   stride-1 ones of the lensing classifier's ResNet;
+//!   two gradients ([`KernelBackend::conv2d_same`]): every 3x3 convolution of the U-Net (and its
+//!   1x1 ones where [`KernelBackend::pointwise_conv_as_same`] says so: on Flex) and the stride-1
+//!   ones of the lensing classifier's ResNet;
 //! - batch normalisation with batch statistics, optionally followed by ReLU, and its gradient
 //!   ([`KernelBackend::batch_norm_train`]), and with given statistics
 //!   ([`KernelBackend::batch_norm_eval`]): the ResNet's normalisations.
