@@ -562,20 +562,26 @@ mod direct {
             }
         }
 
-        /// [`pack_weights`] for weights `W[o][c][tap]` given by `at`.
+        /// [`pack_weights`] for weights `W[o][c][tap]` given by `at`: per block and pair of
+        /// channels, the two channels' `[tap][o]` values gathered, then rounded and paired in
+        /// one loop the compiler vectorises.
         #[inline(always)]
         fn pack_with(g: &Geometry, at: impl Fn(usize, usize, usize) -> f32) -> Vec<u32> {
             let (kk, pairs) = (g.k * g.k, g.cin.div_ceil(2));
             let mut out = Vec::with_capacity(g.cout / CO * pairs * kk * CO);
+            let (mut lo, mut hi) = (vec![0f32; kk * CO], vec![0f32; kk * CO]);
             for block in 0..g.cout / CO {
                 for p in 0..pairs {
                     let (c, lone) = (2 * p, 2 * p + 1 == g.cin);
                     for tap in 0..kk {
-                        for o in block * CO..(block + 1) * CO {
-                            let lo = round(at(o, c, tap)) >> 16;
-                            out.push(if lone { lo } else { lo | round(at(o, c + 1, tap)) });
+                        for oi in 0..CO {
+                            let o = block * CO + oi;
+                            lo[tap * CO + oi] = at(o, c, tap);
+                            // A lone last channel pairs with zero, whose bf16 bits are zero.
+                            hi[tap * CO + oi] = if lone { 0.0 } else { at(o, c + 1, tap) };
                         }
                     }
+                    out.extend(lo.iter().zip(&hi).map(|(a, b)| (round(*a) >> 16) | round(*b)));
                 }
             }
             out
