@@ -14,11 +14,11 @@ pub struct BackendArgs {
     pub backend: BackendKind,
     /// Convolution arithmetic on flex: f32, or bf16 - the operands of the U-Net's convolutions
     /// (3x3, 1x1 and the first 7x7: forward and input gradient where the channels come in
-    /// eights; weight gradients from 8 input and 16 output channels, so not the 7x7's)
-    /// rounded to bfloat16 and their products summed in f32 by
-    /// AVX512-BF16 dot products, as PyTorch's CPU autocast rounds them; the master weights,
-    /// AdamW, norms and attention stay f32, and the metrics run in f32. bf16 needs a CPU with
-    /// AVX512-BF16 (see docs/PERFORMANCE.md for the speed and the loss against f32).
+    /// eights; weight gradients from 8 input and 16 output channels, so not the 7x7's) rounded
+    /// to bfloat16 and their products summed in f32 by AVX512-BF16 dot products, as PyTorch's
+    /// CPU autocast rounds them; the master weights, AdamW, norms, softmaxes and the attention's
+    /// matmuls stay f32, and the metrics run in f32. bf16 needs a CPU with AVX512-BF16 (see
+    /// docs/PERFORMANCE.md for the speed and the loss against f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
 }

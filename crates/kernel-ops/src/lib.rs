@@ -84,7 +84,7 @@ pub trait KernelBackend: Backend {
     /// [`KernelBackend::conv2d_same`] too, rather than as a batched matmul on the weights (the
     /// default: burn's generic `conv2d` backward transposes and copies the input, its matmul
     /// backward does not). True where `conv2d_same` is a kernel of ours, which then runs every
-    /// convolution of the network, in the process's precision (bf16 included).
+    /// same convolution of the network, in the process's precision (bf16 included).
     fn pointwise_conv_as_same() -> bool {
         false
     }

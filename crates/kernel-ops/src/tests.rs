@@ -233,6 +233,7 @@ fn contiguous_copies_strided_views_like_burn() {
         ("transposed then narrowed", x.clone().swap_dims(2, 3).narrow(2, 3, 15)),
         ("one batch", x.clone().narrow(0, 1, 1).narrow(1, 0, 1).swap_dims(2, 3)),
         ("broadcast", x.clone().narrow(1, 0, 1).narrow(2, 5, 1).expand([3, 4, 6, 21])),
+        ("rows of whole planes", x.clone().swap_dims(0, 1)),
         ("permuted", x.clone().permute([3, 1, 0, 2])),
     ];
     for (name, view) in views {

@@ -549,8 +549,7 @@ mod direct {
         /// The weights in [`super::pack_weights`]'s order as pairs of channels,
         /// `[block][c / 2][tap][o]`, channel `2c` in the low half (a lone last channel paired
         /// with zero): the same values as pairing that function's f32 output, in one pass from
-        /// the caller's weights (the two passes, each a full copy, were 3 % of a bf16 DeepLense
-        /// training step).
+        /// the caller's weights, without the f32 copy the two passes made.
         pub(in super::super) fn pack_weights(g: &Geometry, weights: Weights<'_>) -> Vec<u32> {
             match weights {
                 Weights::AsGiven(w) => pack_with(g, |o, c, tap| w[(o * g.cin + c) * g.k * g.k + tap]),
@@ -1126,6 +1125,10 @@ mod tests {
             Geometry { n: 2, cin: 16, h: 3, w: 3, cout: 48, k: 1 },
             Geometry { n: 1, cin: 8, h: 16, w: 17, cout: 64, k: 3 },
             Geometry { n: 1, cin: 8, h: 6, w: 7, cout: 40, k: 3 },
+            // Input gradients whose adjoint has one or three (unpaired) channels: the U-Net's
+            // `final_conv` (1x1 to one channel) and an odd 3x3.
+            Geometry { n: 2, cin: 8, h: 5, w: 7, cout: 1, k: 1 },
+            Geometry { n: 1, cin: 16, h: 6, w: 5, cout: 3, k: 3 },
         ]
         .iter()
         .enumerate()
