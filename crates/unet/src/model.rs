@@ -36,15 +36,29 @@ fn conv1x1<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if B::pointwise_conv_as_same() {
         return conv_same(conv, x);
     }
-    let [n, cin, h, w] = x.dims();
-    let cout = conv.weight.dims()[0];
-    let weight = conv.weight.val().reshape([1, cout, cin]);
-    let y = weight.matmul(x.reshape([n, cin, h * w]));
-    let y = match &conv.bias {
-        Some(b) => y.add(per_sample_channels(b.val(), n)),
+    let y = pointwise(conv.weight.val(), x);
+    match &conv.bias {
+        Some(b) => add_channel_bias(y, b.val()),
         None => y,
-    };
-    y.reshape([n, cout, h, w])
+    }
+}
+
+/// The bias-free 1x1 convolution of `x` `[N, C_in, H, W]` with `weight` `[C_out, C_in, 1, 1]`,
+/// by the route [`conv1x1`] describes.
+fn pointwise<B: UnetBackend>(weight: Tensor<B, 4>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if B::pointwise_conv_as_same() {
+        return conv2d_same(x, weight, None);
+    }
+    let [n, cin, h, w] = x.dims();
+    let cout = weight.dims()[0];
+    weight.reshape([1, cout, cin]).matmul(x.reshape([n, cin, h * w])).reshape([n, cout, h, w])
+}
+
+/// `y` `[N, C, H, W]` plus a per-channel `bias` `[C]`, added as a contiguous `[N, C, 1]` operand
+/// (see [`conv_same`]).
+fn add_channel_bias<B: Backend>(y: Tensor<B, 4>, bias: Tensor<B, 1>) -> Tensor<B, 4> {
+    let [n, c, h, w] = y.dims();
+    y.reshape([n, c, h * w]).add(per_sample_channels(bias, n)).reshape([n, c, h, w])
 }
 
 /// A `k x k` convolution with stride 1 and padding `k / 2` (how every conv of this network
@@ -56,17 +70,13 @@ fn conv1x1<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// [`KernelBackend::conv2d_same`](crate::backend::KernelBackend::conv2d_same) (Flex: our own
 /// kernel).
 fn conv_same<B: UnetBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let cout = conv.weight.dims()[0];
     if !conv.weight.val().is_require_grad() {
         // Inference: the fused bias of the conv kernel saves a pass.
         return conv2d_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
     }
     let y = conv2d_same(x, conv.weight.val(), None);
     match &conv.bias {
-        Some(b) => {
-            let [n, _, h, w] = y.dims();
-            y.reshape([n, cout, h * w]).add(per_sample_channels(b.val(), n)).reshape([n, cout, h, w])
-        }
+        Some(b) => add_channel_bias(y, b.val()),
         None => y,
     }
 }
@@ -225,7 +235,6 @@ impl<B: UnetBackend> LinearAttention<B> {
         let [b, _c, h, w] = x.dims();
         let (heads, dh) = (self.heads, self.dim_head);
         let n = h * w;
-        let c = x.dims()[1];
         let hidden = heads * dh;
         let x = self.norm.forward(x);
         // `to_qkv` then `chunk(3)`, as three 1x1 convolutions on row blocks of the weight (each
@@ -235,14 +244,7 @@ impl<B: UnetBackend> LinearAttention<B> {
         // transposed for a last-axis softmax left permuted copies in the forward and backward
         // instead.
         let rows = |i: usize| self.to_qkv.weight.val().narrow(0, i * hidden, hidden);
-        let project = |i: usize| -> Tensor<B, 4> {
-            let y = if B::pointwise_conv_as_same() {
-                conv2d_same(x.clone(), rows(i), None)
-            } else {
-                rows(i).reshape([1, hidden, c]).matmul(x.clone().reshape([b, c, n])).reshape([b, hidden, h, w])
-            };
-            y.reshape([b, heads, dh, n])
-        };
+        let project = |i: usize| pointwise(rows(i), x.clone()).reshape([b, heads, dh, n]);
         let (q, k, v) = (project(0), project(1), project(2));
         let (k, v) = match &self.mem_kv {
             Some(mem) => {
