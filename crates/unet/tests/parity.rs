@@ -135,12 +135,17 @@ fn one_training_step_on_flex_matches_ndarray() {
     use burn::backend::Autodiff;
     let flex = after_one_step::<Autodiff<Flex>>(&Default::default());
     let ndarray = after_one_step::<Autodiff<NdArray>>(&Default::default());
+    assert_same_step(&flex, &ndarray, "NdArray");
+}
+
+/// `other`'s outputs after [`after_one_step`] equal Flex's to 1e-4, for a step that moved them.
+fn assert_same_step(flex: &[f32], other: &[f32], name: &str) {
     let before: Vec<f32> = expected("forward_out.npy").iter().copied().collect();
     let moved = flex.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    let d = flex.iter().zip(&ndarray).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    eprintln!("one SGD step: outputs moved by up to {moved:e}; NdArray vs Flex max |diff| {d:e}");
+    let d = flex.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("one SGD step: outputs moved by up to {moved:e}; {name} vs Flex max |diff| {d:e}");
     assert!(moved > 1e-3, "the step must change the network for the comparison to mean anything");
-    assert!(d <= 1e-4, "NdArray vs Flex after one step: max |diff| {d:e}");
+    assert!(d <= 1e-4, "{name} vs Flex after one step: max |diff| {d:e}");
 }
 
 /// The same network on burn's LibTorch backend (libtorch's CPU; `--features tch`, libtorch 2.9):
@@ -163,11 +168,6 @@ mod libtorch {
     fn one_training_step_matches_flex() {
         let flex = after_one_step::<Autodiff<Flex>>(&Default::default());
         let torch = after_one_step::<Autodiff<LibTorch>>(&LibTorchDevice::Cpu);
-        let before: Vec<f32> = expected("forward_out.npy").iter().copied().collect();
-        let moved = flex.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        let d = flex.iter().zip(&torch).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        eprintln!("one SGD step: outputs moved by up to {moved:e}; LibTorch vs Flex max |diff| {d:e}");
-        assert!(moved > 1e-3, "the step must change the network for the comparison to mean anything");
-        assert!(d <= 1e-4, "LibTorch vs Flex after one step: max |diff| {d:e}");
+        assert_same_step(&flex, &torch, "LibTorch");
     }
 }
