@@ -1,6 +1,6 @@
-//! The 3x3 same convolution of the DeepLense U-Net's stages (batch 4), forward and both
-//! gradients, in f32 and in bf16 (`Precision::Bf16`, on CPUs with AVX512-BF16), side by side in
-//! one run:
+//! The 3x3 same convolution of the DeepLense U-Net's stages (batch 4) and of the small preset's
+//! (`pipeline`; batch 8, a data-parallel shard of its batch 16), forward and both gradients, in
+//! f32 and in bf16 (`Precision::Bf16`, on CPUs with AVX512-BF16), side by side in one run:
 //!
 //! ```text
 //! cargo bench -p unet-kernels --bench same_conv
@@ -19,7 +19,7 @@ fn values(len: usize) -> Vec<f32> {
 
 fn bench(c: &mut Criterion) {
     let quick = std::env::var_os("SAME_CONV_QUICK").is_some();
-    let mut group = c.benchmark_group("same_conv_3x3_b4");
+    let mut group = c.benchmark_group("same_conv_3x3");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(if quick { 2 } else { 6 }));
     let mut precisions = vec![Precision::F32];
@@ -28,13 +28,16 @@ fn bench(c: &mut Criterion) {
     } else {
         eprintln!("this CPU has no AVX512-BF16: f32 only");
     }
-    for (c_in, size) in [(64, 128), (128, 64), (256, 32)] {
-        let g = Geometry { n: 4, cin: c_in, h: size, w: size, cout: c_in, k: 3 };
+    // DeepLense's stages at batch 4, then the small preset's at batch 8.
+    for (n, c_in, size) in
+        [(4, 64, 128), (4, 128, 64), (4, 256, 32), (4, 512, 16), (8, 16, 32), (8, 32, 16), (8, 64, 8)]
+    {
+        let g = Geometry { n, cin: c_in, h: size, w: size, cout: c_in, k: 3 };
         let (x, w) = (values(g.n * g.cin * g.h * g.w), values(g.cout * g.cin * 9));
         // Multiply-adds per call (the same for both gradients).
         group.throughput(Throughput::Elements((g.n * g.cout * g.cin * 9 * g.h * g.w) as u64));
         for &p in &precisions {
-            let id = format!("c{c_in}_{size}px_{p:?}");
+            let id = format!("c{c_in}_{size}px_b{n}_{p:?}");
             group.bench_with_input(BenchmarkId::new("forward", &id), &p, |b, &p| {
                 b.iter(|| same_conv::forward_with(&g, &x, &w, None, p))
             });

@@ -6,10 +6,11 @@
 //!
 //! - [`same_conv`]: the network's `k x k`, stride-1, "same"-padded convolution and its input and
 //!   weight gradients: a direct AVX-512 kernel (8 output channels x 48 pixels in 24 registers)
-//!   where the CPU has AVX-512F and the channels come in blocks of 8, GEMMs (the `gemm` crate)
-//!   otherwise and for the weight gradient. All three also run in bf16 with f32 sums
-//!   (`same_conv::Precision::Bf16`, AVX512-BF16 dot products; a process-wide setting, f32 by
-//!   default), the weight gradient by a kernel of its own that pairs neighbouring pixels.
+//!   where the CPU has AVX-512F and the channels come in blocks of 8, and for the weight gradient
+//!   a kernel of its own (a reduction over pixels, `dW` tiles in registers) from 8 input and 16
+//!   output channels; GEMMs (the `gemm` crate) otherwise. All three also run in bf16 with f32
+//!   sums (`same_conv::Precision::Bf16`, AVX512-BF16 dot products; a process-wide setting, f32
+//!   by default), the weight gradient's kernel then on pairs of neighbouring pixels.
 //! - [`norm_act`]: channel RMSNorm, per-sample modulation and SiLU in one pass, and its
 //!   closed-form gradient (SIMD through `pulp`'s run-time dispatch).
 //! - [`softmax`]: softmax over the middle axis of `[groups, len, inner]` (rows or columns) and

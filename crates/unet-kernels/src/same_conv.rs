@@ -589,7 +589,7 @@ mod direct {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod weight_grad_bf16;
+mod weight_grad_direct;
 
 /// Whether the `direct` kernel runs for `g`: an x86-64 CPU with AVX-512F and output channels
 /// in whole blocks of 8.
@@ -855,10 +855,12 @@ fn sum_over_images(
 /// The gradient of [`forward`] with respect to its weights, `[cout, cin, k, k]`:
 /// `dW[co][c][dy][dx] = sum over images and pixels of grad[co][y][x] * xpad[c][y + dy][x + dx]`.
 ///
-/// Per image and kernel row `dy`, one GEMM `grad_wide [C_out, H * R] x window^T` (the window of
-/// [`forward`]; `grad_wide` is zero where the window reads across the padding, and laid out as
-/// [`pixel_major_grad`] decides). The images' contributions are added in image order, whatever
-/// the thread count.
+/// On x86-64 CPUs with AVX-512F, from 8 input and 16 output channels, a kernel of its own
+/// (`weight_grad_direct.rs`: the output gradient transposed to pixel rows, the sums kept in
+/// registers as `dW` tiles while they run over the pixels). Elsewhere, per image and kernel row
+/// `dy`, one GEMM `grad_wide [C_out, H * R] x window^T` (the window of [`forward`]; `grad_wide`
+/// is zero where the window reads across the padding, and laid out as [`pixel_major_grad`]
+/// decides). The images' contributions are added in image order, whatever the thread count.
 ///
 /// In the process-wide [`precision`]; in bf16 see [`weight_grad_with`].
 pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
@@ -867,23 +869,30 @@ pub fn weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
 
 /// [`weight_grad`] in the given precision. In bf16 (where the CPU allows it, with at least 8
 /// input and 16 output channels) the input and the output gradient are rounded to bf16 and the
-/// products summed in f32 by a kernel of its own (`weight_grad_bf16.rs`); elsewhere the f32
-/// GEMMs run.
+/// products summed in f32 by the same kernel on pairs of pixels (`weight_grad_direct.rs`);
+/// elsewhere the f32 path runs.
 pub fn weight_grad_with(g: &Geometry, x: &[f32], grad: &[f32], precision: Precision) -> Vec<f32> {
     assert!(g.k % 2 == 1, "same_conv: even kernel size {}", g.k);
     assert_eq!(x.len(), g.n * g.cin * g.h * g.w, "same_conv: input length");
     assert_eq!(grad.len(), g.n * g.cout * g.h * g.w, "same_conv: gradient length");
     #[cfg(target_arch = "x86_64")]
-    if precision == Precision::Bf16 && g.n > 0 && g.h * g.w > 0 && weight_grad_bf16::applies(g) && bf16_available() {
-        // SAFETY: `bf16_available` and `applies` checked.
-        return unsafe { weight_grad_bf16::weight_grad(g, x, grad) };
+    if g.n > 0 && g.h * g.w > 0 && weight_grad_direct::applies(g) {
+        use weight_grad_direct::{Bf16, F32};
+        if precision == Precision::Bf16 && bf16_available() {
+            // SAFETY: `bf16_available` (AVX-512F and AVX512-BF16) and `applies` checked.
+            return unsafe { weight_grad_direct::weight_grad::<Bf16>(g, x, grad) };
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F and `applies` checked.
+            return unsafe { weight_grad_direct::weight_grad::<F32>(g, x, grad) };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = precision;
     weight_grad_f32(g, x, grad)
 }
 
-/// [`weight_grad`] in f32: the GEMMs.
+/// [`weight_grad`] in f32 where its own kernel does not apply: the GEMMs.
 fn weight_grad_f32(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (k, h, w, r, s, cout, cin) = (g.k, g.h, g.w, g.row(), g.plane(), g.cout, g.cin);
     let kk = k * cin;
@@ -1079,6 +1088,14 @@ mod tests {
             // Both channel counts in blocks of 8 on 1,024+ wide pixels, one and two images.
             Geometry { n: 2, cin: 8, h: 32, w: 33, cout: 8, k: 3 },
             Geometry { n: 1, cin: 16, h: 40, w: 30, cout: 16, k: 3 },
+            // The weight gradient's own kernel (from 8 input and 16 output channels): tiles of
+            // 32 and of 16 output channels, channels not in whole tiles, an odd count of wide
+            // pixels, one and several blocks of pixels, 1x1 and 5x5 kernels, images in parallel.
+            Geometry { n: 3, cin: 8, h: 9, w: 13, cout: 32, k: 3 },
+            Geometry { n: 1, cin: 12, h: 5, w: 7, cout: 20, k: 5 },
+            Geometry { n: 2, cin: 16, h: 3, w: 3, cout: 48, k: 1 },
+            Geometry { n: 1, cin: 8, h: 16, w: 17, cout: 64, k: 3 },
+            Geometry { n: 4, cin: 24, h: 12, w: 11, cout: 40, k: 3 },
         ]
         .iter()
         .enumerate()
