@@ -94,6 +94,21 @@ pub trait UnetBackend: KernelBackend {
     fn softmax_cols_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
         burn_softmax_backward::<Self>(y, output_grad, SoftmaxAxis::Cols)
     }
+
+    /// `x` itself; under autodiff, a tracked identity whose backward hands `x`'s gradient on
+    /// through [`UnetBackend::contiguous`]. Where a gradient comes back as a strided view (a
+    /// concatenation's backward returns slices of the output's gradient), every later operation
+    /// on it, and the sum where a tensor's gradients accumulate, pays for the view; on Flex that
+    /// is an element-by-element strided iterator, one contiguous copy here instead.
+    fn contiguous_grad(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        x
+    }
+
+    /// `t` laid out so the backend's operations run at their best: by default `t` itself; Flex
+    /// (f32) copies a strided view into a contiguous tensor by tiles.
+    fn contiguous(t: FloatTensor<Self>) -> FloatTensor<Self> {
+        t
+    }
 }
 
 /// Which axis a softmax runs over.
@@ -151,6 +166,11 @@ pub fn softmax_cols<B: UnetBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
 /// [`UnetBackend::softmax_last`] on tensors: softmax over the last axis.
 pub fn softmax_last<B: UnetBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     float(B::softmax_last(x.into_primitive().tensor()))
+}
+
+/// [`UnetBackend::contiguous_grad`] on tensors: `x`, whose gradient leaves contiguous.
+pub fn contiguous_grad<B: UnetBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    float(B::contiguous_grad(x.into_primitive().tensor()))
 }
 
 /// What [`UnetBackend::rms_norm_act_backward`] returns.
@@ -375,6 +395,10 @@ impl UnetBackend for burn::backend::Flex {
     fn softmax_cols_backward(y: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
         flex_softmax_backward(y, output_grad, SoftmaxAxis::Cols)
     }
+
+    fn contiguous(t: FloatTensor<Self>) -> FloatTensor<Self> {
+        contiguous(t)
+    }
 }
 
 /// A softmax over `axis` on Flex: the `softmax.rs` kernel for non-empty f32 tensors, burn's
@@ -482,6 +506,27 @@ impl<B: UnetBackend, C: CheckpointStrategy> UnetBackend for Autodiff<B, C> {
     /// [`UnetBackend::softmax_cols_backward`] on the saved output.
     fn softmax_cols(x: FloatTensor<Self>) -> FloatTensor<Self> {
         tracked_softmax::<B, C>(x, SoftmaxAxis::Cols)
+    }
+
+    /// One tracked identity whose backward registers the inner backend's
+    /// [`UnetBackend::contiguous`] of the gradient.
+    fn contiguous_grad(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ContiguousGrad;
+
+        impl<B: UnetBackend> Backward<B, 1> for ContiguousGrad {
+            type State = ();
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(node)] = ops.parents {
+                    grads.register::<B>(node.id, B::contiguous(grad));
+                }
+            }
+        }
+
+        let output = x.primitive.clone();
+        ContiguousGrad.prepare::<C>([x.node]).compute_bound().stateless(output)
     }
 }
 
@@ -769,5 +814,30 @@ mod tests {
     #[test]
     fn softmax_cols_matches_burn_on_ndarray() {
         softmax_matches::<burn::backend::NdArray>(SoftmaxAxis::Cols);
+    }
+
+    /// `contiguous_grad` changes no value, forward or backward, and on Flex hands on a
+    /// contiguous gradient where a concatenation's backward leaves a strided slice.
+    #[test]
+    fn contiguous_grad_keeps_values_and_lays_out_the_gradient() {
+        type A = Autodiff<F>;
+        let dev = Default::default();
+        let x0 = seeded::<F, 4>([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), 1, &dev);
+        let z = seeded::<A, 4>([2, 2, 4, 5], Distribution::Normal(0.0, 1.0), 2, &dev);
+        let weights = seeded::<A, 4>([2, 5, 4, 5], Distribution::Normal(0.0, 1.0), 3, &dev);
+        let grad_of = |barrier: bool| {
+            let x = Tensor::<A, 4>::from_inner(x0.clone()).require_grad();
+            let input = if barrier { contiguous_grad(x.clone()) } else { x.clone() };
+            let y = Tensor::cat(vec![input, z.clone()], 1);
+            let g = y.clone().mul(weights.clone()).sum().backward();
+            (y.into_data(), x.grad(&g).unwrap())
+        };
+        let (y_plain, g_plain) = grad_of(false);
+        let (y_barrier, g_barrier) = grad_of(true);
+        y_barrier.assert_eq(&y_plain, true);
+        g_barrier.clone().into_data().assert_eq(&g_plain.clone().into_data(), true);
+        let is_contiguous = |t: Tensor<F, 4>| t.into_primitive().tensor().as_slice::<f32>().is_some();
+        assert!(!is_contiguous(g_plain), "the concatenation's backward no longer slices: the test checks nothing");
+        assert!(is_contiguous(g_barrier));
     }
 }

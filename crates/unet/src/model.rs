@@ -13,7 +13,9 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::{conv2d_same, per_sample_channels, rms_norm_act, softmax_cols, softmax_last, UnetBackend};
+use crate::backend::{
+    contiguous_grad, conv2d_same, per_sample_channels, rms_norm_act, softmax_cols, softmax_last, UnetBackend,
+};
 use crate::config::{UnetConfig, NUM_MEM_KV};
 use crate::error::UnetError;
 
@@ -393,6 +395,15 @@ impl<B: UnetBackend> Resample<B> {
     }
 }
 
+/// `torch.cat((x, skip), dim=1)` of the up path, whose two gradients leave contiguous
+/// ([`contiguous_grad`]): the concatenation's backward slices its gradient by channels, and both
+/// slices flow on into sums with the tensors' other gradients (a skip's, from the layer after it
+/// on the down path; `x`'s, through the residual add), which on Flex walk a strided view element
+/// by element.
+fn cat_channels<B: UnetBackend>(x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
+    Tensor::cat(vec![contiguous_grad(x), contiguous_grad(skip)], 1)
+}
+
 /// `b c (h p1) (w p2) -> b (c p1 p2) h w` with `p1 = p2 = 2`.
 pub fn pixel_unshuffle<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
@@ -726,13 +737,13 @@ impl<B: UnetBackend> Unet<B> {
         x = self.mid_block2.forward(x, &t);
         for stage in &self.ups {
             let s = skips.pop().expect("one skip per block");
-            x = stage.block1.forward(Tensor::cat(vec![x, s], 1), &t);
+            x = stage.block1.forward(cat_channels(x, s), &t);
             let s = skips.pop().expect("one skip per block");
-            x = stage.block2.forward(Tensor::cat(vec![x, s], 1), &t);
+            x = stage.block2.forward(cat_channels(x, s), &t);
             x = stage.attn.forward(x.clone()).add(x);
             x = stage.resample.forward(x);
         }
-        let x = Tensor::cat(vec![x, r], 1);
+        let x = cat_channels(x, r);
         let x = self.final_res_block.forward(x, &t);
         conv1x1(&self.final_conv, x)
     }
