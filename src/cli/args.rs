@@ -17,11 +17,17 @@ pub struct BackendArgs {
     /// eights; weight gradients from 8 input and 16 output channels, so not the 7x7's) rounded
     /// to bfloat16 and their products summed in f32 by AVX512-BF16 dot products, as PyTorch's
     /// CPU autocast rounds them; the master weights, AdamW, norms, softmaxes and the attention's
-    /// matmuls stay f32, and the metrics run in f32. bf16 needs a CPU with AVX512-BF16 (see
-    /// docs/PERFORMANCE.md for the speed and the loss against f32).
+    /// matmuls stay f32, and the metrics run in f32. bf16 needs a CPU with AVX512-BF16 and pays
+    /// only where its bf16 dot products outrun its f32 FMAs (AMD Zen 5: faster training; Intel
+    /// Xeons without AMX: slower than f32, which the command measures at start and warns of; see
+    /// docs/PERFORMANCE.md for the speeds and the loss against f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
 }
+
+/// Below this [`unet::bf16_dot_speedup`], `--precision bf16` warns that it will likely be slower
+/// than f32: the bf16 kernels also round their operands, which the dot products' speed must pay for.
+const BF16_WORTHWHILE: f64 = 1.3;
 
 /// `--precision`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,12 @@ impl BackendArgs {
             .map_err(|e| lensing_diffusion::Error::invalid("--precision", "bf16", e.to_string()))?;
         if precision == unet::ConvPrecision::Bf16 {
             eprintln!("convolutions in bf16 with f32 sums (--precision bf16)");
+            if let Some(speedup) = unet::bf16_dot_speedup().filter(|&s| s < BF16_WORTHWHILE) {
+                eprintln!(
+                    "warning: this CPU's bf16 dot products sum only {speedup:.2}x the products per second of its \
+                     f32 FMAs, so --precision bf16 will likely run slower than f32 here (docs/PERFORMANCE.md)"
+                );
+            }
         }
         Ok(())
     }

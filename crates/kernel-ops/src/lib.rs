@@ -45,8 +45,8 @@ pub mod flex;
 /// [`KernelBackend::conv2d_same`] where `unet-kernels`' bf16 kernels run). Other backends
 /// ignore it.
 pub use unet_kernels::same_conv::{
-    bf16_available, precision as conv_precision, set_precision as set_conv_precision, Bf16Unavailable,
-    Precision as ConvPrecision,
+    bf16_available, bf16_dot_speedup, precision as conv_precision, set_precision as set_conv_precision,
+    Bf16Unavailable, Precision as ConvPrecision,
 };
 
 /// While alive, the convolutions called on this thread run in f32 whatever

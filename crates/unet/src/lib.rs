@@ -57,5 +57,7 @@ pub use checkpoint::{
 };
 pub use config::{UnetConfig, NUM_MEM_KV};
 pub use error::{ShapeMismatch, UnetError};
-pub use kernel_ops::{bf16_available, conv_precision, set_conv_precision, Bf16Unavailable, ConvPrecision};
+pub use kernel_ops::{
+    bf16_available, bf16_dot_speedup, conv_precision, set_conv_precision, Bf16Unavailable, ConvPrecision,
+};
 pub use model::Unet;
