@@ -7,7 +7,9 @@
 //! - `RMSNorm` over channels, optionally followed by the time modulation and SiLU
 //!   ([`UnetBackend::rms_norm_act`]);
 //! - softmax over the last axis ([`UnetBackend::softmax_last`]) and over the second-to-last
-//!   ([`UnetBackend::softmax_cols`]).
+//!   ([`UnetBackend::softmax_cols`]);
+//! - an identity whose gradient is handed on contiguous ([`UnetBackend::contiguous_grad`]), for
+//!   the concatenations whose backward slices its gradient.
 //!
 //! Every backend gets burn's own operations by default (for the norm, exactly the composition the
 //! network used before). On burn Flex (f32) `kernel-ops` runs the convolution and both its gradients on the
