@@ -18,9 +18,9 @@ pub struct BackendArgs {
     /// to bfloat16 and their products summed in f32 by AVX512-BF16 dot products, as PyTorch's
     /// CPU autocast rounds them; the master weights, AdamW, norms, softmaxes and the attention's
     /// matmuls stay f32, and the metrics run in f32. bf16 needs a CPU with AVX512-BF16 and pays
-    /// only where its bf16 dot products outrun its f32 FMAs (AMD Zen 5: faster training; Intel
-    /// Xeons without AMX: slower than f32, which the command measures at start and warns of; see
-    /// docs/PERFORMANCE.md for the speeds and the loss against f32).
+    /// only where its bf16 dot products outrun its f32 FMAs; where they do not, bf16 runs slower
+    /// than f32, which the command measures at start and warns of (docs/PERFORMANCE.md names the
+    /// CPUs measured, the speeds and the loss against f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
 }

@@ -75,12 +75,13 @@ pub fn bf16_available() -> bool {
 }
 
 /// How many more products per second this CPU's bf16 dot products (`vdpbf16ps`, two products a
-/// lane) sum than its f32 FMAs (one a lane), measured on the calling thread in about a
-/// millisecond: register-only loops of each, the better of five alternated timings; `None`
-/// without AVX512-BF16. What [`Precision::Bf16`] can gain at most in the kernels' inner loops:
-/// about 2 where both instructions issue at the same rate (AMD Zen 4 and 5), about 1 or less
-/// where a dot product costs two FMAs' slots (Intel Xeons without AMX), and then bf16, with
-/// its rounding passes, runs slower than f32.
+/// lane) sum than its f32 FMAs (one a lane), measured on the calling thread in well under a
+/// millisecond: register-only loops of each with 16 independent accumulators (throughput, not
+/// latency, bounds them), the best of ten alternated timings; `None` without AVX512-BF16. What
+/// [`Precision::Bf16`] can gain at most in the kernels' inner loops: about 2 where the dot
+/// product issues as often as an FMA, 1 or less where it issues at half the rate or slower, and
+/// then bf16, with its rounding passes, runs slower than f32 (docs/PERFORMANCE.md names the
+/// CPUs measured).
 pub fn bf16_dot_speedup() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if bf16_available() {
@@ -102,25 +103,35 @@ pub fn bf16_dot_speedup() -> Option<f64> {
             // SAFETY: as above (AVX-512F).
             fma = fma.min(best(&|| unsafe { probe::fma_f32(std::hint::black_box(ITERS)) }));
         }
-        // Per loop iteration: 8 instructions of 32 (bf16) or 16 (f32) products.
+        // Per loop iteration: the same number of instructions, of 32 (bf16) or 16 (f32) products.
         return Some((32.0 / dot) / (16.0 / fma));
     }
     None
 }
 
-/// The register-only loops of [`bf16_dot_speedup`]: 8 independent accumulators, so that
-/// throughput, not latency, bounds them.
+/// The register-only loops of [`bf16_dot_speedup`]: `ACC` independent accumulators with
+/// distinct starting values (so no two chains can be merged), enough to cover the latency of
+/// either instruction at two issues a cycle.
 #[cfg(target_arch = "x86_64")]
 mod probe {
     use std::arch::x86_64::*;
 
+    /// Accumulators per loop.
+    const ACC: usize = 16;
+
+    /// Distinct starting values.
+    #[target_feature(enable = "avx512f")]
+    fn start() -> [__m512; ACC] {
+        std::array::from_fn(|i| _mm512_set1_ps(i as f32 * 1e-3))
+    }
+
     /// The sum of all lanes (keeps the loop's result alive).
     #[target_feature(enable = "avx512f")]
-    fn total(acc: [__m512; 8]) -> f32 {
+    fn total(acc: [__m512; ACC]) -> f32 {
         acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
     }
 
-    /// `iters` rounds of 8 `vdpbf16ps`.
+    /// `iters` rounds of `ACC` `vdpbf16ps`.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512-BF16.
@@ -128,7 +139,7 @@ mod probe {
     pub(super) unsafe fn dot_bf16(iters: usize) -> f32 {
         let a: __m512bh = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3), _mm512_set1_ps(2e-3));
         let b: __m512bh = _mm512_cvtne2ps_pbh(_mm512_set1_ps(3e-3), _mm512_set1_ps(1e-3));
-        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut acc = start();
         for _ in 0..iters {
             for a_i in acc.iter_mut() {
                 *a_i = _mm512_dpbf16_ps(*a_i, a, b);
@@ -137,14 +148,14 @@ mod probe {
         total(acc)
     }
 
-    /// `iters` rounds of 8 f32 FMAs.
+    /// `iters` rounds of `ACC` f32 FMAs.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn fma_f32(iters: usize) -> f32 {
         let (a, b) = (_mm512_set1_ps(1e-3), _mm512_set1_ps(3e-3));
-        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut acc = start();
         for _ in 0..iters {
             for a_i in acc.iter_mut() {
                 *a_i = _mm512_fmadd_ps(a, b, *a_i);
@@ -1176,6 +1187,8 @@ mod tests {
             Geometry { n: 2, cin: 16, h: 3, w: 3, cout: 48, k: 1 },
             Geometry { n: 1, cin: 8, h: 16, w: 17, cout: 64, k: 3 },
             Geometry { n: 4, cin: 24, h: 12, w: 11, cout: 40, k: 3 },
+            // A 5x5 kernel over several blocks of pixels.
+            Geometry { n: 1, cin: 8, h: 12, w: 24, cout: 32, k: 5 },
         ]
         .iter()
         .enumerate()
@@ -1188,9 +1201,21 @@ mod tests {
                 gx[xi] += gr[o] as f64 * wt[wi] as f64;
                 gw[wi] += gr[o] as f64 * x[xi] as f64;
             }
-            for (name, got, want) in [("input", input_grad(g, &wt, &gr), gx), ("weight", weight_grad(g, &x, &gr), gw)] {
+            // The weight gradient on one thread and on two (one image's tiles, or the images, in
+            // parallel): the same sums in the same order, bit for bit.
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| weight_grad(g, &x, &gr))
+            };
+            let weight = on(2);
+            assert_eq!(weight, on(1), "{g:?}: the weight gradient depends on the thread count");
+            // The GEMM path, which the kernel replaces where it applies, stays checked too.
+            let gemm = weight_grad_f32(g, &x, &gr);
+            for (name, got, want) in
+                [("input", input_grad(g, &wt, &gr), &gx), ("weight", weight, &gw), ("GEMM weight", gemm, &gw)]
+            {
                 assert_eq!(got.len(), want.len());
-                for (j, (a, e)) in got.iter().zip(&want).enumerate() {
+                for (j, (a, e)) in got.iter().zip(want).enumerate() {
                     assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?} {name} gradient at {j}: {a} vs {e}");
                 }
             }
@@ -1291,8 +1316,8 @@ mod tests {
     }
 
     /// The probe answers exactly where bf16 runs, with a plausible ratio (the dot product does
-    /// two products a lane; no x86 CPU issues it more than twice as often as an FMA, or ten times
-    /// less often).
+    /// two products a lane: about 2 where it issues as often as an FMA; the bounds leave room for
+    /// a noisy timing either way).
     #[test]
     fn bf16_dot_speedup_is_measured_where_bf16_runs() {
         match bf16_dot_speedup() {

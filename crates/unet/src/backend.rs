@@ -107,7 +107,8 @@ pub trait UnetBackend: KernelBackend {
     }
 
     /// `t` laid out so the backend's operations run at their best: by default `t` itself; Flex
-    /// (f32) copies a strided view into a contiguous tensor by tiles.
+    /// (f32) copies a strided view into a contiguous tensor (by tiles where it is a batch of
+    /// transposed matrices).
     fn contiguous(t: FloatTensor<Self>) -> FloatTensor<Self> {
         t
     }

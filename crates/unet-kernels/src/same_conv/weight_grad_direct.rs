@@ -159,7 +159,10 @@ struct Shape<O> {
 
 impl<O: Operands> Shape<O> {
     fn new(g: &Geometry) -> Self {
-        const { assert!(size_of::<O::Lane>() == O::PIX * size_of::<O::Pixel>()) };
+        const {
+            assert!(size_of::<O::Lane>() == O::PIX * size_of::<O::Pixel>());
+            assert!(align_of::<O::Lane>() >= align_of::<O::Pixel>());
+        };
         let cout = g.cout.div_ceil(LANES) * LANES;
         let cw = if cout.is_multiple_of(2 * LANES) { 2 * LANES } else { LANES };
         let lanes = (g.h * g.row()).div_ceil(O::PIX);
@@ -181,6 +184,11 @@ impl<O: Operands> Shape<O> {
         // SAFETY: the caller checked the CPU.
         let (gp, xb) = unsafe { (self.pack_grad(gi), self.pack_input(xi)) };
         let (k, r) = (self.g.k, self.g.row());
+        // The tiles' furthest reads: the last lane's pixels at the last tap's offset, every row
+        // of the packed gradient.
+        debug_assert!(O::PIX * self.lanes - 1 + (k - 1) * (r + 1) < self.plane);
+        debug_assert_eq!(xb.len(), self.cin * self.plane);
+        debug_assert_eq!(gp.len(), self.lanes * self.cout);
         let mut out = vec![0f32; self.result_len()];
         let per_tile = k * k * self.cin * self.cw;
         let tile_of = |(ct, dst): (usize, &mut [f32])| {
