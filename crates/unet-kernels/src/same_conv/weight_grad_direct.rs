@@ -326,14 +326,8 @@ unsafe fn tile_bf16<const NR: usize>(
             }
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        for (v, a) in acc.iter().enumerate() {
-            unsafe {
-                let d = dst.add(i * dst_stride + v * LANES);
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *a));
-            }
-        }
-    }
+    // SAFETY: `dst` as the caller guarantees.
+    unsafe { add_tile(&acc, dst, dst_stride) }
 }
 
 /// [`Operands::tile`] for [`F32`]: one FMA per product.
@@ -363,8 +357,20 @@ unsafe fn tile_f32<const NR: usize>(
             }
         }
     }
+    // SAFETY: `dst` as the caller guarantees.
+    unsafe { add_tile(&acc, dst, dst_stride) }
+}
+
+/// `dst[i][16 v + l] += acc[i][v][l]`: a tile's sums added to its rows of `dW`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `dst` is writable for `MR` rows of `16 * NR`, `dst_stride` apart.
+#[target_feature(enable = "avx512f")]
+unsafe fn add_tile<const NR: usize>(acc: &[[std::arch::x86_64::__m512; NR]; MR], dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
     for (i, acc) in acc.iter().enumerate() {
         for (v, a) in acc.iter().enumerate() {
+            // SAFETY: row i, vector v of `dst`, within the caller's guarantee.
             unsafe {
                 let d = dst.add(i * dst_stride + v * LANES);
                 _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *a));
