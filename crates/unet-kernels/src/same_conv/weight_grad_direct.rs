@@ -73,6 +73,8 @@ impl Operands for F32 {
     unsafe fn convert(dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
     }
+    /// One FMA per product (needs AVX-512F).
+    #[target_feature(enable = "avx512f")]
     unsafe fn tile<const NR: usize>(
         g: *const f32,
         g_stride: usize,
@@ -82,8 +84,21 @@ impl Operands for F32 {
         dst: *mut f32,
         dst_stride: usize,
     ) {
-        // SAFETY: the caller's guarantees.
-        unsafe { tile_f32::<NR>(g, g_stride, x, x_stride, len, dst, dst_stride) }
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        for t in 0..len {
+            // SAFETY (all pointer arithmetic below): within the ranges the caller guarantees.
+            let gr = unsafe { g.add(t * g_stride) };
+            let gv: [__m512; NR] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(gr.add(v * LANES)) });
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(unsafe { *x.add(i * x_stride + t) });
+                for (a, gv) in acc.iter_mut().zip(&gv) {
+                    *a = _mm512_fmadd_ps(xv, *gv, *a);
+                }
+            }
+        }
+        // SAFETY: `dst` as the caller guarantees.
+        unsafe { add_tile(&acc, dst, dst_stride) }
     }
 }
 
@@ -95,6 +110,8 @@ impl Operands for Bf16 {
         // SAFETY: the caller checked the CPU.
         unsafe { to_bf16(dst, src) }
     }
+    /// Each product a pair of bf16 pixels, `vdpbf16ps` (needs AVX-512F and AVX512-BF16).
+    #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile<const NR: usize>(
         g: *const u32,
         g_stride: usize,
@@ -104,8 +121,24 @@ impl Operands for Bf16 {
         dst: *mut f32,
         dst_stride: usize,
     ) {
-        // SAFETY: the caller's guarantees.
-        unsafe { tile_bf16::<NR>(g, g_stride, x, x_stride, len, dst, dst_stride) }
+        use std::arch::x86_64::*;
+        // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain lanes.
+        let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        for t in 0..len {
+            // SAFETY (all pointer arithmetic below): within the ranges the caller guarantees.
+            let gr = unsafe { g.add(t * g_stride) } as *const __m512i;
+            let gv: [__m512bh; NR] = std::array::from_fn(|v| bh(unsafe { _mm512_loadu_si512(gr.add(v)) }));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let pair = unsafe { x.add(i * x_stride + 2 * t).cast::<u32>().read_unaligned() };
+                let xv = bh(_mm512_set1_epi32(pair as i32));
+                for (a, gv) in acc.iter_mut().zip(&gv) {
+                    *a = _mm512_dpbf16_ps(*a, xv, *gv);
+                }
+            }
+        }
+        // SAFETY: `dst` as the caller guarantees.
+        unsafe { add_tile(&acc, dst, dst_stride) }
     }
 }
 
@@ -294,71 +327,6 @@ impl<O: Operands> Shape<O> {
         }
         dw
     }
-}
-
-/// [`Operands::tile`] for [`Bf16`]: each product a pair of bf16 pixels (`vdpbf16ps`).
-///
-/// # Safety
-/// The CPU has AVX-512F and AVX512-BF16; the pointers as [`Operands::tile`] says.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile_bf16<const NR: usize>(
-    g: *const u32,
-    g_stride: usize,
-    x: *const u16,
-    x_stride: usize,
-    len: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-) {
-    use std::arch::x86_64::*;
-    // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain lanes.
-    let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    for t in 0..len {
-        // SAFETY (all pointer arithmetic below): within the ranges the caller guarantees.
-        let gr = unsafe { g.add(t * g_stride) } as *const __m512i;
-        let gv: [__m512bh; NR] = std::array::from_fn(|v| bh(unsafe { _mm512_loadu_si512(gr.add(v)) }));
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let pair = unsafe { x.add(i * x_stride + 2 * t).cast::<u32>().read_unaligned() };
-            let xv = bh(_mm512_set1_epi32(pair as i32));
-            for (a, gv) in acc.iter_mut().zip(&gv) {
-                *a = _mm512_dpbf16_ps(*a, xv, *gv);
-            }
-        }
-    }
-    // SAFETY: `dst` as the caller guarantees.
-    unsafe { add_tile(&acc, dst, dst_stride) }
-}
-
-/// [`Operands::tile`] for [`F32`]: one FMA per product.
-///
-/// # Safety
-/// The CPU has AVX-512F; the pointers as [`Operands::tile`] says.
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_f32<const NR: usize>(
-    g: *const f32,
-    g_stride: usize,
-    x: *const f32,
-    x_stride: usize,
-    len: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    for t in 0..len {
-        // SAFETY (all pointer arithmetic below): within the ranges the caller guarantees.
-        let gr = unsafe { g.add(t * g_stride) };
-        let gv: [__m512; NR] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(gr.add(v * LANES)) });
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(unsafe { *x.add(i * x_stride + t) });
-            for (a, gv) in acc.iter_mut().zip(&gv) {
-                *a = _mm512_fmadd_ps(xv, *gv, *a);
-            }
-        }
-    }
-    // SAFETY: `dst` as the caller guarantees.
-    unsafe { add_tile(&acc, dst, dst_stride) }
 }
 
 /// `dst[i][16 v + l] += acc[i][v][l]`: a tile's sums added to its rows of `dW`.
