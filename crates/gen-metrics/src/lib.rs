@@ -45,6 +45,7 @@ pub mod bootstrap;
 pub mod error;
 pub mod features;
 pub mod frechet;
+mod gram;
 pub mod kernel;
 pub mod kid;
 mod linalg;
