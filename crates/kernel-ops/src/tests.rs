@@ -1,5 +1,6 @@
 use super::*;
-use burn::tensor::{Distribution, TensorData, Tolerance};
+use crate::test_util::randn;
+use burn::tensor::{TensorData, Tolerance};
 
 type F = burn::backend::Flex;
 
@@ -15,9 +16,9 @@ fn flex_kernel_matches_burn_conv2d() {
         (5, 2, 2, 1, 1, 3, true),
         (1, 3, 4, 4, 4, 1, true),
     ] {
-        let x = Tensor::<F, 4>::random([n, cin, h, w], Distribution::Normal(0.0, 1.0), &dev);
-        let wt = Tensor::<F, 4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.3), &dev);
-        let b = bias.then(|| Tensor::<F, 1>::random([cout], Distribution::Normal(0.0, 0.3), &dev));
+        let x = randn::<F, 4>([n, cin, h, w], 0.0, 1.0, 101, &dev);
+        let wt = randn::<F, 4>([cout, cin, k, k], 0.0, 0.3, 102, &dev);
+        let b = bias.then(|| randn::<F, 1>([cout], 0.0, 0.3, 103, &dev));
         let expected = Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(burn_conv2d_same::<F>(
             x.clone().into_primitive().tensor(),
             wt.clone().into_primitive().tensor(),
@@ -42,7 +43,7 @@ fn flex_kernel_matches_burn_conv2d() {
 #[test]
 fn flex_falls_back_to_burn_outside_the_kernel() {
     let dev = Default::default();
-    let x = Tensor::<F, 4>::random([2, 3, 6, 5], Distribution::Normal(0.0, 1.0), &dev);
+    let x = randn::<F, 4>([2, 3, 6, 5], 0.0, 1.0, 104, &dev);
     let burns = |x: Tensor<F, 4>, w: Tensor<F, 4>| {
         Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(burn_conv2d_same::<F>(
             x.into_primitive().tensor(),
@@ -50,7 +51,7 @@ fn flex_falls_back_to_burn_outside_the_kernel() {
             None,
         )))
     };
-    let even = Tensor::<F, 4>::random([4, 3, 2, 2], Distribution::Normal(0.0, 0.3), &dev);
+    let even = randn::<F, 4>([4, 3, 2, 2], 0.0, 0.3, 105, &dev);
     assert!(flex::conv_geometry(
         &x.clone().into_primitive().tensor(),
         &even.clone().into_primitive().tensor(),
@@ -61,10 +62,7 @@ fn flex_falls_back_to_burn_outside_the_kernel() {
     assert_eq!(got.dims(), [2, 4, 7, 6]);
     got.into_data().assert_eq(&burns(x.clone(), even).into_data(), true);
 
-    let (x64, w64) = (
-        x.cast(DType::F64),
-        Tensor::<F, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.3), &dev).cast(DType::F64),
-    );
+    let (x64, w64) = (x.cast(DType::F64), randn::<F, 4>([4, 3, 3, 3], 0.0, 0.3, 106, &dev).cast(DType::F64));
     assert!(flex::conv_geometry(
         &x64.clone().into_primitive().tensor(),
         &w64.clone().into_primitive().tensor(),
@@ -92,11 +90,10 @@ fn gradients_match_burn<B: KernelBackend>(exact: bool) {
     };
     for &(n, cin, cout, hw, k) in &[(2usize, 3usize, 4usize, 5usize, 3usize), (1, 1, 5, 9, 7), (3, 4, 2, 6, 1)] {
         for (with_bias, track_x) in [(false, true), (true, true), (false, false)] {
-            let x = Tensor::<A<B>, 4>::random([n, cin, hw, hw], Distribution::Normal(0.0, 1.0), &dev);
+            let x = randn::<A<B>, 4>([n, cin, hw, hw], 0.0, 1.0, 121, &dev);
             let x = if track_x { x.require_grad() } else { x };
-            let wt = Tensor::<A<B>, 4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.3), &dev).require_grad();
-            let b = with_bias
-                .then(|| Tensor::<A<B>, 1>::random([cout], Distribution::Normal(0.0, 0.3), &dev).require_grad());
+            let wt = randn::<A<B>, 4>([cout, cin, k, k], 0.0, 0.3, 122, &dev).require_grad();
+            let b = with_bias.then(|| randn::<A<B>, 1>([cout], 0.0, 0.3, 123, &dev).require_grad());
             // A non-uniform output gradient (sum of squares).
             let y = conv2d_same(x.clone(), wt.clone(), b.clone());
             let g = y.clone().powf_scalar(2.0).sum().backward();
@@ -147,11 +144,7 @@ fn bn_operands<B: Backend>(
     hw: usize,
     dev: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
-    (
-        Tensor::random([n, c, hw, hw], Distribution::Normal(0.5, 2.0), dev),
-        Tensor::random([c], Distribution::Normal(1.0, 0.3), dev),
-        Tensor::random([c], Distribution::Normal(0.0, 0.3), dev),
-    )
+    (randn([n, c, hw, hw], 0.5, 2.0, 107, dev), randn([c], 1.0, 0.3, 108, dev), randn([c], 0.0, 0.3, 109, dev))
 }
 
 /// The Flex kernels against burn's composition: output and statistics in training mode, and
@@ -194,7 +187,7 @@ fn batch_norm_gradients_match_burn<B: KernelBackend>() {
     for relu in [false, true] {
         let (x, gamma, beta) = bn_operands::<A<B>>(3, 4, 5, &dev);
         let (x, gamma, beta) = (x.require_grad(), gamma.require_grad(), beta.require_grad());
-        let w = Tensor::<A<B>, 4>::random([3, 4, 5, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let w = randn::<A<B>, 4>([3, 4, 5, 5], 0.0, 1.0, 124, &dev);
         let (y, _, _) = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
         let g = (y * w.clone()).sum().backward();
         let (y2, _, _) = composed_train(x.clone(), gamma.clone(), beta.clone(), relu);
@@ -226,7 +219,7 @@ fn batch_norm_gradients_match_burn_on_ndarray() {
 #[test]
 fn contiguous_copies_strided_views_like_burn() {
     let dev = Default::default();
-    let x = Tensor::<F, 4>::random([3, 2, 37, 21], Distribution::Normal(0.0, 1.0), &dev);
+    let x = randn::<F, 4>([3, 2, 37, 21], 0.0, 1.0, 110, &dev);
     let views: Vec<(&str, Tensor<F, 4>)> = vec![
         ("transposed", x.clone().swap_dims(2, 3)),
         ("narrowed then transposed", x.clone().narrow(3, 4, 17).swap_dims(2, 3)),

@@ -583,25 +583,8 @@ impl UnetBackend for burn::backend::LibTorch<burn::tensor::bf16> {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData, Tolerance};
-    use rand::{rngs::StdRng, SeedableRng};
-    use rand_distr::Distribution as _;
-
-    /// A tensor of `shape` drawn from `dist` (a normal distribution) by its own seeded generator:
-    /// the same values in every run, whatever other tests draw from the backend's shared
-    /// generator meanwhile.
-    fn seeded<B: Backend, const D: usize>(
-        shape: [usize; D],
-        dist: Distribution,
-        seed: u64,
-        dev: &B::Device,
-    ) -> Tensor<B, D> {
-        let Distribution::Normal(mean, std) = dist else { panic!("seeded: only normal distributions") };
-        let normal = rand_distr::Normal::new(mean as f32, std as f32).expect("a finite, non-negative std");
-        let mut rng = StdRng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.iter().product()).map(|_| normal.sample(&mut rng)).collect();
-        Tensor::from_data(TensorData::new(values, shape), dev)
-    }
+    use burn::tensor::Tolerance;
+    use kernel_ops::test_util::randn;
 
     type F = burn::backend::Flex;
 
@@ -632,19 +615,16 @@ mod tests {
         for &(n, c, h, w) in &[(2usize, 5usize, 3usize, 4usize), (3, 8, 32, 40), (1, 1, 5, 5), (2, 16, 33, 31)] {
             for (modulated, silu) in [(true, true), (false, true), (false, false), (true, false)] {
                 let seed = 4 * cases.len() as u64;
-                let x = seeded::<B, 4>([n, c, h, w], Distribution::Normal(0.0, 2.0), seed, dev);
-                let gain = seeded::<B, 1>([c], Distribution::Normal(1.0, 0.5), seed + 1, dev);
+                let x = randn::<B, 4>([n, c, h, w], 0.0, 2.0, seed, dev);
+                let gain = randn::<B, 1>([c], 1.0, 0.5, seed + 1, dev);
                 let modulation = modulated.then(|| {
-                    (
-                        seeded::<B, 2>([n, c], Distribution::Normal(0.0, 0.5), seed + 2, dev),
-                        seeded::<B, 2>([n, c], Distribution::Normal(0.0, 0.5), seed + 3, dev),
-                    )
+                    (randn::<B, 2>([n, c], 0.0, 0.5, seed + 2, dev), randn::<B, 2>([n, c], 0.0, 0.5, seed + 3, dev))
                 });
                 cases.push((x, gain, modulation, silu));
             }
         }
         // Last: a batch whose second image is all zero (the norm's clamp).
-        let x = seeded::<B, 4>([2, 4, 3, 3], Distribution::Normal(0.0, 1.0), 1000, dev);
+        let x = randn::<B, 4>([2, 4, 3, 3], 0.0, 1.0, 1000, dev);
         let x = x.slice_assign([1..2, 0..4, 0..3, 0..3], Tensor::zeros([1, 4, 3, 3], dev));
         cases.push((x, Tensor::ones([4], dev), None, true));
         cases
@@ -702,7 +682,7 @@ mod tests {
                 (Tensor::<A<B>, 2>::from_inner(s).require_grad(), Tensor::<A<B>, 2>::from_inner(b).require_grad())
             });
             // A non-uniform output gradient.
-            let weights = seeded::<A<B>, 4>(x.dims(), Distribution::Normal(0.0, 1.0), 2000 + case as u64, &dev);
+            let weights = randn::<A<B>, 4>(x.dims(), 0.0, 1.0, 2000 + case as u64, &dev);
             let y = rms_norm_act(x.clone(), gain.clone(), modulation.clone(), silu);
             let g = y.clone().mul(weights.clone()).sum().backward();
             let y2 = composed(x.clone(), gain.clone(), modulation.clone(), silu);
@@ -762,8 +742,8 @@ mod tests {
         };
         for &dims in shapes {
             for std in [1.0, 30.0] {
-                let x = seeded::<A<B>, 4>(dims, Distribution::Normal(0.0, std), 7, &dev).require_grad();
-                let weights = seeded::<A<B>, 4>(dims, Distribution::Normal(0.0, 1.0), 8, &dev);
+                let x = randn::<A<B>, 4>(dims, 0.0, std, 7, &dev).require_grad();
+                let weights = randn::<A<B>, 4>(dims, 0.0, 1.0, 8, &dev);
                 let y = softmax_on(x.clone(), axis);
                 let g = y.clone().mul(weights.clone()).sum().backward();
                 let y2 = burn::tensor::activation::softmax(x.clone(), dim);
@@ -793,7 +773,7 @@ mod tests {
                 }
             }
         }
-        let x = seeded::<B, 3>([3, 4, 5], Distribution::Normal(0.0, 1.0), 9, &dev).swap_dims(1, 2);
+        let x = randn::<B, 3>([3, 4, 5], 0.0, 1.0, 9, &dev).swap_dims(1, 2);
         softmax_on(x.clone(), axis)
             .into_data()
             .assert_approx_eq::<f32>(&burn::tensor::activation::softmax(x, dim - 1).into_data(), tol);
@@ -825,9 +805,9 @@ mod tests {
     fn contiguous_grad_keeps_values_and_lays_out_the_gradient() {
         type A = Autodiff<F>;
         let dev = Default::default();
-        let x0 = seeded::<F, 4>([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), 1, &dev);
-        let z = seeded::<A, 4>([2, 2, 4, 5], Distribution::Normal(0.0, 1.0), 2, &dev);
-        let weights = seeded::<A, 4>([2, 5, 4, 5], Distribution::Normal(0.0, 1.0), 3, &dev);
+        let x0 = randn::<F, 4>([2, 3, 4, 5], 0.0, 1.0, 1, &dev);
+        let z = randn::<A, 4>([2, 2, 4, 5], 0.0, 1.0, 2, &dev);
+        let weights = randn::<A, 4>([2, 5, 4, 5], 0.0, 1.0, 3, &dev);
         let grad_of = |barrier: bool| {
             let x = Tensor::<A, 4>::from_inner(x0.clone()).require_grad();
             let input = if barrier { contiguous_grad(x.clone()) } else { x.clone() };

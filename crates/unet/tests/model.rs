@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use burn::backend::Flex;
 use burn::module::Module;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use burn_store::ModuleSnapshot;
+use kernel_ops::test_util::randn;
 use unet::keys::param_specs;
 use unet::{UnetConfig, UnetError};
 
@@ -55,7 +56,7 @@ fn forward_shapes() {
     let device = Default::default();
     let config = UnetConfig::new(8, vec![1, 2, 2], 1).with_out_dim(2);
     let model = config.init::<B>(&device).unwrap();
-    let x = Tensor::<B, 4>::random([3, 1, 8, 12], Distribution::Normal(0.0, 1.0), &device);
+    let x = randn::<B, 4>([3, 1, 8, 12], 0.0, 1.0, 301, &device);
     let t = Tensor::<B, 1>::from_floats([0.0, 10.0, 999.0], &device);
     let y = model.forward(x, t);
     assert_eq!(y.dims(), [3, 2, 8, 12]);
@@ -130,7 +131,7 @@ fn unet_is_a_diffusion_core_denoiser() {
     }
     let device = Default::default();
     let model = UnetConfig::new(8, vec![1, 2], 1).init::<B>(&device).unwrap();
-    let x = Tensor::<B, 4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let x = randn::<B, 4>([2, 1, 8, 8], 0.0, 1.0, 302, &device);
     let t = Tensor::<B, 1>::from_floats([3.0, 700.0], &device);
     let a: Vec<f32> = run(&model, x.clone(), t.clone()).into_data().to_vec().unwrap();
     let b: Vec<f32> = model.forward(x, t).into_data().to_vec().unwrap();
@@ -144,7 +145,7 @@ fn gradients_flow_to_every_parameter_under_autodiff() {
     type AB = Autodiff<Flex>;
     let device = Default::default();
     let model = UnetConfig::new(8, vec![1, 2], 1).with_dropout(0.1).init::<AB>(&device).unwrap();
-    let x = Tensor::<AB, 4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let x = randn::<AB, 4>([2, 1, 8, 8], 0.0, 1.0, 303, &device);
     let t = Tensor::<AB, 1>::from_floats([3.0, 700.0], &device);
     let loss = model.forward(x, t).powi_scalar(2).mean();
     let grads = loss.backward();
