@@ -14,8 +14,8 @@
 //!   while the `j` panels of 32 KB stream past it); threads take whole blocks, so each element's
 //!   sum runs in one fixed order whatever the thread count.
 //!
-//! The sizes fit the L2 of every AVX-512 core (1 MB or more) and are constants: on the Xeon,
-//! passes of 256 to 1,024 rows were within 6% of each other (performance-history.md).
+//! The sizes fit the L2 of AVX-512 server cores and of Zen 4/5 (1 MB or more) and are constants:
+//! on the Xeon, passes of 256 to 1,024 rows were within 10% of each other (performance-history.md).
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
@@ -33,17 +33,9 @@ const MR_PANELS: usize = 3;
 /// `rows`, as a full symmetric `[d, d]` matrix; `None` when the CPU has no AVX-512 (the caller
 /// uses faer then).
 pub(crate) fn scatter(x: ArrayView2<'_, f64>, rows: &[(usize, f64)], mean: &[f64], alpha: f64) -> Option<Array2<f64>> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::simd::has_avx512() {
-            return Some(scatter_avx512(x, rows, mean, alpha));
-        }
-    }
-    let _ = (x, rows, mean, alpha);
-    None
+    crate::simd::has_avx512().then(|| scatter_avx512(x, rows, mean, alpha))
 }
 
-#[cfg(target_arch = "x86_64")]
 fn scatter_avx512(x: ArrayView2<'_, f64>, rows: &[(usize, f64)], mean: &[f64], alpha: f64) -> Array2<f64> {
     let d = x.ncols();
     let dp = d.next_multiple_of(8);
@@ -60,8 +52,8 @@ fn scatter_avx512(x: ArrayView2<'_, f64>, rows: &[(usize, f64)], mean: &[f64], a
     }
 }
 
-/// Adds the unscaled sum's tiles on and above the diagonal into the row-major `[dp, dp]` `acc`.
-#[cfg(target_arch = "x86_64")]
+/// The unscaled sum's tiles on and above the diagonal into the row-major `[dp, dp]` `acc` (the
+/// first pass stores, later ones add).
 fn accumulate_upper(x: ArrayView2<'_, f64>, rows: &[(usize, f64)], mean: &[f64], acc: &mut [f64], dp: usize) {
     let panels = dp / 8;
     let mut packed = vec![0.0f64; panels * KC * 8];
@@ -149,7 +141,6 @@ unsafe impl Sync for SendPtr {}
 /// `c[jj][0..8 NP] += sum_r b[r][jj] * a_panels[r][..]` (`=` when `store`) for the 8 rows of
 /// `b`'s panel and the `NP` panels of `a` (columns), over `kc` rows; `c` is row-major with
 /// leading dimension `ld`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const NP: usize>(a: *const f64, b: *const f64, kc: usize, c: *mut f64, ld: usize, store: bool) {
     use std::arch::x86_64::*;
@@ -203,8 +194,9 @@ mod tests {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // d: one partial panel; panels not a multiple of the tile; several blocks with a partial
-        // last tile. n: less than one pass, and several passes with a partial last one.
-        for (n, d) in [(5, 3), (300, 17), (70, 300), (600, 530)] {
+        // last tile (of 1, 2 or 3 panels). n (two thirds are kept): less than one pass, and two
+        // passes with a partial last one.
+        for (n, d) in [(5, 3), (300, 17), (40, 12), (70, 300), (1_200, 530)] {
             let x = Array2::from_shape_fn((n, d), |_| rng.random_range(-2.0..2.0));
             let mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.5..0.5)).collect();
             let rows: Vec<(usize, f64)> =

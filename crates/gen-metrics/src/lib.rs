@@ -45,6 +45,8 @@ pub mod bootstrap;
 pub mod error;
 pub mod features;
 pub mod frechet;
+// The AVX-512 covariance product; other targets use faer's.
+#[cfg(target_arch = "x86_64")]
 mod gram;
 pub mod kernel;
 pub mod kid;

@@ -54,7 +54,11 @@ pub(crate) fn weighted_centered_gram(
         Some(c) => c.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i, f64::from(c).sqrt())).collect(),
         None => (0..x.nrows()).map(|i| (i, 1.0)).collect(),
     };
-    crate::gram::scatter(x, &rows, mean, alpha).unwrap_or_else(|| scatter_faer(x, &rows, mean, alpha))
+    #[cfg(target_arch = "x86_64")]
+    if let Some(out) = crate::gram::scatter(x, &rows, mean, alpha) {
+        return out;
+    }
+    scatter_faer(x, &rows, mean, alpha)
 }
 
 /// The scatter matrix of [`weighted_centered_gram`] through faer's triangular product.
@@ -95,14 +99,15 @@ pub(crate) fn mirror_lower(out: &mut Array2<f64>) {
 }
 
 /// Copies the upper triangle (`out[[i, j]]`, `j >= i`) onto the lower one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn mirror_upper(out: &mut Array2<f64>) {
     mirror(out, false);
 }
 
 fn mirror(out: &mut Array2<f64>, from_lower: bool) {
     use rayon::prelude::*;
-    // In 64 x 64 tiles, so that the column-wise reads stay in cache; one task per block row
-    // (rows jb..jb+T) of the triangle written, which reads the block column of the other.
+    // In 64 x 64 tiles, so that the column-wise reads stay in cache; one task per band jb..jb+T
+    // of the smaller index: the block row of the upper triangle, the block column of the lower.
     const T: usize = 64;
     let d = out.nrows();
     struct Ptr(*mut f64);
