@@ -20,7 +20,7 @@
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use crate::linalg::mirror_upper;
+use crate::linalg::{mirror_upper, SharedMut};
 
 /// Rows per pass: one `j` panel is `KC * 8` values (32 KB).
 const KC: usize = 512;
@@ -58,7 +58,8 @@ fn accumulate_upper(x: ArrayView2<'_, f64>, rows: &[(usize, f64)], mean: &[f64],
     let panels = dp / 8;
     let mut packed = vec![0.0f64; panels * KC * 8];
     let blocks = panels.div_ceil(MC_PANELS);
-    let acc_ptr = SendPtr(acc.as_mut_ptr());
+    // Tasks write disjoint tiles (see the SAFETY note of the tile call).
+    let acc_ptr = SharedMut(acc.as_mut_ptr());
     for (k, chunk) in rows.chunks(KC).enumerate() {
         let kc = chunk.len();
         // The first pass stores its sums: reading the fresh zeroed pages first would map the
@@ -133,10 +134,6 @@ fn pack(x: ArrayView2<'_, f64>, chunk: &[(usize, f64)], mean: &[f64], packed: &m
         }
     });
 }
-
-struct SendPtr(*mut f64);
-// SAFETY: tasks write disjoint tiles (see the call site).
-unsafe impl Sync for SendPtr {}
 
 /// `c[jj][0..8 NP] += sum_r b[r][jj] * a_panels[r][..]` (`=` when `store`) for the 8 rows of
 /// `b`'s panel and the `NP` panels of `a` (columns), over `kc` rows; `c` is row-major with

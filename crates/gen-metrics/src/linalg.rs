@@ -110,18 +110,16 @@ fn mirror(out: &mut Array2<f64>, from_lower: bool) {
     // of the smaller index: the block row of the upper triangle, the block column of the lower.
     const T: usize = 64;
     let d = out.nrows();
-    struct Ptr(*mut f64);
-    // SAFETY: tasks write disjoint elements of one strict triangle and read the other one,
-    // through the raw pointer only.
-    unsafe impl Sync for Ptr {}
-    let p = Ptr(out.as_slice_mut().expect("standard layout").as_mut_ptr());
+    // Tasks write disjoint elements of one strict triangle and read the other one, through the
+    // raw pointer only.
+    let p = SharedMut(out.as_slice_mut().expect("standard layout").as_mut_ptr());
     let p = &p;
     (0..d.div_ceil(T)).into_par_iter().for_each(|b| {
         let jb = b * T;
         for ib in (jb..d).step_by(T) {
             for j in jb..(jb + T).min(d) {
                 for i in ib.max(j + 1)..(ib + T).min(d) {
-                    // SAFETY: i, j < d and i > j; see `Ptr`.
+                    // SAFETY: i, j < d and i > j; see `p`.
                     unsafe {
                         if from_lower {
                             *p.0.add(j * d + i) = *p.0.add(i * d + j);
@@ -134,6 +132,12 @@ fn mirror(out: &mut Array2<f64>, from_lower: bool) {
         }
     });
 }
+
+/// A raw pointer that rayon tasks may share, for kernels whose tasks write disjoint elements
+/// of one buffer; each use states which elements its tasks touch.
+pub(crate) struct SharedMut(pub(crate) *mut f64);
+// SAFETY: the pointer is only dereferenced under the disjointness each use states.
+unsafe impl Sync for SharedMut {}
 
 /// `A B^T` for row-major `A [m, k]`, `B [n, k]`, into a new row-major `[m, n]` array.
 pub(crate) fn a_bt(a: &Array2<f64>, b: &Array2<f64>, par: Par) -> Array2<f64> {
